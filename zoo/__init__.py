@@ -1,0 +1,1 @@
+"""zoo: E(3)-equivariant model zoo."""
