@@ -1,0 +1,103 @@
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from zoo.hubbard.dft import parsers
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "qe"
+
+
+def _read(name):
+    return (DATA / name).read_text()
+
+
+def test_pw_output():
+    out = parsers.parse_pw_output(_read("MnO.scf.out"))
+    assert out["converged"] and out["n_iter"] == 16 and out["nat"] == 4
+    assert out["energy_ry"] == pytest.approx(-483.32241317)
+    assert out["total_mag"] == 0.0 and out["abs_mag"] == pytest.approx(9.46)
+    assert out["cpu_s"] == pytest.approx(26.95)
+    assert out["version"].startswith("6.7")
+    rat = parsers.parse_pw_output(_read("MnO_rattled.scf.out"))
+    assert (1, 12, 4.14573828, 0.0) in rat["pairs"]
+    assert sum(1 for i, j, _, _ in rat["pairs"] if i == 1 and j != 1) == 6
+
+
+def test_pw_output_not_converged_is_recorded_not_raised():
+    text = _read("MnO.scf.out")
+    text = re.sub(
+        r"convergence has been achieved in\s+\d+ iterations",
+        "convergence NOT achieved after 16 iterations: stopping",
+        text,
+    )
+    out = parsers.parse_pw_output(text)
+    assert out["converged"] is False and out["n_iter"] == 16
+
+
+def test_pw_output_truncated_or_foreign():
+    text = _read("MnO.scf.out")
+    with pytest.raises(ValueError, match="truncated"):
+        parsers.parse_pw_output(text[: len(text) // 3])
+    with pytest.raises(ValueError, match="not a pw.x stdout"):
+        parsers.parse_pw_output(_read("MnO.hp.out"))
+
+
+def test_occup_full_precision_and_traces():
+    occ = parsers.parse_occup(_read("MnO.occup.txt"), nat=4)
+    assert occ.shape == (2, 4, 7, 5, 5) and occ.dtype == np.float64
+    onsite = occ[:, :, 0]
+    # Tr/Mag printed by pw.x (3-7 decimals) for Mn1 and O.
+    assert onsite[0, 0].trace() + onsite[1, 0].trace() == pytest.approx(5.285, abs=1e-3)
+    assert onsite[0, 0].trace() - onsite[1, 0].trace() == pytest.approx(4.670, abs=1e-3)
+    assert onsite[:, 2, :3, :3].trace(axis1=1, axis2=2).sum() == pytest.approx(5.3082676, abs=1e-6)
+    np.testing.assert_allclose(onsite, onsite.transpose(0, 1, 3, 2), atol=1e-10)
+    # p-shell atoms use only the first 3x3 entries.
+    assert np.abs(onsite[:, 2, 3:, :]).max() == 0.0
+    # AFM: spin up of Mn1 is spin down of Mn2.
+    np.testing.assert_allclose(onsite[0, 0], onsite[1, 1], atol=1e-6)
+
+
+def test_occup_truncated_or_foreign():
+    text = _read("MnO.occup.txt")
+    with pytest.raises(ValueError, match="truncated"):
+        parsers.parse_occup(text[: len(text) // 2].rsplit("(", 1)[0], nat=4)
+    with pytest.raises(ValueError, match="unexpected content"):
+        parsers.parse_occup(text[: text.index(",", len(text) // 2)], nat=4)  # cut in a pair
+    with pytest.raises(ValueError, match="unexpected content"):
+        parsers.parse_occup(_read("parameters.out"), nat=4)
+
+
+def test_hubbard_parameters_dat():
+    out = parsers.parse_hubbard_parameters_dat(_read("MnO.Hubbard_parameters.dat"))
+    assert out["U"] == {1: 2.8365, 2: 2.8366, 3: 10.1309, 4: 10.1309}
+    assert (1, 12, 4.2, 1.1515) in out["V"] and (1, 10, 5.939697, -1.5902) in out["V"]
+    assert len(out["V"]) == 16
+    text = _read("MnO.Hubbard_parameters.dat")
+    with pytest.raises(ValueError, match="header not found"):
+        parsers.parse_hubbard_parameters_dat(_read("MnO.scf.out")[:2000])
+    with pytest.raises(ValueError, match="truncated"):
+        parsers.parse_hubbard_parameters_dat(text[: text.index("Distance (Bohr)")])
+
+
+def test_parameters_out():
+    rows = parsers.parse_parameters_out(_read("parameters.out"))
+    assert rows[0] == (1, 1, 2.8365) and rows[3] == (1, 10, -1.5902) and len(rows) == 8
+    with pytest.raises(ValueError, match="header"):
+        parsers.parse_parameters_out(_read("MnO.Hubbard_parameters.dat"))
+    with pytest.raises(ValueError, match="malformed"):
+        parsers.parse_parameters_out(_read("parameters.out") + "  3  4\n")
+
+
+def test_hp_output_converged_and_not():
+    ok = parsers.parse_hp_output(_read("MnO.hp.out"))
+    assert ok["converged"] and ok["cpu_s"] == pytest.approx(132.81)
+    bad = parsers.parse_hp_output(_read("MnO.hp.q222.notconverged.out"))
+    assert not bad["converged"] and bad["last"] == (1, 2, 20)
+    assert "(1, 2, 20)" in bad["reason"]  # the q point it stalled at is recorded
+    stalled = _read("MnO.hp.out").replace("JOB DONE", "") + "\n Convergence has not been reached\n"
+    res = parsers.parse_hp_output(stalled)
+    assert not res["converged"] and "not converged" in res["reason"]
+    with pytest.raises(ValueError, match="not a hp.x stdout"):
+        parsers.parse_hp_output(_read("MnO.scf.out"))

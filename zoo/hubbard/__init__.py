@@ -1,0 +1,1 @@
+"""Hubbard U/V: data pipeline (``zoo.hubbard.dft``) and models."""

@@ -1,0 +1,232 @@
+"""Label rows from finished (scf<k>, hp<k>) pairs, and the ``data/hubbard/`` writer.
+
+One row per label per self-consistent step. U rows: every Hubbard site of hp.x's U table.
+V rows: every inter-site pair of hp.x's V table whose first atom is a transition metal (so each
+TM-ligand pair appears once). Occupations: ``atom_{1,2}_occs`` = on-site matrices
+``[spin][m1][m2]`` of both spins (spin 1 = up), ``intersite_occs`` = the block
+n^{IJ s}_{m1 m2} (I = atom 1, J = atom 2 image) when pw.x had that pair active, else null.
+Orbital order (QE): p = (z, x, y); d = (z2, xz, yz, x2-y2, xy).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import inputs, parsers
+from .cycle import PREFIX
+from .runner import read_json, write_json_atomic
+from .structures import TRANSITION_METALS, structure_id
+
+BOHR = 0.529177210903
+ORBITAL_ORDER = "QE real harmonics: p=(z,x,y); d=(z2,xz,yz,x2-y2,xy)"
+DIM = {"2p": 3, "3p": 3, "3d": 5}
+
+
+def _manifold(symbol: str) -> str | None:
+    return inputs.MANIFOLD.get(symbol)
+
+
+def _block(occ: np.ndarray, i: int, viz: int, m1: int, m2: int) -> list:
+    return occ[:, i, viz, :m1, :m2].tolist()
+
+
+def rows_for_step(job: dict, jobdir: Path, k: int) -> list[dict]:
+    """Label rows of iteration ``k`` of a finished job (ValueError if its files are bad)."""
+    st = job["structure"]
+    sym = st["symbols"]
+    nat = len(sym)
+    scf, hp = jobdir / f"scf{k}", jobdir / f"hp{k}"
+    pw = parsers.parse_pw_output((scf / "pw.out").read_text(errors="replace"))
+    if not pw["converged"]:
+        return []  # a non-converged ground state never yields labels
+    occ = parsers.parse_occup((scf / "occup.txt").read_text(), nat=nat)
+    hpp = parsers.parse_hubbard_parameters_dat(
+        (hp / f"{PREFIX}.Hubbard_parameters.dat").read_text()
+    )
+    hp_out = parsers.parse_hp_output((hp / "hp.out").read_text(errors="replace"))
+    p_in = {(i, j): v for i, j, v in read_json(scf / "hubbard_in.json")}
+    for i, j, _, v in pw["pairs"]:  # pairs pw.x added by symmetry carry the same V
+        p_in.setdefault((i, j), v)
+    neigh = {i: sorted(j for a, j, _, _ in pw["pairs"] if a == i and j != i) for i in range(1, 28)}
+    status = read_json(jobdir / "status.json")
+    hp_settings = status["steps"][f"hp{k}"].get("hp_settings", job["hp"])
+    common = {
+        "material": job["material"],
+        "structure_id": structure_id(st),
+        "structure": {key: st[key] for key in ("symbols", "cell", "positions", "spins")},
+        "sc_path": job["id"],
+        "iteration": k,
+        "purpose": job["purpose"],
+        "n_atoms_uc": nat,
+        "orbital_order": ORBITAL_ORDER,
+        "code": f"QE {pw['version']} pw.x+hp.x",
+        "settings_hash": job["settings_hash"],
+        "settings": {
+            "ecutwfc": job["pw"]["ecutwfc"],
+            "ecutrho": job["pw"]["ecutrho"],
+            "kpts": job["pw"]["kpts"],
+            "nq": hp_settings["nq"],
+            "conv_thr_chi": hp_settings["conv_thr_chi"],
+            "projector": job["pw"]["U_projection_type"],
+            "pseudos": {s: job["pseudos"][s] for s in sorted(set(sym))},
+        },
+        "energy_ry": pw["energy_ry"],
+        "total_mag": pw["total_mag"],
+        "hp_cpu_s": hp_out["cpu_s"],
+    }
+    rows = []
+    for i, u in sorted(hpp["U"].items()):
+        man = _manifold(sym[i - 1])
+        d = DIM[man]
+        rows.append(
+            {
+                **common,
+                "id": f"{job['id']}/it{k}/U/{i}",
+                "param_type": "U",
+                "atom_1_idx": i,
+                "atom_2_idx": i,
+                "atom_2_sc_idx": i,
+                "atom_2_image": [0, 0, 0],
+                "atom_1_element": sym[i - 1],
+                "atom_2_element": sym[i - 1],
+                "atom_1_manifold": man,
+                "atom_2_manifold": man,
+                "dist_bohr": 0.0,
+                "param_in": float(p_in.get((i, i), 0.0)),
+                "param_out": u,
+                "atom_1_occs": _block(occ, i - 1, 0, d, d),
+                "atom_2_occs": _block(occ, i - 1, 0, d, d),
+                "intersite_occs": None,
+            }
+        )
+    for i, j, dist, v in hpp["V"]:
+        if i == j or sym[i - 1] not in TRANSITION_METALS:
+            continue
+        a, image = inputs.supercell_atom(j, nat)
+        m1, m2 = _manifold(sym[i - 1]), _manifold(sym[a])
+        d1, d2 = DIM[m1], DIM[m2]
+        dist_geo = inputs.pair_distance(st, i, j) / BOHR
+        if abs(dist_geo - dist) > 1e-3:
+            raise ValueError(
+                f"hp{k}: pair ({i}, {j}) distance {dist} bohr != structure {dist_geo:.6f} bohr"
+            )
+        inter = None
+        if j in neigh.get(i, []):
+            inter = _block(occ, i - 1, 1 + neigh[i].index(j), d1, d2)
+        rows.append(
+            {
+                **common,
+                "id": f"{job['id']}/it{k}/V/{i}-{j}",
+                "param_type": "V",
+                "atom_1_idx": i,
+                "atom_2_idx": a + 1,
+                "atom_2_sc_idx": j,
+                "atom_2_image": list(image),
+                "atom_1_element": sym[i - 1],
+                "atom_2_element": sym[a],
+                "atom_1_manifold": m1,
+                "atom_2_manifold": m2,
+                "dist_bohr": dist,
+                "param_in": float(p_in.get((i, j), 0.0)),
+                "param_out": v,
+                "atom_1_occs": _block(occ, i - 1, 0, d1, d1),
+                "atom_2_occs": _block(occ, a, 0, d2, d2),
+                "intersite_occs": inter,
+            }
+        )
+    return rows
+
+
+def rows_for_job(jobdir: str | Path) -> list[dict]:
+    """Rows of every finished (scf<k>, hp<k>) pair of the job in ``jobdir``."""
+    jobdir = Path(jobdir)
+    job = read_json(jobdir / "job.json")
+    if job["kind"] != "sc" or not (jobdir / "status.json").exists():
+        return []
+    steps = read_json(jobdir / "status.json")["steps"]
+    rows = []
+    for k in range(job["n_iter"]):
+        if all(steps.get(f"{s}{k}", {}).get("state") == "done" for s in ("scf", "hp")):
+            rows += rows_for_step(job, jobdir, k)
+    return rows
+
+
+def _job_summary(job: dict, status: dict) -> dict:
+    steps = status.get("steps", {})
+    wall = sum(s.get("wall_s") or 0.0 for s in steps.values())
+    cpu = sum(s.get("cpu_s") or 0.0 for s in steps.values())
+    return {
+        "id": job["id"],
+        "purpose": job["purpose"],
+        "material": job["material"],
+        "kind": job["kind"],
+        "structure_id": structure_id(job["structure"]),
+        "settings_hash": job["settings_hash"],
+        "pw": job["pw"],
+        "hp": job["hp"],
+        "state": status.get("state", "pending"),
+        "steps": {
+            k: {x: v.get(x) for x in ("state", "cpu_s", "wall_s", "n_iter", "finished", "reason")}
+            for k, v in steps.items()
+        },
+        "failures": status.get("failures", []),
+        "wall_s": round(wall, 1),
+        "qe_cpu_s_rank0": round(cpu, 1),
+    }
+
+
+def write_dataset(queue_dir: str | Path, out_dir: str | Path) -> dict:
+    """Merge the queue's finished rows into ``out_dir/labels.jsonl`` and refresh manifest.json.
+
+    Existing rows/jobs are kept (rows keyed by ``id``), so a wiped scratch never loses data.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lab = out_dir / "labels.jsonl"
+    rows = {}
+    if lab.exists():
+        for line in lab.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                rows[r["id"]] = r
+    man_path = out_dir / "manifest.json"
+    manifest = read_json(man_path) if man_path.exists() else {"jobs": {}}
+    for jp in sorted(Path(queue_dir).glob("*/job.json")):
+        job = read_json(jp)
+        sp = jp.parent / "status.json"
+        status = read_json(sp) if sp.exists() else {}
+        manifest["jobs"][job["id"]] = _job_summary(job, status)
+        for r in rows_for_job(jp.parent):
+            rows[r["id"]] = r
+    tmp = lab.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(rows[k], sort_keys=True) + "\n" for k in sorted(rows)))
+    tmp.replace(lab)
+    manifest["totals"] = totals(list(rows.values()), manifest["jobs"])
+    write_json_atomic(man_path, manifest)
+    return manifest
+
+
+def totals(rows: list[dict], jobs: dict) -> dict:
+    """Label counts (all / production, U(TM) / V(TM-O)) and machine time."""
+
+    def count(rs):
+        u = sum(
+            1 for r in rs if r["param_type"] == "U" and r["atom_1_element"] in TRANSITION_METALS
+        )
+        v = sum(1 for r in rs if r["param_type"] == "V" and r["atom_2_element"] == "O")
+        return {"U_TM": u, "V_TM_O": v, "rows": len(rs)}
+
+    wall = sum(j["wall_s"] for j in jobs.values())
+    prod = [r for r in rows if r["purpose"] == "production"]
+    prod_wall = sum(j["wall_s"] for j in jobs.values() if j["purpose"] == "production")
+    return {
+        "all": count(rows),
+        "production": count(prod),
+        "materials": sorted({r["material"] for r in rows}),
+        "machine_hours_2cores": round(wall / 3600, 3),
+        "core_hours": round(2 * wall / 3600, 3),
+        "production_core_hours": round(2 * prod_wall / 3600, 3),
+    }

@@ -1,0 +1,165 @@
+"""Parsers for QE 6.7 pw.x / hp.x outputs; each raises one ValueError on truncated/foreign text.
+
+Orbital order of every occupation matrix (QE real harmonics, ``m = 0, +1, -1, +2, -2``):
+p = (z, x, y); d = (z2, xz, yz, x2-y2, xy).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+RY_TO_EV = 13.605693122994
+_FLOAT = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eEdD][-+]?\d+)?"
+
+
+def _time_seconds(text: str) -> float:
+    """'1h 2m 3.4s' / '1m 5.2s' / '47.43s' -> seconds."""
+    total = 0.0
+    for value, unit in re.findall(r"(\d+(?:\.\d+)?)([hms])", text):
+        total += float(value) * {"h": 3600, "m": 60, "s": 1}[unit]
+    return total
+
+
+def parse_pw_output(text: str) -> dict:
+    """pw.x stdout -> dict(converged, n_iter, energy_ry, total_mag, abs_mag, pairs, nat, ...).
+
+    ``pairs`` is the Hubbard pair table ``[(i, j, dist_bohr, V_eV), ...]`` printed at the top of a
+    DFT+U+V run. A run that stopped without convergence has ``converged=False`` (not an error);
+    a file that is not pw.x output or ends before the run finished raises ValueError.
+    """
+    if "Program PWSCF" not in text:
+        raise ValueError("pw.x output: 'Program PWSCF' header not found (not a pw.x stdout)")
+    out: dict = {"version": None, "converged": False, "n_iter": None, "energy_ry": None}
+    m = re.search(r"Program PWSCF v\.(\S+)", text)
+    out["version"] = m.group(1) if m else None
+    m = re.search(r"number of atoms/cell\s*=\s*(\d+)", text)
+    if not m:
+        raise ValueError("pw.x output: truncated before 'number of atoms/cell'")
+    out["nat"] = int(m.group(1))
+    m = re.search(r"convergence has been achieved in\s+(\d+)\s+iterations", text)
+    if m:
+        out["converged"], out["n_iter"] = True, int(m.group(1))
+    m = re.search(r"convergence NOT achieved after\s+(\d+)\s+iterations", text)
+    if m:
+        out["converged"], out["n_iter"] = False, int(m.group(1))
+    done = "JOB DONE" in text
+    if not done and not m:
+        raise ValueError("pw.x output: truncated (no 'JOB DONE' and no convergence verdict)")
+    energies = re.findall(r"^!\s+total energy\s+=\s+(" + _FLOAT + r")\s+Ry", text, re.M)
+    out["energy_ry"] = float(energies[-1]) if energies else None
+    mags = re.findall(r"total magnetization\s+=\s+(" + _FLOAT + ")", text)
+    absm = re.findall(r"absolute magnetization\s+=\s+(" + _FLOAT + ")", text)
+    out["total_mag"] = float(mags[-1]) if mags else None
+    out["abs_mag"] = float(absm[-1]) if absm else None
+    acc = re.findall(r"estimated scf accuracy\s+<\s+(" + _FLOAT + ")", text)
+    out["scf_accuracy"] = [float(a) for a in acc]
+    out["pairs"] = [
+        (int(i), int(j), float(d), float(v))
+        for i, j, d, v in re.findall(
+            r"^\s+(\d+)\s+(\d+)\s+(" + _FLOAT + r")\s+V =\s+(" + _FLOAT + ")", text, re.M
+        )
+    ]
+    m = re.search(r"PWSCF\s+:\s+(.+?)CPU\s+(.+?)WALL", text)
+    out["cpu_s"] = _time_seconds(m.group(1)) if m else None
+    out["wall_s"] = _time_seconds(m.group(2)) if m else None
+    out["job_done"] = done
+    return out
+
+
+def parse_occup(text: str, *, nat: int, nspin: int = 2, ldim: int = 5) -> np.ndarray:
+    """``<prefix>.save/occup.txt`` of a ``lda_plus_u_kind=2`` run -> float64 array.
+
+    Shape ``[nspin, nat, n_neigh, ldim, ldim]``; element ``[s, I, v, m1, m2]`` is
+    <c+_{I m1 s} c_{J m2 s}> with ``v = 0`` the on-site block and ``v >= 1`` the neighbours of
+    ``I`` in increasing supercell index (the order of pw.x's pair table). Imaginary parts must be
+    zero (collinear runs).
+    """
+    pairs = re.findall(r"\(\s*(" + _FLOAT + r")\s*,\s*(" + _FLOAT + r")\s*\)", text)
+    stripped = re.sub(r"\(\s*" + _FLOAT + r"\s*,\s*" + _FLOAT + r"\s*\)", "", text)
+    if stripped.strip() or not pairs:
+        raise ValueError("occup.txt: unexpected content (not a list of complex numbers)")
+    block = ldim * ldim * nat * nspin
+    if len(pairs) % block:
+        raise ValueError(
+            f"occup.txt: {len(pairs)} values is not a multiple of {block} "
+            f"(ldim^2*nat*nspin); file truncated?"
+        )
+    vals = np.array([[float(a.replace("D", "E").replace("d", "e")) for a in p] for p in pairs])
+    if np.abs(vals[:, 1]).max() > 1e-8:
+        raise ValueError("occup.txt: nonzero imaginary parts (noncollinear run not supported)")
+    n_neigh = len(pairs) // block
+    # Fortran nsg(m1, m2, viz, na, is) column-major == C order [is, na, viz, m2, m1].
+    arr = vals[:, 0].reshape(nspin, nat, n_neigh, ldim, ldim)
+    return np.ascontiguousarray(arr.transpose(0, 1, 2, 4, 3))
+
+
+def parse_hubbard_parameters_dat(text: str) -> dict:
+    """hp.x ``<prefix>.Hubbard_parameters.dat`` -> {"U": {site: U_eV}, "V": [(i, j, d_bohr, V)]}.
+
+    ``U`` keys are 1-based sites; ``V`` rows are every printed pair (3x3x3 supercell index j),
+    the on-site rows (distance 0) included.
+    """
+    if "Hubbard U parameters" not in text:
+        raise ValueError("Hubbard_parameters.dat: 'Hubbard U parameters' header not found")
+    u = {}
+    head = text.split("Hubbard U parameters")[1].split("=---")[0]
+    for m in re.finditer(
+        r"^\s+(\d+)\s+\d+\s+\S+\s+-?\d+\s+\d+\s+\S+\s+(" + _FLOAT + ")", head, re.M
+    ):
+        u[int(m.group(1))] = float(m.group(2))
+    if not u:
+        raise ValueError("Hubbard_parameters.dat: no U rows")
+    v = []
+    if "Hubbard V parameters" in text:
+        tail = text.split("Hubbard V parameters")[1].split("=---")[0]
+        if "Distance" not in tail:
+            raise ValueError("Hubbard_parameters.dat: V table truncated")
+        row = r"^\s+(\d+)\s+\S+\s+(\d+)\s+\S+\s+(" + _FLOAT + r")\s+(" + _FLOAT + r")\s*$"
+        v = [(int(a), int(b), float(c), float(d)) for a, b, c, d in re.findall(row, tail, re.M)]
+        onsite = {i for i, j, _, _ in v if i == j}
+        if not v or not set(u) <= onsite:
+            raise ValueError("Hubbard_parameters.dat: V table truncated (on-site rows missing)")
+    return {"U": u, "V": v}
+
+
+def parse_parameters_out(text: str) -> list[tuple[int, int, float]]:
+    """hp.x ``parameters.out`` -> ``[(i, j, V_eV)]`` (each maps to ``Hubbard_V(i,j,1)``)."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines or not lines[0].lstrip().startswith("# Atom 1"):
+        raise ValueError("parameters.out: '# Atom 1  Atom 2  Hubbard V (eV)' header not found")
+    rows = []
+    for ln in lines[1:]:
+        parts = ln.split()
+        if len(parts) != 3:
+            raise ValueError(f"parameters.out: malformed line {ln.strip()!r}")
+        try:
+            rows.append((int(parts[0]), int(parts[1]), float(parts[2])))
+        except ValueError:
+            raise ValueError(f"parameters.out: malformed line {ln.strip()!r}") from None
+    if not rows:
+        raise ValueError("parameters.out: no parameter lines")
+    return rows
+
+
+def parse_hp_output(text: str) -> dict:
+    """hp.x stdout -> dict(converged, cpu_s, wall_s, n_q, last=(atom, q, iter), reason)."""
+    if "Program HP" not in text:
+        raise ValueError("hp.x output: 'Program HP' header not found (not a hp.x stdout)")
+    its = re.findall(r"atom #\s*(\d+)\s+q point #\s*(\d+)\s+iter #\s*(\d+)", text)
+    last = tuple(int(x) for x in its[-1]) if its else None
+    m = re.search(r"Number of q in the star\s*=\s*(\d+)", text)
+    nq = re.findall(r"Calculation for q #\s*(\d+)", text)
+    out = {"last": last, "n_q_calcs": len(nq), "converged": False, "reason": None}
+    out["n_q_star"] = int(m.group(1)) if m else None
+    m = re.findall(r"HP\s+:\s+(.+?)CPU\s+(.+?)WALL", text)
+    out["cpu_s"] = _time_seconds(m[-1][0]) if m else None
+    out["wall_s"] = _time_seconds(m[-1][1]) if m else None
+    if "Convergence has not been reached" in text or "not converged" in text.lower():
+        out["reason"] = f"hp.x chi not converged (atom, q, iter) = {last}"
+    elif "JOB DONE" not in text:
+        out["reason"] = f"hp.x output truncated/stopped at (atom, q, iter) = {last}"
+    else:
+        out["converged"] = True
+    return out

@@ -1,0 +1,129 @@
+"""Command line of the local DFT queue.
+
+    python -m zoo.hubbard.dft.queue seed   <queue_dir>   # add the planned jobs (idempotent)
+    python -m zoo.hubbard.dft.queue run    <queue_dir> [--commit] [--exit-when-idle]
+    python -m zoo.hubbard.dft.queue step   <job_dir>     # one step (used by run)
+    python -m zoo.hubbard.dft.queue status <queue_dir>
+    python -m zoo.hubbard.dft.queue export <queue_dir> [--commit]
+
+``run`` takes a lock on ``<queue_dir>/queue.lock`` (one runner per queue), picks the runnable job
+with the lowest (priority, id) and runs its next step in a fresh interpreter, so code fixes apply
+to the next step without restarting the queue. Jobs added while it runs are picked up. After a
+job finishes it exports ``data/hubbard/`` and, with ``--commit``, commits that folder only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .runner import now, read_json
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def list_jobs(queue_dir: Path) -> list[tuple[dict, dict]]:
+    """(job, status) for every job directory, sorted by (priority, id)."""
+    out = []
+    for p in sorted(Path(queue_dir).glob("*/job.json")):
+        job = read_json(p)
+        sp = p.parent / "status.json"
+        status = read_json(sp) if sp.exists() else {"state": "pending", "steps": {}}
+        out.append((job, status))
+    out.sort(key=lambda js: (js[0]["priority"], js[0]["id"]))
+    return out
+
+
+def _git_commit(paths: list[str], message: str) -> None:
+    for _ in range(12):
+        if not (REPO / ".git" / "index.lock").exists():
+            break
+        time.sleep(5)
+    subprocess.run(["git", "add", *paths], cwd=REPO, check=False)
+    subprocess.run(["git", "commit", "-q", "-m", message, "--", *paths], cwd=REPO, check=False)
+
+
+def export(queue_dir: Path, commit: bool, message: str = "hubbard data: update") -> None:
+    from .dataset import write_dataset
+
+    out = REPO / "data" / "hubbard"
+    write_dataset(queue_dir, out)
+    if commit:
+        _git_commit(["data/hubbard"], message)
+
+
+def run(queue_dir: Path, commit: bool, exit_when_idle: bool, idle_sleep: float = 120.0) -> None:
+    queue_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(queue_dir / "queue.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        sys.exit(f"queue {queue_dir} is already being run by another process")
+    lock.write(str(os.getpid()))
+    lock.flush()
+    while True:
+        runnable = [(j, s) for j, s in list_jobs(queue_dir) if s["state"] not in ("done", "failed")]
+        if not runnable:
+            if exit_when_idle:
+                return
+            time.sleep(idle_sleep)
+            continue
+        job, _ = runnable[0]
+        jobdir = queue_dir / job["id"]
+        print(f"{now()} step {job['id']}", flush=True)
+        rc = subprocess.run(
+            [sys.executable, "-m", "zoo.hubbard.dft.queue", "step", str(jobdir)], cwd=REPO
+        ).returncode
+        status = read_json(jobdir / "status.json") if (jobdir / "status.json").exists() else {}
+        print(f"{now()} -> rc={rc} state={status.get('state')}", flush=True)
+        if rc != 0:
+            time.sleep(30)  # a crash of the step code itself: do not spin
+        if status.get("state") in ("done", "failed"):
+            msg = f"hubbard data: {job['id']} {status['state']}"
+            subprocess.run(
+                [sys.executable, "-m", "zoo.hubbard.dft.queue", "export", str(queue_dir)]
+                + (["--commit", "--message", msg] if commit else []),
+                cwd=REPO,
+            )
+
+
+def print_status(queue_dir: Path) -> None:
+    for job, status in list_jobs(queue_dir):
+        steps = " ".join(f"{k}:{v['state'][0]}" for k, v in status.get("steps", {}).items())
+        print(f"{job['priority']:4d} {job['id']:40s} {status['state']:8s} {steps}")
+        if status.get("failures"):
+            print(f"      last failure: {status['failures'][-1]['reason'][:150]}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="zoo.hubbard.dft.queue")
+    ap.add_argument("command", choices=["seed", "run", "step", "status", "export"])
+    ap.add_argument("path", type=Path)
+    ap.add_argument("--commit", action="store_true")
+    ap.add_argument("--exit-when-idle", action="store_true")
+    ap.add_argument("--message", default="hubbard data: update")
+    ap.add_argument("--np", type=int, default=2)
+    args = ap.parse_args(argv)
+    if args.command == "seed":
+        from .plan import seed
+
+        seed(args.path)
+    elif args.command == "run":
+        run(args.path.resolve(), args.commit, args.exit_when_idle)
+    elif args.command == "step":
+        from .cycle import run_step
+
+        run_step(args.path, np=args.np)
+    elif args.command == "status":
+        print_status(args.path)
+    else:
+        export(args.path.resolve(), args.commit, args.message)
+
+
+if __name__ == "__main__":
+    main()
