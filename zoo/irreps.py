@@ -35,13 +35,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-# kind -> (formula, irreps of the indices as reduced_tensor_product_basis keywords, axial indices)
-_SPECS: dict[str, tuple[str, tuple[tuple[str, str], ...], int]] = {
-    "rank2": ("ij", (("i", "1o"), ("j", "1o")), 0),
-    "rank2_axial": ("ij", (("i", "1e"), ("j", "1e")), 2),
-    "symmetric2": ("ij=ji", (("i", "1o"),), 0),
-    "raman": ("ijk=ikj", (("i", "1o"), ("j", "1o")), 0),
-    "chi2": ("ijk=jik", (("i", "1o"), ("k", "1o")), 0),
+# kind -> (formula, irreps of the indices as reduced_tensor_product_basis keywords)
+_SPECS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+    "rank2": ("ij", (("i", "1o"), ("j", "1o"))),
+    "rank2_axial": ("ij", (("i", "1e"), ("j", "1e"))),
+    "symmetric2": ("ij=ji", (("i", "1o"),)),
+    "raman": ("ijk=ikj", (("i", "1o"), ("j", "1o"))),
+    "chi2": ("ijk=jik", (("i", "1o"), ("k", "1o"))),
 }
 KINDS: tuple[str, ...] = tuple(_SPECS)
 
@@ -58,14 +58,14 @@ def _basis(formula: str, index_irreps: tuple[tuple[str, str], ...]) -> tuple[str
     return str(q.irreps), mat
 
 
-def _spec(kind: str) -> tuple[str, tuple[tuple[str, str], ...], int]:
+def _spec(kind: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     if not isinstance(kind, str) or kind not in _SPECS:
         raise ValueError(f"kind: unknown tensor kind {kind!r}; known kinds are {KINDS}")
     return _SPECS[kind]
 
 
 def _kind_basis(kind: str) -> tuple[e3nn.Irreps, np.ndarray, int]:
-    formula, index_irreps, _ = _spec(kind)
+    formula, index_irreps = _spec(kind)
     irreps, mat = _basis(formula, index_irreps)
     return e3nn.Irreps(irreps), mat, len(formula.split("=")[0])
 
@@ -173,9 +173,9 @@ def to_cartesian(kind: str, x: e3nn.IrrepsArray | Float[Array, "*batch dim"]) ->
 def rotate_cartesian(kind: str, cart: Float[Array, "*batch 3 3"], R: Float[Array, "3 3"]) -> Array:
     """Apply an orthogonal matrix `R` (rotation or improper rotation) to every index of `cart`.
 
-    Polar (1o) indices transform with `R`, axial (1e) indices with `det(R) R`; for `rank2_axial`
-    the two signs cancel, so every kind gives `T'_{ab..} = R_{ai} R_{bj} .. T_{ij..}` times
-    `det(R)**n_axial`. Used by the tests to check `to_irreps(rotate(T)) == D(R) to_irreps(T)`.
+    `T'_{ab..} = R_{ai} R_{bj} .. T_{ij..}`. Polar (1o) indices transform with `R` and axial (1e)
+    ones with `det(R) R`; `rank2_axial` has two axial indices, so the signs cancel and every kind
+    transforms the same way. Used by the tests to check `to_irreps(rotate(T)) == D(R) to_irreps(T)`.
 
     **Arguments:**
 
@@ -188,7 +188,6 @@ def rotate_cartesian(kind: str, cart: Float[Array, "*batch 3 3"], R: Float[Array
     Array of the shape and dtype of `cart`.
     """
     _, _, rank = _kind_basis(kind)
-    n_axial = _SPECS[kind][2]
     R = jnp.asarray(R)
     if R.shape != (3, 3):
         raise ValueError(f"R: expected shape (3, 3), got shape {tuple(R.shape)}")
@@ -202,6 +201,4 @@ def rotate_cartesian(kind: str, cart: Float[Array, "*batch 3 3"], R: Float[Array
     # contract R into each of the trailing `rank` axes in turn
     for axis in range(cart.ndim - rank, cart.ndim):
         out = jnp.moveaxis(jnp.tensordot(out, R, axes=([axis], [1]), precision="highest"), -1, axis)
-    if n_axial % 2:
-        out = out * jnp.linalg.det(R)
     return out
