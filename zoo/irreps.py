@@ -18,8 +18,9 @@ tensor that has the kind's symmetry. For the rank-2 kinds (e3nn-jax orders 1o/1e
 - `1e = (T_yz - T_zy, T_zx - T_xz, T_xy - T_yx) / sqrt(2)` (the antisymmetric part),
 - `2e` = the symmetric traceless part in e3nn's real spherical-harmonic basis (m = -2..2).
 
-`rank2` and `rank2_axial` share the same basis and irreps (the parities of the two indices cancel);
-they differ only in how their indices transform under an improper rotation (see `rotate_cartesian`).
+`rank2` and `rank2_axial` are the same conversion: with two axial (1e) indices the two det(R)
+signs cancel, so the tensor transforms as `R T R^T` and has irreps 0e+1e+2e either way. The
+separate name records what the indices are (B and mu for shielding) for heads and configs.
 
 Symmetry of the input: for a kind with an index symmetry, `to_irreps` projects onto the symmetric
 subspace (the part breaking the symmetry is discarded). A concrete **numpy** input whose relative
