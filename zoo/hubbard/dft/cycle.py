@@ -109,8 +109,20 @@ def hubbard_for_iteration(job: dict, jobdir: Path, k: int) -> list[tuple[int, in
     if k == 0:
         return init
     prev = parsers.parse_parameters_out((jobdir / f"hp{k - 1}" / "parameters.out").read_text())
-    have = {(i, j) for i, j, _ in prev}
-    return prev + [(i, j, v) for i, j, v in init if (i, j) not in have]
+    nat = len(st["symbols"])
+
+    def key(i, j):  # (atom, neighbour element, distance): equal for symmetry-equivalent pairs
+        return (
+            i,
+            st["symbols"][inputs.supercell_atom(j, nat)[0]],
+            round(inputs.pair_distance(st, i, j), 4),
+        )
+
+    # hp.x lists one pair per symmetry class and pw.x completes the others; adding an
+    # equivalent pair with another value makes pw.x stop ("Problem with Hubbard_V").
+    have = {(i, j) for i, j, _ in prev} | {key(i, j) for i, j, _ in prev}
+    extra = [(i, j, v) for i, j, v in init if (i, j) not in have and key(i, j) not in have]
+    return prev + extra
 
 
 def _pw_settings(job: dict, attempt: int) -> dict:

@@ -153,12 +153,13 @@ def species_labels(structure: dict) -> list[str]:
 
 def _species(structure: dict, pseudos: dict[str, str], pseudo_dir: str | None):
     labels = species_labels(structure)
+    missing = sorted(set(structure["symbols"]) - set(pseudos))
+    if missing:
+        raise ValueError(f"pseudos: no pseudopotential given for element {missing[0]!r}")
     species = []
     for lab, s, spin in zip(labels, structure["symbols"], structure["spins"], strict=True):
         if lab in [x[0] for x in species]:
             continue
-        if s not in pseudos:
-            raise ValueError(f"pseudos: no pseudopotential given for element {s!r}")
         if pseudo_dir is not None and not (Path(pseudo_dir) / pseudos[s]).is_file():
             raise ValueError(f"pseudos: file {pseudos[s]!r} for {s!r} not found in {pseudo_dir}")
         species.append((lab, s, pseudos[s], float(np.sign(spin))))

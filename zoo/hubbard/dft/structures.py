@@ -39,6 +39,15 @@ def rocksalt_afm(metal: str, a: float | None = None) -> dict:
     return _make([metal, metal, "O", "O"], cell, frac @ cell, [1, -1, 0, 0])
 
 
+def rocksalt_fm(metal: str, a: float | None = None) -> dict:
+    """Ferromagnetic rock-salt MO in the 2-atom fcc primitive cell (the smallest test cell)."""
+    if metal not in ROCKSALT_A and a is None:
+        raise ValueError(f"metal: no default lattice constant for {metal!r}; pass a")
+    a = ROCKSALT_A[metal] if a is None else float(a)
+    cell = 0.5 * a * np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
+    return _make([metal, "O"], cell, [[0, 0, 0], [0.5 * a, 0.5 * a, 0.5 * a]], [1, 0])
+
+
 def layered_limo2(metal: str) -> dict:
     """R-3m LiMO2 in the 4-atom rhombohedral primitive cell (TM, O, O, Li), ferromagnetic."""
     if metal not in LAYERED_LIMO2:

@@ -1,0 +1,69 @@
+"""One real pw.x -> hp.x -> pw.x -> hp.x cycle on the smallest cell (2-atom FM NiO), cheap settings.
+
+Pseudopotentials are regenerated with ld1.x from the committed pslibrary inputs
+(tests/data/qe/ld1/), so the test needs only the quantum-espresso package.
+"""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from zoo.hubbard.dft import cycle, dataset, structures
+from zoo.hubbard.dft.runner import read_json
+
+LD1 = Path(__file__).resolve().parents[1] / "data" / "qe" / "ld1"
+PSEUDOS = {"Ni": "Ni.pbe-n-rrkjus_psl.1.0.0.UPF", "O": "O.pbe-nl-rrkjus_psl.1.0.0.UPF"}
+
+pytestmark = [
+    pytest.mark.qe,
+    pytest.mark.skipif(
+        any(shutil.which(x) is None for x in ("pw.x", "hp.x", "ld1.x")),
+        reason="Quantum ESPRESSO (pw.x, hp.x, ld1.x) not installed: apt-get install quantum-espresso",
+    ),
+]
+
+
+@pytest.mark.timeout(900)
+def test_real_cycle_nio(tmp_path):
+    pdir = tmp_path / "pseudo"
+    pdir.mkdir()
+    for name in PSEUDOS.values():
+        with open(LD1 / name.replace(".UPF", ".ld1.in")) as fin:
+            subprocess.run(["ld1.x"], stdin=fin, cwd=pdir, capture_output=True, check=True)
+        assert (pdir / name).exists()
+    job = cycle.make_job(
+        "nio-test",
+        material="NiO",
+        structure=structures.rocksalt_fm("Ni"),
+        pseudos=PSEUDOS,
+        pseudo_dir=str(pdir),
+        pw={"ecutwfc": 30.0, "ecutrho": 240.0, "kpts": [2, 2, 2], "conv_thr": 1e-8,
+            "tot_magnetization": 2, "mixing_beta": 0.4},
+        hp={"nq": [1, 1, 1], "conv_thr_chi": 1e-4, "niter_max": 40},
+        u_init={"Ni": 4.0},
+        n_iter=2,
+        max_attempts=1,
+    )  # fmt: skip
+    jobdir = cycle.add_job(tmp_path / "queue", job)
+    done = []
+    for _ in range(8):
+        step = cycle.run_step(jobdir, np=1, nice=0)
+        if step is None:
+            break
+        done.append(step)
+    status = read_json(jobdir / "status.json")
+    assert status["state"] == "done", status.get("failures")
+    assert done == ["scf0", "hp0", "scf1", "hp1"]
+    rows = dataset.rows_for_job(jobdir)
+    u = [r for r in rows if r["param_type"] == "U" and r["atom_1_element"] == "Ni"]
+    v = [r for r in rows if r["param_type"] == "V" and r["atom_2_element"] == "O"]
+    assert len(u) == 2 and len(v) >= 2  # one U(Ni) per iteration, Ni-O V per iteration
+    it0, it1 = sorted(u, key=lambda r: r["iteration"])
+    assert it0["param_in"] == 4.0 and it1["param_in"] == pytest.approx(it0["param_out"])
+    assert 2.0 < it0["param_out"] < 12.0
+    up, down = it0["atom_1_occs"]
+    mag = sum(up[i][i] for i in range(5)) - sum(down[i][i] for i in range(5))
+    assert 1.0 < mag < 2.0  # Ni2+ d8: two holes in the minority eg
+    assert not (jobdir / "out").exists()  # wavefunctions deleted
