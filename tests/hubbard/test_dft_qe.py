@@ -20,7 +20,7 @@ pytestmark = [
     pytest.mark.qe,
     pytest.mark.skipif(
         any(shutil.which(x) is None for x in ("pw.x", "hp.x", "ld1.x")),
-        reason="Quantum ESPRESSO (pw.x, hp.x, ld1.x) not installed: apt-get install quantum-espresso",
+        reason="pw.x/hp.x/ld1.x not installed (apt-get install quantum-espresso)",
     ),
 ]
 
