@@ -1,0 +1,169 @@
+"""Static tables: model types -> classes, shipped pretrained names -> Hub repos, sha256 pins.
+
+Nothing here imports a dotted path read from a user's file: a config.json names a
+``model_type``, which is looked up in :data:`MODEL_TYPES` (internal import strings) or in
+a ``model_types`` mapping passed by the caller's own code.
+"""
+
+import hashlib
+import importlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: Embedded weights (package data). The lead links the top-level ``weights/`` here.
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+#: sha256 pins of every embedded model folder, written by :func:`write_registry`.
+REGISTRY_NAME = "registry.json"
+REGISTRY_FORMAT = 1
+
+# model_type (config.json) -> "module:Class" inside the zoo package. The class must have a
+# ``from_config(config: dict) -> eqx.Module`` classmethod.
+# ---- LEAD: extend this table as the model classes land, e.g.
+#      "response": "zoo.model:ResponseModel", "hubbard": "zoo.hubbard:HubbardModel". ----
+MODEL_TYPES: dict[str, str] = {}
+
+#: A model_types override maps a type to a class with ``from_config``, a builder
+#: ``config -> Module``, or an import string "module:Class".
+ModelTypeEntry = type | Callable[[dict], Any] | str
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """A shipped pretrained model: its Hub repo and the pinned release revision."""
+
+    name: str
+    repo_id: str
+    revision: str
+    description: str
+
+
+def _shipped(name: str, description: str) -> Pretrained:
+    # "v0.1.0" is the tag created when publishing; the sha256 pins fix the content.
+    return Pretrained(name, f"e3zoo/{name}", "v0.1.0", description)
+
+
+SHIPPED: dict[str, Pretrained] = {
+    p.name: p
+    for p in (
+        _shipped("batio3-response", "BaTiO3: energy, forces, Born charges, Raman, dielectric"),
+        _shipped("si29-shielding", "29Si NMR chemical shielding tensors"),
+        _shipped("hubbard-u", "Hubbard U (on-site) from DFT+U occupations"),
+        _shipped("hubbard-v", "Hubbard V (inter-site) from DFT+U+V occupations"),
+        _shipped("hubbard-uv", "Hubbard U and V from DFT+U+V occupations"),
+    )
+}
+
+
+def shipped(name: str) -> Pretrained:
+    """The :class:`Pretrained` entry of a shipped name; ValueError listing the known names."""
+    if name not in SHIPPED:
+        raise ValueError(f"unknown pretrained model {name!r}; known names: {', '.join(SHIPPED)}")
+    return SHIPPED[name]
+
+
+def _import(spec: str) -> Any:
+    module, sep, attr = spec.partition(":")
+    if not sep or not module or not attr:
+        raise ValueError(f"model type entry {spec!r} must look like 'package.module:Class'")
+    return getattr(importlib.import_module(module), attr)
+
+
+def model_class(
+    model_type: str, model_types: Mapping[str, ModelTypeEntry] | None = None
+) -> ModelTypeEntry:
+    """The class (or builder) registered for ``model_type``.
+
+    **Arguments:**
+
+    - `model_type`: the ``"model_type"`` string of a config.json.
+    - `model_types`: extra entries from the caller's code, consulted before :data:`MODEL_TYPES`.
+
+    **Returns:** a class with ``from_config`` or a callable ``config -> Module``.
+    """
+    table: dict[str, ModelTypeEntry] = {**MODEL_TYPES, **(model_types or {})}
+    if not isinstance(model_type, str) or model_type not in table:
+        known = ", ".join(sorted(table)) or "(none registered yet)"
+        raise ValueError(f"config.json: unknown model_type {model_type!r}; known types: {known}")
+    entry = table[model_type]
+    if isinstance(entry, str):
+        entry = _import(entry)
+    if not callable(getattr(entry, "from_config", entry)):
+        raise ValueError(f"model type {model_type!r}: {entry!r} has no from_config(config)")
+    return entry
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    """Non-hidden regular files below ``folder``, sorted by relative path."""
+    files = []
+    for path in folder.rglob("*"):
+        rel = path.relative_to(folder)
+        if path.is_file() and not any(part.startswith((".", "__")) for part in rel.parts):
+            files.append(path)
+    return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def write_registry(weights_dir: str | os.PathLike | None = None) -> dict:
+    """Hash every model folder (a subfolder with config.json) into ``weights_dir/registry.json``.
+
+    Run after adding or retraining embedded weights; the Hub copies must be byte-identical.
+    The file is replaced atomically. Returns the registry dict that was written.
+    """
+    root = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
+    if not root.is_dir():
+        raise ValueError(f"weights_dir {str(root)!r} is not a directory")
+    models = {}
+    for folder in sorted(p for p in root.iterdir() if (p / "config.json").is_file()):
+        models[folder.name] = {
+            "files": {
+                path.relative_to(folder).as_posix(): {
+                    "sha256": sha256_file(path),
+                    "size": path.stat().st_size,
+                }
+                for path in _folder_files(folder)
+            }
+        }
+    registry = {"format": REGISTRY_FORMAT, "models": models}
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{REGISTRY_NAME}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(registry, f, sort_keys=True, indent=2)
+            f.write("\n")
+        os.replace(tmp, root / REGISTRY_NAME)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return registry
+
+
+def read_registry(weights_dir: str | os.PathLike | None = None) -> dict[str, dict[str, str]]:
+    """The sha256 pins ``{name: {filename: sha256}}``; empty if no registry.json exists."""
+    path = (Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR) / REGISTRY_NAME
+    if not path.is_file():
+        return {}
+    try:
+        registry = json.loads(path.read_text())
+        if registry.get("format") != REGISTRY_FORMAT:
+            raise ValueError(f"format {registry.get('format')!r}, expected {REGISTRY_FORMAT}")
+        return {
+            name: {file: meta["sha256"] for file, meta in entry["files"].items()}
+            for name, entry in registry["models"].items()
+        }
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(
+            f"{path}: unreadable weights registry ({err}); regenerate it with "
+            "zoo._registry.write_registry(weights_dir)"
+        ) from err

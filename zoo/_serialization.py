@@ -1,0 +1,375 @@
+"""Model folders: config.json + model.safetensors + README.md, written and read strictly.
+
+Tensors are named by their pytree key path ("layers.0.linear.weight", "w.w[0,1] 0e,1o"), so a
+file can be read without the code and a renamed field fails loudly instead of loading silently.
+No pickle anywhere.
+"""
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import yaml
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+
+#: Version of the model-folder format; a config.json with another major version is refused.
+FORMAT_VERSION = "1.0"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+_MAX_LISTED = 5
+
+
+def _key_name(key: Any) -> str:
+    if isinstance(key, jax.tree_util.GetAttrKey):
+        return key.name
+    if isinstance(key, jax.tree_util.SequenceKey):
+        return str(key.idx)
+    if isinstance(key, jax.tree_util.DictKey):
+        if not isinstance(key.key, str | int):
+            raise ValueError(f"dict key {key.key!r} in the model: only str/int keys can be saved")
+        return str(key.key)
+    if isinstance(key, jax.tree_util.FlattenedIndexKey):
+        return str(key.key)
+    raise ValueError(f"unsupported pytree key {key!r} in the model")
+
+
+def tensor_name(path: Sequence[Any]) -> str:
+    """Human-readable tensor name of a pytree key path, e.g. ``"layers.0.weight"``."""
+    return ".".join(_key_name(k) for k in path)
+
+
+def _is_tensor(leaf: Any) -> bool:
+    return eqx.is_array(leaf) or isinstance(leaf, jax.ShapeDtypeStruct)
+
+
+def _named_leaves(tree: Any) -> tuple[list[tuple[str | None, Any]], Any]:
+    """(name or None for non-array leaves, leaf) in flattening order, and the treedef."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    named, seen = [], set()
+    for path, leaf in flat:
+        name = tensor_name(path) if _is_tensor(leaf) else None
+        if name is not None:
+            if name in seen:
+                raise ValueError(f"two model arrays share the tensor name {name!r}")
+            seen.add(name)
+        named.append((name, leaf))
+    return named, treedef
+
+
+def model_tensors(model: eqx.Module) -> dict[str, np.ndarray]:
+    """The model's arrays as host numpy arrays, keyed by tensor name."""
+    tensors = {}
+    for name, leaf in _named_leaves(model)[0]:
+        if name is None:
+            continue
+        if isinstance(leaf, jax.ShapeDtypeStruct):
+            raise ValueError(f"tensor {name!r} is abstract (ShapeDtypeStruct): nothing to save")
+        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            raise ValueError(f"tensor {name!r} is a PRNG key; store jax.random.key_data(key)")
+        tensors[name] = np.ascontiguousarray(np.asarray(leaf))
+    return tensors
+
+
+def save_safetensors(model: eqx.Module, path: str | os.PathLike) -> None:
+    """Write the model's arrays to a safetensors file (non-array leaves are not saved)."""
+    save_file(model_tensors(model), str(path), metadata={"format": "e3zoo"})
+
+
+def _problems_message(path: Path, problems: list[str]) -> str:
+    shown = problems[:_MAX_LISTED]
+    more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
+    return (
+        f"{path}: weights do not match the model built from config.json:\n  "
+        + "\n  ".join(shown)
+        + more
+    )
+
+
+def load_safetensors(skeleton: eqx.Module, path: str | os.PathLike) -> eqx.Module:
+    """Fill the array leaves of ``skeleton`` from a safetensors file, strictly.
+
+    **Arguments:**
+
+    - `skeleton`: a model whose array leaves may be arrays or ``jax.ShapeDtypeStruct``
+      (e.g. from ``eqx.filter_eval_shape``); its other leaves are kept.
+    - `path`: the safetensors file.
+
+    **Returns:** the model with every array leaf read from the file.
+
+    Raises ValueError naming the file when it is corrupt or truncated, and naming the tensors
+    when names are missing or extra or a shape or dtype differs.
+    """
+    path = Path(path)
+    named, treedef = _named_leaves(skeleton)
+    expected = {name: leaf for name, leaf in named if name is not None}
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            stored = set(f.keys())
+            problems = [f"missing tensor {n!r}" for n in expected if n not in stored]
+            problems += [f"unexpected tensor {n!r}" for n in sorted(stored - set(expected))]
+            arrays = {}
+            for name, leaf in expected.items():
+                if name not in stored:
+                    continue
+                array = f.get_tensor(name)
+                if array.shape != tuple(leaf.shape):
+                    problems.append(
+                        f"tensor {name!r}: shape {array.shape} in the file, "
+                        f"{tuple(leaf.shape)} expected"
+                    )
+                elif array.dtype != np.dtype(leaf.dtype):
+                    hint = ""
+                    if array.dtype == np.float64 and not jax.config.jax_enable_x64:
+                        hint = " (enable jax_enable_x64 to load float64 weights)"
+                    elif jnp.issubdtype(array.dtype, jnp.floating):
+                        hint = " (the model class must build the dtype stored in config.json)"
+                    problems.append(
+                        f"tensor {name!r}: dtype {array.dtype} in the file, "
+                        f"{np.dtype(leaf.dtype)} expected{hint}"
+                    )
+                arrays[name] = array
+    except (SafetensorError, OSError) as err:
+        raise ValueError(
+            f"{path}: corrupt or truncated safetensors file ({err}); re-download or re-save it"
+        ) from err
+    if problems:
+        raise ValueError(_problems_message(path, problems))
+    leaves = [leaf if name is None else jnp.asarray(arrays[name]) for name, leaf in named]
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _check_json_safe(value: Any, where: str) -> None:
+    if value is None or isinstance(value, str | bool | int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where} = {value!r} is not JSON-safe (non-finite float)")
+        return
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_json_safe(item, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{where}: key {key!r} is not a str (config must be JSON-safe)")
+            _check_json_safe(item, f"{where}[{key!r}]")
+        return
+    raise ValueError(
+        f"{where} is a {type(value).__name__}, not JSON-safe; "
+        "use str/int/float/bool/None/list/dict (e.g. a list instead of a tuple)"
+    )
+
+
+def _major(version: Any) -> int | None:
+    if isinstance(version, int) and not isinstance(version, bool):
+        return version
+    if isinstance(version, str) and version.split(".")[0].isdigit():
+        return int(version.split(".")[0])
+    return None
+
+
+def check_config(config: Any, where: str = "config") -> dict:
+    """Validate a config: a JSON-safe dict with ``model_type`` and a readable ``zoo_version``."""
+    if not isinstance(config, dict):
+        raise ValueError(f"{where} must be a dict, got {type(config).__name__}")
+    _check_json_safe(config, where)
+    if not isinstance(config.get("model_type"), str) or not config["model_type"]:
+        raise ValueError(f"{where}: 'model_type' must be a non-empty string")
+    if "zoo_version" not in config:
+        raise ValueError(f"{where}: 'zoo_version' is missing (use {FORMAT_VERSION!r})")
+    found, ours = _major(config["zoo_version"]), _major(FORMAT_VERSION)
+    if found != ours:
+        raise ValueError(
+            f"{where}: unsupported zoo_version {config['zoo_version']!r}; this e3zoo reads "
+            f"format {FORMAT_VERSION} (major {ours}). Install the e3zoo release that wrote this "
+            "model, or re-export it with this one."
+        )
+    return config
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    """Read and validate a config.json; errors name the file."""
+    path = Path(path)
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: unreadable config ({err})") from err
+    return check_config(config, where=str(path))
+
+
+def make_model_card(
+    name: str,
+    *,
+    description: str = "",
+    license: str = "mit",
+    tags: Sequence[str] = (),
+    datasets: Sequence[str] = (),
+    metrics: Mapping[str, float | int | str] | None = None,
+    config: Mapping[str, Any] | None = None,
+    base_model: str | None = None,
+    repo_id: str | None = None,
+) -> str:
+    """A README.md model card whose YAML front matter the Hub understands.
+
+    The front matter has ``library_name: e3zoo``, ``license``, ``tags``, ``datasets``,
+    ``metrics`` (names) and ``base_model``; the metric values go in a table in the body.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError("name must be a non-empty string")
+    if not isinstance(license, str) or not license:
+        raise ValueError("license must be a non-empty string, e.g. 'mit' or 'cc-by-4.0'")
+    metrics = dict(metrics or {})
+    meta: dict[str, Any] = {"library_name": "e3zoo", "license": license}
+    meta["tags"] = list(dict.fromkeys(["e3zoo", "jax", "equinox", "e3nn", "materials", *tags]))
+    if datasets:
+        meta["datasets"] = list(datasets)
+    if metrics:
+        meta["metrics"] = sorted(metrics)
+    if base_model:
+        meta["base_model"] = base_model
+    lines = ["---", yaml.safe_dump(meta, sort_keys=False).rstrip(), "---", "", f"# {name}", ""]
+    if description:
+        lines += [description.strip(), ""]
+    lines += ["## Usage", "", "```python", "import zoo", ""]
+    lines += [f'model = zoo.load("{repo_id or name}")', "```", ""]
+    if metrics:
+        lines += ["## Metrics", "", "| metric | value |", "|---|---|"]
+        for key in sorted(metrics):
+            value = metrics[key]
+            shown = f"{value:.6g}" if isinstance(value, float) else str(value)
+            lines.append(f"| {key} | {shown} |")
+        lines.append("")
+    if config:
+        lines += ["## Model", ""]
+        lines += [f"- `{k}`: `{config[k]}`" for k in ("model_type", "zoo_version") if k in config]
+        lines.append("")
+    lines += ["Files: `config.json` (architecture), `model.safetensors` (weights), this card.", ""]
+    return "\n".join(lines)
+
+
+def read_card_metadata(path: str | os.PathLike) -> dict:
+    """The YAML front matter of a model card as a dict ({} when there is none)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: unreadable model card ({err})") from err
+    if not text.startswith("---"):
+        return {}
+    head, sep, _ = text[3:].partition("\n---")
+    try:
+        meta = yaml.safe_load(head) if sep else None
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: invalid YAML front matter ({err})") from err
+    return meta if isinstance(meta, dict) else {}
+
+
+def _check_model(model: Any) -> dict:
+    if not isinstance(model, eqx.Module):
+        raise ValueError(f"model must be an eqx.Module, got {type(model).__name__}")
+    if not hasattr(model, "config"):
+        raise ValueError(f"{type(model).__name__} has no 'config' field to write to config.json")
+    return check_config(model.config, where=f"{type(model).__name__}.config")
+
+
+def _write_extra(folder: Path, extra_files: Mapping[str, Any]) -> None:
+    for name, content in extra_files.items():
+        rel = Path(name)
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+            raise ValueError(f"extra_files: {name!r} must be a relative path inside the folder")
+        if rel.as_posix() in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME):
+            raise ValueError(f"extra_files: {name!r} is written by save_pretrained itself")
+        target = folder / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, str):
+            target.write_text(content)
+        elif isinstance(content, bytes):
+            target.write_bytes(content)
+        elif isinstance(content, os.PathLike):
+            shutil.copyfile(content, target)
+        else:
+            raise ValueError(f"extra_files[{name!r}] must be str, bytes or a path")
+
+
+def save_pretrained(
+    model: eqx.Module,
+    directory: str | os.PathLike,
+    *,
+    card: str | None = None,
+    overwrite: bool = False,
+    extra_files: Mapping[str, str | bytes | os.PathLike] | None = None,
+) -> Path:
+    """Write ``model`` as a model folder: config.json, model.safetensors, README.md.
+
+    **Arguments:**
+
+    - `model`: an eqx.Module with a JSON-safe ``config`` dict (``model_type``, ``zoo_version``).
+    - `directory`: the folder to write; created if missing.
+    - `card`: README.md text (see :func:`make_model_card`). ``None`` writes a default card,
+      but an existing README.md is kept.
+    - `overwrite`: required to write into a non-empty folder; other files there are kept.
+    - `extra_files`: ``{relative name: str | bytes | path}`` written beside (metrics, plots).
+
+    **Returns:** the folder path.
+
+    The folder is assembled in a temporary directory beside it and renamed into place, so a
+    failure leaves the target untouched.
+    """
+    config = _check_model(model)
+    target = Path(directory).expanduser()
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{target} exists and is not a directory")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise ValueError(f"{target} is not empty; pass overwrite=True to replace the model files")
+    keep_card = card is None and (target / CARD_NAME).is_file()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    try:
+        save_safetensors(model, tmp / WEIGHTS_NAME)
+        text = json.dumps(config, sort_keys=True, indent=2, allow_nan=False)
+        (tmp / CONFIG_NAME).write_text(text + "\n")
+        if not keep_card:
+            default = make_model_card(target.name, config=config)
+            (tmp / CARD_NAME).write_text(default if card is None else card)
+        _write_extra(tmp, extra_files or {})
+        _move_into_place(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _move_into_place(tmp: Path, target: Path) -> None:
+    """Rename ``tmp`` to ``target``; files of an existing ``target`` not in ``tmp`` are kept."""
+    if target.is_dir() and not any(target.iterdir()):
+        target.rmdir()
+    if not target.exists():
+        tmp.rename(target)
+        return
+    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+    old.rmdir()
+    target.rename(old)  # the old folder stays whole under `old` until the new one is in place
+    tmp.rename(target)
+    _merge_missing(old, target)
+    shutil.rmtree(old)
+
+
+def _merge_missing(src: Path, dst: Path) -> None:
+    """Move the entries of ``src`` that ``dst`` lacks into ``dst``, recursing into folders."""
+    for entry in src.iterdir():
+        there = dst / entry.name
+        if not there.exists():
+            entry.rename(there)
+        elif entry.is_dir() and there.is_dir():
+            _merge_missing(entry, there)

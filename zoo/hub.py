@@ -1,0 +1,476 @@
+"""Pretrained models: ``load`` by shipped name, Hub repo or folder; ``push_to_hub``.
+
+Follows huggingface_hub's ``ModelHubMixin`` conventions as free functions: a model folder is
+config.json + model.safetensors + README.md. Shipped names load from the embedded weights
+(offline default); Hub downloads go through ``hf_hub_download`` (its cache, ``HF_HUB_OFFLINE``,
+``HF_ENDPOINT``) at a pinned revision and every file is checked against its sha256 pin.
+``HF_ENDPOINT`` and ``HF_HUB_OFFLINE`` are read at call time, not only at import.
+"""
+
+import importlib.metadata
+import os
+import re
+import sys
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import equinox as eqx
+import huggingface_hub as hf
+from huggingface_hub import constants
+from huggingface_hub import errors as hf_errors
+
+from . import _registry as registry
+from ._registry import SHIPPED, ModelTypeEntry
+from ._serialization import (
+    CARD_NAME,
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    load_safetensors,
+    make_model_card,
+    read_card_metadata,
+    read_config,
+    save_pretrained,
+)
+
+Source = Literal["auto", "embedded", "hub"]
+PathLike = str | os.PathLike
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
+class WeightsUnavailableError(OSError):
+    """Model files could not be obtained: offline with an empty cache, Hub unreachable, 404."""
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("e3zoo")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _offline() -> bool:
+    env = os.environ.get("HF_HUB_OFFLINE", "").upper() in _TRUE
+    return env or bool(getattr(constants, "HF_HUB_OFFLINE", False))
+
+
+def _endpoint(endpoint: str | None) -> str:
+    return (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Connection/timeout errors of whichever HTTP client huggingface_hub uses."""
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for module, attr in (("httpx2", "TransportError"), ("httpx", "TransportError")):
+        cls = getattr(sys.modules.get(module), attr, None)
+        if isinstance(cls, type):
+            errors.append(cls)
+    requests = sys.modules.get("requests")
+    if requests is not None:
+        errors.append(requests.ConnectionError)
+    return tuple(errors)
+
+
+def _download(
+    repo_id: str,
+    filename: str,
+    *,
+    revision: str | None,
+    cache_dir: PathLike | None,
+    offline: bool,
+    token: str | bool | None,
+    endpoint: str,
+    optional: bool = False,
+) -> Path | None:
+    """One file through the Hugging Face cache; our errors say what failed and the fix."""
+    where = f"{filename!r} of {repo_id!r} at revision {revision or 'main'!r}"
+    cache = cache_dir or constants.HF_HUB_CACHE
+    try:
+        cached = hf.try_to_load_from_cache(repo_id, filename, cache_dir, revision)
+        if not offline and not isinstance(cached, str):
+            # One HEAD without retries first: fail fast (and with our message) instead of
+            # huggingface_hub's ~20 s of backoff when nothing is cached and the Hub is down.
+            url = hf.hf_hub_url(repo_id, filename, revision=revision, endpoint=endpoint)
+            hf.get_hf_file_metadata(url, token=token, endpoint=endpoint)
+        path = hf.hf_hub_download(
+            repo_id,
+            filename,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=offline,
+            token=token,
+            endpoint=endpoint,
+            library_name="e3zoo",
+            library_version=_version(),
+        )
+    except (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled) as err:
+        if offline or _offline():
+            raise WeightsUnavailableError(
+                f"offline (HF_HUB_OFFLINE=1 or local_files_only=True) and {where} is not in "
+                f"the Hugging Face cache ({cache}). Fix: run once with network access (unset "
+                "HF_HUB_OFFLINE) to fill the cache, or load a model folder by path."
+            ) from err
+        raise _unreachable(where, endpoint, cache, err) from err
+    except hf_errors.RepositoryNotFoundError as err:
+        raise WeightsUnavailableError(
+            f"Hub repo {repo_id!r} not found at {endpoint} (if it is private or gated, pass "
+            "token=...)"
+        ) from err
+    except hf_errors.RevisionNotFoundError as err:
+        raise WeightsUnavailableError(
+            f"revision {revision!r} not found in Hub repo {repo_id!r} at {endpoint}"
+        ) from err
+    except hf_errors.EntryNotFoundError as err:
+        if optional:
+            return None
+        raise WeightsUnavailableError(
+            f"{where} not found at {endpoint}: is it an e3zoo model repo?"
+        ) from err
+    except hf_errors.HfHubHTTPError as err:
+        raise WeightsUnavailableError(f"Hub error while downloading {where}: {err}") from err
+    except _transport_errors() as err:
+        raise _unreachable(where, endpoint, cache, err) from err
+    return Path(path)
+
+
+def _unreachable(where: str, endpoint: str, cache: Any, err: BaseException) -> OSError:
+    return WeightsUnavailableError(
+        f"cannot download {where} from {endpoint} ({type(err).__name__}: {err}) and it is not in "
+        f"the Hugging Face cache ({cache}). Fix: check the network and HF_ENDPOINT, or load a "
+        "model folder by path."
+    )
+
+
+def _verify(path: Path, expected: str, what: str, fix: str) -> None:
+    found = registry.sha256_file(path)
+    if found != expected:
+        raise ValueError(
+            f"sha256 mismatch for {what}: expected {expected}, found {found} ({path}); the file "
+            f"was not used. {fix}"
+        )
+
+
+def _local_files(folder: Path, required: Sequence[str], optional: Sequence[str]) -> dict:
+    if not folder.is_dir():
+        raise ValueError(f"no model folder at {str(folder)!r}")
+    for name in required:
+        if not (folder / name).is_file():
+            raise ValueError(f"{folder} is not a model folder: {name} is missing")
+    names = [*required, *(n for n in optional if (folder / n).is_file())]
+    return {name: folder / name for name in names}
+
+
+def _hub_files(
+    repo_id: str,
+    revision: str | None,
+    required: Sequence[str],
+    optional: Sequence[str],
+    pins: Mapping[str, str],
+    **kwargs: Any,
+) -> dict:
+    files = {}
+    for name in [*required, *optional]:
+        path = _download(repo_id, name, revision=revision, optional=name in optional, **kwargs)
+        if path is None:
+            continue
+        if name in pins:
+            _verify(
+                path,
+                pins[name],
+                f"{repo_id}@{revision}/{name}",
+                "Delete the cached file and retry; if it persists, the Hub copy differs from "
+                "the pinned release.",
+            )
+        files[name] = path
+    return files
+
+
+def _known_names(weights_dir: PathLike | None) -> str:
+    return ", ".join(m["name"] for m in list_models(weights_dir=weights_dir)) or "(none yet)"
+
+
+def _resolve(
+    spec: PathLike,
+    required: Sequence[str],
+    optional: Sequence[str],
+    *,
+    revision: str | None,
+    cache_dir: PathLike | None,
+    local_files_only: bool | None,
+    source: Source,
+    token: str | bool | None,
+    endpoint: str | None,
+    weights_dir: PathLike | None,
+) -> tuple[dict, str]:
+    """Paths of the requested files of a model, and a description of where they came from."""
+    if source not in ("auto", "embedded", "hub"):
+        raise ValueError(f"source must be 'auto', 'embedded' or 'hub', got {source!r}")
+    hub = dict(
+        cache_dir=cache_dir,
+        offline=_offline() if local_files_only is None else bool(local_files_only),
+        token=token,
+        endpoint=_endpoint(endpoint),
+    )
+    # A bare shipped name wins over a folder of the same name in the cwd ("./name" for that).
+    if isinstance(spec, os.PathLike) or (
+        isinstance(spec, str)
+        and spec not in SHIPPED
+        and source != "hub"
+        and Path(spec).expanduser().is_dir()
+    ):
+        folder = Path(spec).expanduser()
+        return _local_files(folder, required, optional), f"folder {folder}"
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"expected a model name, Hub repo id or folder, got {spec!r}")
+    if spec in SHIPPED:
+        return _resolve_shipped(spec, required, optional, revision, source, weights_dir, hub)
+    if spec.startswith((".", "/", "~")) or "\\" in spec or spec.count("/") > 1:
+        raise ValueError(f"no model folder at {spec!r}")
+    if not _REPO_ID.fullmatch(spec):
+        raise ValueError(
+            f"unknown model name {spec!r}; known names: {_known_names(weights_dir)}. "
+            "Or pass a Hub repo id 'org/name' or a folder path."
+        )
+    if source == "embedded":
+        raise ValueError(f"source='embedded' needs a shipped name, got Hub repo {spec!r}")
+    files = _hub_files(spec, revision, required, optional, {}, **hub)
+    return files, f"hub {spec}@{revision or 'main'}"
+
+
+def _resolve_shipped(
+    name: str,
+    required: Sequence[str],
+    optional: Sequence[str],
+    revision: str | None,
+    source: Source,
+    weights_dir: PathLike | None,
+    hub: dict,
+) -> tuple[dict, str]:
+    entry = SHIPPED[name]
+    root = Path(weights_dir) if weights_dir is not None else registry.WEIGHTS_DIR
+    folder, pins = root / name, registry.read_registry(root).get(name, {})
+    pinned = revision in (None, entry.revision)
+    if source == "embedded" or (source == "auto" and pinned and folder.is_dir()):
+        if not pinned:
+            raise ValueError(f"embedded {name!r} is revision {entry.revision!r}, not {revision!r}")
+        if not folder.is_dir():
+            raise ValueError(
+                f"embedded weights of {name!r} are not installed ({folder}); "
+                "download them with source='hub'"
+            )
+        files = _local_files(folder, required, optional)
+        for file, path in files.items():
+            if file in pins:
+                fix = "Reinstall e3zoo (maintainers: rerun zoo._registry.write_registry)."
+                _verify(path, pins[file], f"embedded {name}/{file}", fix)
+        return files, f"embedded {folder}"
+    if pinned and any(file not in pins for file in required):
+        raise ValueError(
+            f"{name!r} has no embedded weights ({folder}) and no sha256 pins in "
+            f"{root / registry.REGISTRY_NAME}, so it cannot be downloaded safely"
+        )
+    if not pinned:
+        warnings.warn(
+            f"{name!r} at revision {revision!r} is not the pinned release {entry.revision!r}: "
+            "its sha256 is not checked",
+            stacklevel=4,
+        )
+    rev = revision or entry.revision
+    files = _hub_files(entry.repo_id, rev, required, optional, pins if pinned else {}, **hub)
+    return files, f"hub {entry.repo_id}@{rev}"
+
+
+def load_folder_files(
+    config_path: PathLike,
+    weights_path: PathLike,
+    model_types: Mapping[str, ModelTypeEntry] | None = None,
+) -> eqx.Module:
+    """Rebuild a model from config.json alone, then fill its arrays from the safetensors file."""
+    config = read_config(config_path)
+    entry = registry.model_class(config["model_type"], model_types)
+    build = getattr(entry, "from_config", entry)
+    skeleton = eqx.filter_eval_shape(build, config)  # shapes only: no real init cost
+    if not isinstance(skeleton, eqx.Module):
+        raise ValueError(f"{config['model_type']}: from_config returned {type(skeleton).__name__}")
+    return load_safetensors(skeleton, weights_path)
+
+
+def from_pretrained(
+    name_or_path: PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir: PathLike | None = None,
+    local_files_only: bool | None = None,
+    source: Source = "auto",
+    model_types: Mapping[str, ModelTypeEntry] | None = None,
+    token: str | bool | None = None,
+    endpoint: str | None = None,
+    weights_dir: PathLike | None = None,
+) -> eqx.Module:
+    """Load a pretrained model.
+
+    **Arguments:**
+
+    - `name_or_path`: a shipped name (see :func:`list_models`), a Hub repo id ``"org/name"``
+      or a model folder.
+    - `revision`: Hub branch, tag or commit; shipped names default to their pinned release.
+    - `cache_dir`: Hugging Face cache folder (default: huggingface_hub's, ``HF_HUB_CACHE``).
+    - `local_files_only`: never touch the network; ``None`` follows ``HF_HUB_OFFLINE``.
+    - `source`: ``"auto"`` (embedded weights if installed, else the Hub), ``"embedded"``
+      or ``"hub"``.
+    - `model_types`: extra ``model_type -> class`` entries (e.g. your own model class).
+    - `token`, `endpoint`: Hub token and URL (default ``HF_ENDPOINT``).
+    - `weights_dir`: where embedded weights live (default: the package's ``weights/``).
+
+    **Returns:** the model, an ``eqx.Module``.
+    """
+    files, _ = _resolve(
+        name_or_path,
+        (CONFIG_NAME, WEIGHTS_NAME),
+        (),
+        revision=revision,
+        cache_dir=cache_dir,
+        local_files_only=local_files_only,
+        source=source,
+        token=token,
+        endpoint=endpoint,
+        weights_dir=weights_dir,
+    )
+    return load_folder_files(files[CONFIG_NAME], files[WEIGHTS_NAME], model_types)
+
+
+def load(
+    name_or_repo_or_path: PathLike,
+    revision: str | None = None,
+    cache_dir: PathLike | None = None,
+    local_files_only: bool | None = None,
+    **kwargs: Any,
+) -> eqx.Module:
+    """``zoo.load("hubbard-uv")``: same as :func:`from_pretrained` (keyword options there)."""
+    return from_pretrained(
+        name_or_repo_or_path,
+        revision=revision,
+        cache_dir=cache_dir,
+        local_files_only=local_files_only,
+        **kwargs,
+    )
+
+
+def list_models(weights_dir: PathLike | None = None) -> list[dict]:
+    """Shipped models that are installed (``embedded``) or can be downloaded and verified."""
+    root = Path(weights_dir) if weights_dir is not None else registry.WEIGHTS_DIR
+    pins = registry.read_registry(root)
+    models = []
+    for name, entry in SHIPPED.items():
+        embedded = (root / name / CONFIG_NAME).is_file()
+        downloadable = all(f in pins.get(name, {}) for f in (CONFIG_NAME, WEIGHTS_NAME))
+        if embedded or downloadable:
+            models.append(
+                {
+                    "name": name,
+                    "description": entry.description,
+                    "repo_id": entry.repo_id,
+                    "revision": entry.revision,
+                    "embedded": embedded,
+                    "downloadable": downloadable,
+                }
+            )
+    return models
+
+
+def info(
+    name_or_repo_or_path: PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir: PathLike | None = None,
+    local_files_only: bool | None = None,
+    source: Source = "auto",
+    token: str | bool | None = None,
+    endpoint: str | None = None,
+    weights_dir: PathLike | None = None,
+) -> dict:
+    """Card metadata (YAML front matter) and a config summary; options as in from_pretrained."""
+    files, origin = _resolve(
+        name_or_repo_or_path,
+        (CONFIG_NAME,),
+        (CARD_NAME,),
+        revision=revision,
+        cache_dir=cache_dir,
+        local_files_only=local_files_only,
+        source=source,
+        token=token,
+        endpoint=endpoint,
+        weights_dir=weights_dir,
+    )
+    config = read_config(files[CONFIG_NAME])
+    scalar = (str, int, float, bool, type(None))
+    result = {
+        "name": str(name_or_repo_or_path),
+        "source": origin,
+        "card": read_card_metadata(files[CARD_NAME]) if CARD_NAME in files else {},
+        "config": {k: v for k, v in config.items() if isinstance(v, scalar)},
+        "config_sections": sorted(k for k, v in config.items() if not isinstance(v, scalar)),
+    }
+    entry = SHIPPED.get(str(name_or_repo_or_path))
+    if entry is not None:
+        result.update(description=entry.description, repo_id=entry.repo_id)
+        result.update(revision=entry.revision)
+    return result
+
+
+def push_to_hub(
+    model_or_dir: eqx.Module | PathLike,
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    private: bool | None = None,
+    commit_message: str | None = None,
+    card: str | None = None,
+    endpoint: str | None = None,
+) -> Any:
+    """Upload a model (saved first) or a model folder; a thin wrapper over ``HfApi``.
+
+    Creates the repo (and the ``revision`` branch) if needed, then ``upload_folder``.
+    Returns huggingface_hub's ``CommitInfo``. Tag a release afterwards with
+    ``HfApi().create_tag(repo_id, tag="v0.1.0")``.
+    """
+    if not isinstance(repo_id, str) or not _REPO_ID.fullmatch(repo_id):
+        raise ValueError(f"repo_id must look like 'org/name', got {repo_id!r}")
+    api = hf.HfApi(endpoint=_endpoint(endpoint), token=token)
+    if isinstance(model_or_dir, eqx.Module):
+        config = getattr(model_or_dir, "config", None)
+        if card is None and isinstance(config, dict):
+            card = make_model_card(repo_id.split("/")[1], config=config, repo_id=repo_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = save_pretrained(model_or_dir, Path(tmp) / "model", card=card)
+            return _upload(api, folder, repo_id, revision, private, commit_message)
+    if card is not None:
+        raise ValueError("card= applies when pushing a model; edit README.md in the folder")
+    folder = Path(model_or_dir).expanduser()
+    _local_files(folder, (CONFIG_NAME, WEIGHTS_NAME), ())
+    read_config(folder / CONFIG_NAME)
+    return _upload(api, folder, repo_id, revision, private, commit_message)
+
+
+def _upload(
+    api: hf.HfApi,
+    folder: Path,
+    repo_id: str,
+    revision: str | None,
+    private: bool | None,
+    commit_message: str | None,
+) -> Any:
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    if revision not in (None, "main"):
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    return api.upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        revision=revision,
+        commit_message=commit_message or "Upload e3zoo model",
+        ignore_patterns=[".*"],
+    )
