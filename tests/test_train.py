@@ -311,14 +311,27 @@ def test_nonfinite_steps_skipped_or_raised():
         fit(make_model(), nan_loss_fn, [tr[1]], va, cfg, progress=False)
 
 
-def test_early_stopping_on_validation():
+def test_early_stopping_on_validation(capsys):
     # validation targets have the opposite sign: learning the training data makes it worse
     tr, va = make_batches(3, 0), make_batches(1, 1, sign=-1.0)
     cfg = dataclasses.replace(CFG, max_epochs=50, early_stopping_patience=2)
-    res = fit(make_model(), loss_fn, tr, va, cfg, progress=False)
+    res = fit(make_model(), loss_fn, tr, va, cfg, progress=True)
+    assert "step" in capsys.readouterr().err  # the tqdm bar
     assert len(res.history) < 50
     assert len(res.history) == res.best_epoch + 2
     assert not same(res.model, res.final_model)
+
+
+def test_weights_round_trip_is_strict(tmp_path):
+    model = make_model()
+    train.save_weights(model, tmp_path / "w.safetensors")
+    skeleton = eqx.filter_eval_shape(make_model, 1)
+    assert same(train.load_weights(skeleton, tmp_path / "w.safetensors"), model)
+    wider = eqx.nn.MLP(2, 1, width_size=9, depth=1, key=jax.random.key(0))
+    with pytest.raises(ValueError, match=r"shape \(8, 2\)"):
+        train.load_weights(wider, tmp_path / "w.safetensors")
+    with pytest.raises(ValueError, match="no array"):
+        train.load_weights({"mlp": model}, tmp_path / "w.safetensors")
 
 
 def test_bad_inputs():
@@ -329,5 +342,7 @@ def test_bad_inputs():
         fit(make_model(), loss_fn, [], None, CFG, progress=False)
     with pytest.raises(ValueError, match="TrainConfig"):
         fit(make_model(), loss_fn, tr, None, {"seed": 0}, progress=False)
+    with pytest.raises(ValueError, match="devices"):
+        fit(make_model(), loss_fn, tr, None, CFG, progress=False, devices=["cpu"])
     with pytest.raises(ValueError, match="scalar"):
         fit(make_model(), lambda m, b: (jnp.ones(2), {}), tr, None, CFG, progress=False)

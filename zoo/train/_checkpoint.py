@@ -9,6 +9,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 from safetensors import safe_open
+
+from ._config import TrainConfig
 
 _STATE_KEY = "zoo_train_state"
 
@@ -139,3 +142,45 @@ def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     if _STATE_KEY not in meta or "rng" not in arrays:
         raise ValueError(f"{path} is not a zoo.train checkpoint (no training state inside)")
     return arrays, json.loads(meta[_STATE_KEY])
+
+
+def run_signature(config: TrainConfig, train: Sequence, val: Sequence, mask: Any) -> dict:
+    """What must match for a checkpoint to belong to this run."""
+    batch0 = [
+        f"{jax.tree_util.keystr(p)}:{x.dtype}{list(np.shape(x))}"
+        for p, x in jax.tree_util.tree_flatten_with_path(train[0])[0]
+        if eqx.is_array(x)
+    ]
+    trainable = [
+        jax.tree_util.keystr(p) for p, m in jax.tree_util.tree_flatten_with_path(mask)[0] if m
+    ]
+    return jsonable(
+        {
+            "config": config.to_dict(),
+            "n_train_batches": len(train),
+            "n_val_batches": len(val),
+            "train_batch0": batch0,
+            "trainable": trainable,
+        }
+    )
+
+
+def check_same_run(saved: dict, now: dict, path: Path) -> None:
+    """Raise ValueError listing what differs between a checkpoint's run signature and ours."""
+    if saved == now:
+        return
+    diffs = []
+    for key in sorted(set(saved) | set(now)):
+        a, b = saved.get(key), now.get(key)
+        if key == "config" and isinstance(a, dict) and isinstance(b, dict):
+            diffs += [
+                f"config.{f} is {a.get(f)!r} there but {b.get(f)!r} now"
+                for f in sorted(set(a) | set(b))
+                if a.get(f) != b.get(f)
+            ]
+        elif a != b:
+            diffs.append(f"{key} differs")
+    raise ValueError(
+        f"checkpoint {path} belongs to a different run ({'; '.join(diffs[:6])}); it is never "
+        "overwritten: use another out_dir, or delete that checkpoint to start over"
+    )

@@ -17,9 +17,11 @@ from tqdm.auto import tqdm
 
 from ._checkpoint import (
     atomic_write_json,
+    check_same_run,
     fill_arrays,
     jsonable,
     load_checkpoint,
+    run_signature,
     save_checkpoint,
     save_weights,
 )
@@ -89,47 +91,6 @@ def _check_batches(batches: Any, name: str) -> None:
             f"{name} must be a sequence of batches (len() and indexing, e.g. a list), not "
             f"{type(batches).__name__}: it is traversed once per epoch in a shuffled order"
         )
-
-
-def _signature(config: TrainConfig, train: Sequence, val: Sequence, mask: Any) -> dict:
-    """What must match for a checkpoint to belong to this run."""
-    batch0 = [
-        f"{jax.tree_util.keystr(p)}:{x.dtype}{list(np.shape(x))}"
-        for p, x in jax.tree_util.tree_flatten_with_path(train[0])[0]
-        if eqx.is_array(x)
-    ]
-    trainable = [
-        jax.tree_util.keystr(p) for p, m in jax.tree_util.tree_flatten_with_path(mask)[0] if m
-    ]
-    return jsonable(
-        {
-            "config": config.to_dict(),
-            "n_train_batches": len(train),
-            "n_val_batches": len(val),
-            "train_batch0": batch0,
-            "trainable": trainable,
-        }
-    )
-
-
-def _check_same_run(saved: dict, now: dict, path: Path) -> None:
-    if saved == now:
-        return
-    diffs = []
-    for key in sorted(set(saved) | set(now)):
-        a, b = saved.get(key), now.get(key)
-        if key == "config" and isinstance(a, dict) and isinstance(b, dict):
-            diffs += [
-                f"config.{f} is {a.get(f)!r} there but {b.get(f)!r} now"
-                for f in sorted(set(a) | set(b))
-                if a.get(f) != b.get(f)
-            ]
-        elif a != b:
-            diffs.append(f"{key} differs")
-    raise ValueError(
-        f"checkpoint {path} belongs to a different run ({'; '.join(diffs[:6])}); it is never "
-        "overwritten: use another out_dir, or delete that checkpoint to start over"
-    )
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -206,9 +167,10 @@ def fit(
     - `units`: `{target: unit}` for the parity-plot axes.
     - `progress`: show a tqdm progress bar.
     - `devices`: train data-parallel on these devices (see `Placement`); None: default device.
-    - `resume`: continue from a checkpoint in `out_dir` written by the same run (same config,
-      data layout and trainable leaves; otherwise ValueError). With `resume=False` an existing
-      checkpoint is an error: a run is never silently overwritten.
+    - `resume`: continue from the checkpoint in `out_dir` (the end of the last checkpointed
+      epoch) if it was written by the same run (same config, number and layout of batches and
+      trainable leaves; otherwise ValueError). A finished run is not trained again. With
+      `resume=False` an existing checkpoint is an error: a run is never silently overwritten.
 
     **Returns:** a `FitResult`. Non-finite steps follow `config.nonfinite`. The same seed, data and
     machine give bit-identical weights, also across a kill and resume.
@@ -232,7 +194,7 @@ def fit(
     opt_state = optimizer.init(params)
     key = jax.random.key(config.seed)
     run, best_params = _Run(), params
-    signature = _signature(config, train_batches, val_batches, mask)
+    signature = run_signature(config, train_batches, val_batches, mask)
     out = None if out_dir is None else Path(out_dir)
     ckpt = None if out is None else out / CHECKPOINT
     if out is not None:
@@ -241,7 +203,7 @@ def fit(
         if not resume:
             raise ValueError(f"{ckpt} exists and resume=False; use another out_dir or delete it")
         arrays, state = load_checkpoint(ckpt)
-        _check_same_run(state["signature"], signature, ckpt)
+        check_same_run(state["signature"], signature, ckpt)
         what = f"checkpoint {ckpt}"
         params, static = eqx.partition(fill_arrays(model, arrays, "model", what), mask)
         best_params = eqx.filter(fill_arrays(model, arrays, "best", what), mask)
