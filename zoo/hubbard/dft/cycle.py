@@ -69,7 +69,7 @@ def make_job(
         "purpose": purpose,
         "material": material,
         "structure": st,
-        "pseudos": dict(pseudos),
+        "pseudos": {el: pseudos[el] for el in sorted(set(st["symbols"]))},
         "pseudo_dir": str(pseudo_dir),
         "pw": {**inputs.DEFAULT_PW, **(pw or {})},
         "hp": {**inputs.DEFAULT_HP, **(hp or {})},

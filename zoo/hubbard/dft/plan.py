@@ -15,9 +15,10 @@ from .cycle import add_job, make_job
 PSEUDO_DIR = "/work/shared/qe/pseudo"
 PSEUDOS = {
     "Mn": "Mn.pbe-spn-rrkjus_psl.0.3.1.UPF",
-    "Fe": "Fe.pbe-spn-rrkjus_psl.1.0.0.UPF",
-    "Co": "Co.pbe-spn-rrkjus_psl.1.0.0.UPF",
-    "Ni": "Ni.pbe-spn-rrkjus_psl.1.0.0.UPF",
+    # Co/Ni spn (us_ps_high 1.0.0) blow up without symmetry (p10/p12 tests): n files.
+    "Fe": "Fe.pbe-n-rrkjus_psl.1.0.0.UPF",
+    "Co": "Co.pbe-n-rrkjus_psl.1.0.0.UPF",
+    "Ni": "Ni.pbe-n-rrkjus_psl.1.0.0.UPF",
     "O": "O.pbe-nl-rrkjus_psl.1.0.0.UPF",
     "Li": "Li.pbe-sl-rrkjus_psl.1.0.0.UPF",
     "P": "P.pbe-nl-rrkjus_psl.1.0.0.UPF",
@@ -25,21 +26,33 @@ PSEUDOS = {
 U_INIT = {"Mn": 4.0, "Fe": 4.0, "Co": 4.0, "Ni": 4.0}
 
 
+def _pp(**over: str) -> dict[str, str]:
+    return {**PSEUDOS, **{el: f"{el}.pbe-{fam}-rrkjus_psl.1.0.0.UPF" for el, fam in over.items()}}
+
+
 def pseudo_tests() -> list[dict]:
+    """No-symmetry 5-iteration SCF tests (+ symmetric controls) of every TM file considered."""
+    spec = []
+    for m in ("Fe", "Co", "Ni"):  # spn (us_ps_high) files, rattled
+        spec.append((f"p10-pptest-{m}O-rattled", m, _pp(**{m: "spn"}), True, 10))
+    for m in ("Co", "Ni"):  # n (us_ps_low) files, rattled; spn files in the symmetric cell
+        spec.append((f"p11-pptest-{m}O-rattled-nfile", m, _pp(**{m: "n"}), True, 11))
+        spec.append((f"p12-pptest-{m}O-symmetric-spn", m, _pp(**{m: "spn"}), False, 12))
+    spec.append(("p13-pptest-FeO-rattled-nfile", "Fe", _pp(Fe="n"), True, 13))
     jobs = []
-    for m in ("Fe", "Co", "Ni"):
-        st = S.perturb(S.rocksalt_afm(m), seed=7, sigma=0.04)
+    for jid, m, pseudos, rattled, prio in spec:
+        st = S.rocksalt_afm(m)
         jobs.append(
             make_job(
-                f"p10-pptest-{m}O-rattled",
+                jid,
                 material=f"{m}O",
-                structure=st,
-                pseudos=PSEUDOS,
+                structure=S.perturb(st, seed=7, sigma=0.04) if rattled else st,
+                pseudos=pseudos,
                 pseudo_dir=PSEUDO_DIR,
                 u_init=U_INIT,
                 kind="scf_test",
-                purpose="pseudopotential no-symmetry test",
-                priority=10,
+                purpose="pseudopotential test",
+                priority=prio,
                 max_attempts=1,
             )
         )
@@ -51,17 +64,18 @@ def convergence_jobs() -> list[dict]:
     nio = S.rocksalt_afm("Ni")
     q1 = {"nq": [1, 1, 1]}
     q2 = {"nq": [2, 2, 2], "conv_thr_chi": 1e-4, "alpha_mix": 0.3, "niter_max": 40}
+    e60 = {"ecutwfc": 60.0, "ecutrho": 480.0}
     spec = [
         ("p20-conv-MnO-q111-e50", mno, "MnO", {}, q1),
         ("p21-conv-MnO-q222-e50-chi1e-4", mno, "MnO", {}, q2),
-        ("p22-conv-MnO-q111-e60", mno, "MnO", {"ecutwfc": 60.0, "ecutrho": 480.0}, q1),
+        ("p22-conv-MnO-q111-e60", mno, "MnO", e60, q1),
         ("p23-conv-MnO-q111-e40", mno, "MnO", {"ecutwfc": 40.0, "ecutrho": 320.0}, q1),
-        ("p24-conv-NiO-q111-e50", nio, "NiO", {}, q1),
-        ("p25-conv-NiO-q111-e65", nio, "NiO", {"ecutwfc": 65.0, "ecutrho": 520.0}, q1),
+        ("p24-conv-NiOn-q111-e50", nio, "NiO", {}, q1),
+        ("p25-conv-NiOn-q111-e60", nio, "NiO", e60, q1),
         ("p26-conv-MnO-q222-k444-chi1e-4", mno, "MnO", {"kpts": [4, 4, 4]}, q2),
     ]
     jobs = []
-    for n, (jid, st, mat, pw, hp) in enumerate(spec):
+    for jid, st, mat, pw, hp in spec:
         jobs.append(
             make_job(
                 jid,
@@ -75,7 +89,7 @@ def convergence_jobs() -> list[dict]:
                 u_init=U_INIT,
                 n_iter=1,
                 purpose="convergence",
-                priority=20 + n,
+                priority=int(jid[1:3]),
                 max_attempts=2,
             )
         )
