@@ -172,3 +172,13 @@ def test_make_job_rejects_bad_input(tmp_path):
         cycle.make_job("x", material="MnO", structure=st, pseudos=PSEUDOS, pseudo_dir="/", kind="?")
     with pytest.raises(ValueError, match="element 'O'"):
         cycle.make_job("x", material="MnO", structure=st, pseudos={"Mn": "a"}, pseudo_dir="/")
+
+
+def test_bad_previous_output_is_recorded_not_crashing(fake):
+    tmp, exes = fake
+    jobdir = _make_job_with_pseudos(tmp, n_iter=2, max_attempts=1)
+    assert _run_all(jobdir, exes, limit=2) == ["scf0", "hp0"]
+    (jobdir / "hp0" / "parameters.out").write_text("garbage\n")
+    assert cycle.run_step(jobdir, np=1, nice=0, pw_exe=exes["pw"], hp_exe=exes["hp"]) == "scf1"
+    status = read_json(jobdir / "status.json")
+    assert status["state"] == "failed" and "parameters.out" in status["reason"]

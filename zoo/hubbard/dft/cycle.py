@@ -158,16 +158,19 @@ def run_step(jobdir: str | Path, *, np: int = 2, nice: int = 10, pw_exe="pw.x", 
         shutil.rmtree(sdir)
     sdir.mkdir()
     outdir = jobdir / "out"
-    if step.startswith("scf"):
-        ok, info = _run_scf(job, jobdir, sdir, outdir, k, n_fail, np, nice, pw_exe)
-    else:
-        if not (outdir / f"{PREFIX}.save" / "occup.txt").exists():
-            # The ground state is gone (e.g. deleted after a crash): redo scf<k> first.
-            status["steps"][f"scf{k}"] = {"state": "pending", "reason": "outdir missing"}
-            status["steps"][step] = {"state": "pending"}
-            save_status(jobdir, status)
-            return step
-        ok, info = _run_hp(job, sdir, outdir, n_fail, np, nice, hp_exe)
+    try:
+        if step.startswith("scf"):
+            ok, info = _run_scf(job, jobdir, sdir, outdir, k, n_fail, np, nice, pw_exe)
+        else:
+            if not (outdir / f"{PREFIX}.save" / "occup.txt").exists():
+                # The ground state is gone (e.g. deleted after a crash): redo scf<k> first.
+                status["steps"][f"scf{k}"] = {"state": "pending", "reason": "outdir missing"}
+                status["steps"][step] = {"state": "pending"}
+                save_status(jobdir, status)
+                return step
+            ok, info = _run_hp(job, sdir, outdir, n_fail, np, nice, hp_exe)
+    except (ValueError, OSError) as err:  # bad files/inputs: record, never crash-loop
+        ok, info = False, {"reason": f"{type(err).__name__}: {err}"}
     if not ok:
         record_failure(jobdir, status, step, info["reason"], job["max_attempts"])
         if step.startswith("hp"):

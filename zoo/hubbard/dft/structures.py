@@ -61,7 +61,9 @@ def layered_limo2(metal: str) -> dict:
             [-a / 2, -a / (2 * np.sqrt(3)), c / 3],
         ]
     )
-    frac = np.array([[0, 0, 0], [z, z, z], [-z, -z, -z], [0.5, 0.5, 0.5]])
+    # Tabulated z is for Li at 3a; with the TM at the origin the oxygens sit at +-(1/2 - z).
+    zo = 0.5 - z
+    frac = np.array([[0, 0, 0], [zo, zo, zo], [-zo, -zo, -zo], [0.5, 0.5, 0.5]])
     spin = 0 if metal == "Co" else 1  # LiCoO2 is low-spin Co3+
     return _make([metal, "O", "O", "Li"], cell, frac @ cell, [spin, 0, 0, 0])
 
