@@ -1,0 +1,282 @@
+"""Spin-flip-invariant model inputs built from Hubbard occupation matrices.
+
+One site (an atom's p or d manifold) with occupation matrices ``n_up``, ``n_down`` (QE basis,
+``(2l+1, 2l+1)``, symmetric for collinear runs) gives, in this fixed order (after HubbardML):
+
+1. ``onehot``: ``n_species x 0e``, the element among the model's species;
+2. ``occs_sum``: irreps of ``(n_up + n_down) / 2`` (a mean over spins): d ``0e+2e+4e`` (15),
+   p ``0e+2e`` (6);
+3. ``occs_prod``: the even-L part of the element-wise (same l only) tensor product of the irreps
+   of ``n_up`` and of ``n_down``, ``irrep_normalization="norm"``. The Clebsch-Gordan coefficients
+   of equal l and even L are symmetric in the two inputs, so swapping the spins leaves it
+   unchanged. d: ``3x0e+2x2e+2x4e+6e+8e`` (61 values), p: ``2x0e+2e+4e`` (16 values);
+4. U only: ``param_in``, the U used in that run (eV), ``1x0e``.
+
+For V the sites are the p atom and the d atom (no ``param_in``), and the edge is ``2x0e`` =
+``[distance (Bohr), V_in (eV)]``.
+Sizes: U 80 (3 species); V p-site 26, d-site 80, edge 2 (4 species).
+
+A symmetric matrix maps to irreps with the orthonormal basis of
+``reduced_tensor_product_basis("ij=ji", i=<orbital irrep>)`` (Frobenius norm preserved).
+"""
+
+import functools
+from collections.abc import Sequence
+
+import e3nn_jax as e3nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ._basis import ORBITAL_IRREPS, occupations_qe_to_e3nn
+
+#: largest |n - n^T| accepted in an occupation matrix (collinear QE runs are symmetric to ~1e-15)
+SYMMETRY_TOL = 1e-4
+_NORMALIZATION = "norm"  # of occs_prod, as in HubbardML
+
+
+def _even_l(lmax: int) -> list[str]:
+    return [f"{ll}e" for ll in range(0, lmax + 1, 2)]
+
+
+@functools.cache
+def _symmetric_basis(l: int) -> tuple[e3nn.Irreps, np.ndarray]:
+    q = e3nn.reduced_tensor_product_basis("ij=ji", i=ORBITAL_IRREPS[l])
+    return q.irreps, np.asarray(q.array, dtype=np.float64)
+
+
+def occs_sum_irreps(l: int) -> e3nn.Irreps:
+    """Irreps of a symmetric ``(2l+1)x(2l+1)`` matrix: p ``0e+2e``, d ``0e+2e+4e``."""
+    if l not in (1, 2, 3):
+        raise ValueError(f"orbital l must be 1 (p), 2 (d) or 3 (f), got {l!r}")
+    return _symmetric_basis(l)[0]
+
+
+def occs_prod_irreps(l: int) -> e3nn.Irreps:
+    """Irreps of ``occs_prod`` (see module docstring): d ``3x0e+2x2e+2x4e+6e+8e``."""
+    irreps = occs_sum_irreps(l)
+    out = e3nn.elementwise_tensor_product(irreps, irreps, filter_ir_out=_even_l(4 * l))
+    return e3nn.Irreps(out)
+
+
+def symmetric_irreps(n: Float[Array, "... d d"], l: int) -> e3nn.IrrepsArray:
+    """Irreps of symmetric matrices already in e3nn's basis: shape ``(..., irreps.dim)``.
+
+    The antisymmetric part (if any) is projected out. Jit/vmap-able; the dtype follows ``n``.
+    """
+    irreps, q = _symmetric_basis(l)
+    dim = 2 * l + 1
+    if n.shape[-2:] != (dim, dim):
+        raise ValueError(
+            f"occupations for l={l} must have shape (..., {dim}, {dim}), got {n.shape}"
+        )
+    q = jnp.asarray(q, dtype=jnp.result_type(n))
+    return e3nn.IrrepsArray(irreps, jnp.einsum("ijz,...ij->...z", q, n))
+
+
+def spin_features(
+    n_up: Float[Array, "... d d"], n_down: Float[Array, "... d d"], l: int
+) -> tuple[e3nn.IrrepsArray, e3nn.IrrepsArray]:
+    """``(occs_sum, occs_prod)`` of one site from both spins' matrices **in e3nn's basis**.
+
+    Invariant under swapping ``n_up`` and ``n_down``; equivariant under rotations
+    (``n -> D n D^T`` for both spins). Shapes ``(..., occs_sum_irreps(l).dim)`` and
+    ``(..., occs_prod_irreps(l).dim)``.
+    """
+    up = symmetric_irreps(n_up, l)
+    down = symmetric_irreps(n_down, l)
+    occs_sum = (up + down) / 2
+    occs_prod = e3nn.elementwise_tensor_product(
+        up, down, filter_ir_out=_even_l(4 * l), irrep_normalization=_NORMALIZATION
+    )
+    return occs_sum, occs_prod
+
+
+def check_occupations(
+    n: np.ndarray, l: int, *, name: str, labels: Sequence[str] | None = None
+) -> np.ndarray:
+    """Validate a batch of occupation matrices; returns them as float64 ``(N, 2l+1, 2l+1)``.
+
+    ValueError (naming `name` and the offending row's label) on a wrong shape, non-finite
+    values, or ``max |n - n^T| > SYMMETRY_TOL``.
+    """
+    n = np.asarray(n, dtype=np.float64)
+    dim = 2 * l + 1
+    kind = {1: "p", 2: "d", 3: "f"}.get(l, f"l={l}")
+    if n.ndim != 3 or n.shape[1:] != (dim, dim):
+        raise ValueError(
+            f"{name}: expected {kind} occupation matrices of shape (N, {dim}, {dim}), got {n.shape}"
+        )
+    label = (lambda i: labels[i]) if labels is not None else (lambda i: f"row {i}")
+    bad = ~np.isfinite(n).all(axis=(1, 2))
+    if bad.any():
+        raise ValueError(f"{name}: non-finite occupation matrix for {label(int(np.argmax(bad)))}")
+    asym = np.abs(n - np.swapaxes(n, 1, 2)).max(axis=(1, 2), initial=0.0)
+    if (asym > SYMMETRY_TOL).any():
+        i = int(np.argmax(asym))
+        raise ValueError(
+            f"{name}: occupation matrix of {label(i)} is not symmetric "
+            f"(max |n - n^T| = {asym[i]:.2e} > {SYMMETRY_TOL:.0e}); "
+            "non-collinear or corrupted input?"
+        )
+    return n
+
+
+def one_hot(elements: Sequence[str], species: Sequence[str], *, name: str) -> np.ndarray:
+    """``(N, len(species))`` float64 one-hot rows; ValueError naming an unknown element."""
+    index = {s: i for i, s in enumerate(species)}
+    out = np.zeros((len(elements), len(species)))
+    for i, el in enumerate(elements):
+        if el not in index:
+            raise ValueError(
+                f"{name}: element {el!r} is not among the model's species {list(species)} "
+                "(the model was not trained on it; no extrapolation)"
+            )
+        out[i, index[el]] = 1.0
+    return out
+
+
+def _column(x, n: int, *, name: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    if x.shape != (n,):
+        raise ValueError(f"{name}: expected {n} values, got shape {np.shape(x)}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name}: values must be finite")
+    return x
+
+
+def _as_batch(elements) -> tuple[list[str], bool]:
+    if isinstance(elements, str):
+        return [elements], True
+    return list(elements), False
+
+
+def site_features(
+    elements: str | Sequence[str],
+    n_up: Float[np.ndarray, "... d d"],
+    n_down: Float[np.ndarray, "... d d"],
+    *,
+    species: Sequence[str],
+    l: int,
+    labels: Sequence[str] | None = None,
+    name: str = "site",
+) -> e3nn.IrrepsArray:
+    """Validated ``onehot + occs_sum + occs_prod`` for sites given in **QE's basis**.
+
+    **Arguments:**
+
+    - `elements`: one symbol (then `n_up`, `n_down` are single `(d, d)` matrices) or N symbols
+      (then `(N, d, d)`).
+    - `n_up`, `n_down`: occupation matrices of spin 1 and spin 2, QE orbital order.
+    - `species`: the model's element list (one-hot order). `l`: 1 (p) or 2 (d).
+    - `labels`: names of the N sites for error messages (default "row i").
+
+    **Returns:** float64 IrrepsArray of shape `(N, dim)` (or `(dim,)` for one symbol).
+    """
+    elements, single = _as_batch(elements)
+    if single:
+        n_up, n_down = np.asarray(n_up)[None], np.asarray(n_down)[None]
+    up = check_occupations(n_up, l, name=f"{name} n_up (spin 1)", labels=labels)
+    down = check_occupations(n_down, l, name=f"{name} n_down (spin 2)", labels=labels)
+    if len(elements) != up.shape[0] or down.shape != up.shape:
+        raise ValueError(
+            f"{name}: {len(elements)} elements but n_up {up.shape} and n_down {down.shape}"
+        )
+    onehot = one_hot(elements, species, name=name)
+    with jax.enable_x64(True):  # exact float64 features whatever the global flag
+        occs_sum, occs_prod = spin_features(
+            occupations_qe_to_e3nn(jnp.asarray(up), l),
+            occupations_qe_to_e3nn(jnp.asarray(down), l),
+            l,
+        )
+        onehot = e3nn.IrrepsArray(f"{len(species)}x0e", jnp.asarray(onehot))
+        out = e3nn.concatenate([onehot, occs_sum, occs_prod], axis=-1)
+        out = e3nn.IrrepsArray(out.irreps, np.asarray(out.array))
+    return out[0] if single else out
+
+
+def site_irreps(n_species: int, l: int) -> e3nn.Irreps:
+    """Irreps of :func:`site_features` (in that order, not simplified)."""
+    return f"{n_species}x0e" + occs_sum_irreps(l) + occs_prod_irreps(l)
+
+
+def onsite_irreps(n_species: int, l: int = 2, with_param_in: bool = True) -> e3nn.Irreps:
+    """Irreps of :func:`onsite_features`: site irreps (+ ``1x0e`` for U_in)."""
+    irreps = site_irreps(n_species, l)
+    return irreps + "1x0e" if with_param_in else irreps
+
+
+def onsite_features(
+    elements: str | Sequence[str],
+    n_up: Float[np.ndarray, "... 5 5"],
+    n_down: Float[np.ndarray, "... 5 5"],
+    u_in: float | Float[np.ndarray, " N"] | None,
+    *,
+    species: Sequence[str],
+    l: int = 2,
+    labels: Sequence[str] | None = None,
+) -> e3nn.IrrepsArray:
+    """Input of :class:`OnsiteModel` (U): ``onehot + occs_sum + occs_prod [+ U_in (eV)]``.
+
+    `n_up`/`n_down` in QE's basis; `u_in=None` leaves out the param_in scalar. Shapes as in
+    :func:`site_features`; float64 IrrepsArray of `onsite_irreps(len(species), l, ...)`.
+    """
+    x = site_features(elements, n_up, n_down, species=species, l=l, labels=labels, name="U site")
+    if u_in is None:
+        return x
+    batch = x.shape[:-1]
+    u = _column(u_in, int(np.prod(batch)), name="u_in").reshape(batch + (1,))
+    return e3nn.concatenate([x, e3nn.IrrepsArray("1x0e", u)], axis=-1)
+
+
+def intersite_features(
+    p_elements: str | Sequence[str],
+    p_up: Float[np.ndarray, "... 3 3"],
+    p_down: Float[np.ndarray, "... 3 3"],
+    d_elements: str | Sequence[str],
+    d_up: Float[np.ndarray, "... 5 5"],
+    d_down: Float[np.ndarray, "... 5 5"],
+    distance: float | Float[np.ndarray, " N"],
+    v_in: float | Float[np.ndarray, " N"],
+    *,
+    species: Sequence[str],
+    labels: Sequence[str] | None = None,
+) -> tuple[e3nn.IrrepsArray, e3nn.IrrepsArray, e3nn.IrrepsArray]:
+    """Inputs of :class:`IntersiteModel` (V) for p-d pairs: ``(p_site, d_site, edge)``.
+
+    `distance` is the pair distance in Bohr, `v_in` the V used in that run (eV); the edge is
+    ``2x0e = [distance, v_in]``. Occupations in QE's basis. float64 IrrepsArrays of shapes
+    `(N, site_irreps(n, 1).dim)`, `(N, site_irreps(n, 2).dim)`, `(N, 2)` (no N for one pair).
+    """
+    p = site_features(
+        p_elements, p_up, p_down, species=species, l=1, labels=labels, name="V p-site"
+    )
+    d = site_features(
+        d_elements, d_up, d_down, species=species, l=2, labels=labels, name="V d-site"
+    )
+    if p.shape[:-1] != d.shape[:-1]:
+        raise ValueError(f"V: {p.shape[:-1]} p-sites but {d.shape[:-1]} d-sites")
+    batch = p.shape[:-1]
+    n = int(np.prod(batch))
+    dist = _column(distance, n, name="distance (Bohr)")
+    if (dist <= 0).any():
+        raise ValueError("distance (Bohr): pair distances must be > 0")
+    edge = np.stack([dist, _column(v_in, n, name="v_in")], axis=-1).reshape(batch + (2,))
+    return p, d, e3nn.IrrepsArray("2x0e", edge)
+
+
+__all__ = [
+    "SYMMETRY_TOL",
+    "occs_sum_irreps",
+    "occs_prod_irreps",
+    "symmetric_irreps",
+    "spin_features",
+    "check_occupations",
+    "one_hot",
+    "site_features",
+    "site_irreps",
+    "onsite_irreps",
+    "onsite_features",
+    "intersite_features",
+]
