@@ -140,15 +140,18 @@ def test_server_down_with_empty_cache_fails_fast(tmp_path, hub, weights):
     assert time.perf_counter() - start < 10  # no 20 s of retries
 
 
-@pytest.mark.parametrize("how", ["env", "argument"])
-def test_offline_with_empty_cache(tmp_path, hub, weights, monkeypatch, how):
+@pytest.mark.parametrize("how", ["env", "constant", "argument"])
+def test_offline_with_empty_cache(tmp_path, models, hub, weights, monkeypatch, how):
     kwargs = {"local_files_only": True} if how == "argument" else {}
-    if how == "env":
+    if how == "env":  # set after import: zoo.hub reads it at call time
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(
-        WeightsUnavailableError, match="offline .* is not in the Hugging Face cache"
-    ):
+    elif how == "constant":  # set before import: huggingface_hub's own constant
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    message = "offline .* is not in the Hugging Face cache"
+    with pytest.raises(WeightsUnavailableError, match=message):
         load(NAME, **opts(tmp_path, weights, source="hub", **kwargs))
+    embedded = load(NAME, **opts(tmp_path, weights, **kwargs))  # the offline default still works
+    np.testing.assert_array_equal(predict(embedded), predict(models[0]))
     assert hub.requests == []
 
 

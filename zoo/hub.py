@@ -189,7 +189,8 @@ def _hub_files(
 
 
 def _known_names(weights_dir: PathLike | None) -> str:
-    return ", ".join(m["name"] for m in list_models(weights_dir=weights_dir)) or "(none yet)"
+    available = {m["name"] for m in list_models(weights_dir=weights_dir)}
+    return ", ".join(n if n in available else f"{n} (not installed)" for n in SHIPPED)
 
 
 def _resolve(
