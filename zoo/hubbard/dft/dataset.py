@@ -194,6 +194,9 @@ def write_dataset(queue_dir: str | Path, out_dir: str | Path) -> dict:
                 rows[r["id"]] = r
     man_path = out_dir / "manifest.json"
     manifest = read_json(man_path) if man_path.exists() else {"jobs": {}}
+    present = {jp.parent.name for jp in Path(queue_dir).glob("*/job.json")}
+    for jid in [j for j, v in manifest["jobs"].items() if j not in present and not v["steps"]]:
+        del manifest["jobs"][jid]  # planned but removed before it ran
     for jp in sorted(Path(queue_dir).glob("*/job.json")):
         job = read_json(jp)
         sp = jp.parent / "status.json"
