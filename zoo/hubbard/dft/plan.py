@@ -98,4 +98,62 @@ def convergence_jobs() -> list[dict]:
 
 def seed(queue_dir: str | Path) -> list[Path]:
     """Add every planned job that is not in ``queue_dir`` yet."""
-    return [add_job(queue_dir, j) for j in pseudo_tests() + convergence_jobs()]
+    jobs = pseudo_tests() + convergence_jobs() + production_jobs()
+    return [add_job(queue_dir, j) for j in jobs]
+
+
+# Production: q 2x2x2 with conv_thr_chi 1e-4 (decided from the convergence jobs, see
+# data/hubbard/README.md); a smaller alpha_mix as the retry variant.
+PROD_PW: dict = {}
+PROD_HP = {"nq": [2, 2, 2], "conv_thr_chi": 1e-4, "alpha_mix": 0.3, "niter_max": 40}
+PROD_HP_FALLBACK = [{"alpha_mix": 0.15}]
+ROCKSALT_ORDER = ("Mn", "Ni", "Co", "Fe")  # most robust SCF first
+STRAINS = (0.0, -0.03, 0.03, -0.015, 0.015, -0.04, 0.04)
+
+
+def production_jobs(rounds: int = 7) -> list[dict]:
+    """Rattled and symmetric-strained AFM rock-salt MO (+ layered LiMO2), 2 sc iterations each.
+
+    Symmetric strained cells are cheap for hp.x (2 perturbations, 4 q) and give one new U(TM)
+    per run; rattled cells cost ~4x more but give 2 U(TM) and 12 distinct V(TM-O) per run.
+    Round r: for each TM one symmetric cell at strain STRAINS[r] and one rattled cell (seed r,
+    sigma 0.04 A, strain STRAINS[r] / 2); LiCoO2 and LiFeO2 rattled from round 1.
+    """
+    jobs = []
+    for r in range(rounds):
+        for n, m in enumerate(ROCKSALT_ORDER):
+            base = S.rocksalt_afm(m)
+            if not (r == 0 and m == "Mn"):  # = p21-conv-MnO-q222-e50-chi1e-4 (same settings)
+                st = S.perturb(base, seed=0, sigma=0.0, strain=STRAINS[r])
+                prio = 100 + 10 * r + n
+                jobs.append(
+                    _prod_job(f"p{prio}-{m}O-sym-e{STRAINS[r]:+.3f}", f"{m}O", st, prio, {})
+                )
+            st = S.perturb(base, seed=r, sigma=0.04, strain=STRAINS[r] / 2)
+            prio = 100 + 10 * r + 4 + n
+            jobs.append(_prod_job(f"p{prio}-{m}O-rat-s{r}", f"{m}O", st, prio, {}))
+        if r >= 1:
+            for n, (m, mag) in enumerate((("Co", 0), ("Fe", 5))):
+                st = S.perturb(S.layered_limo2(m), seed=r, sigma=0.04, strain=STRAINS[r] / 2)
+                prio = 100 + 10 * r + 8 + n
+                pw = {"tot_magnetization": mag}
+                jobs.append(_prod_job(f"p{prio}-Li{m}O2-rat-s{r}", f"Li{m}O2", st, prio, pw))
+    return jobs
+
+
+def _prod_job(jid: str, material: str, st: dict, prio: int, pw: dict) -> dict:
+    return make_job(
+        jid,
+        material=material,
+        structure=st,
+        pseudos=PSEUDOS,
+        pseudo_dir=PSEUDO_DIR,
+        pw={**PROD_PW, **pw},
+        hp=PROD_HP,
+        hp_fallback=PROD_HP_FALLBACK,
+        u_init=U_INIT,
+        n_iter=2,
+        purpose="production",
+        priority=prio,
+        max_attempts=3,
+    )
