@@ -89,7 +89,9 @@ def convergence_jobs() -> list[dict]:
                 u_init=U_INIT,
                 n_iter=1,
                 purpose="convergence",
-                priority=int(jid[1:3]),
+                priority=103
+                if jid.startswith("p26")
+                else int(jid[1:3]),  # after 1st symmetric round
                 max_attempts=2,
             )
         )
