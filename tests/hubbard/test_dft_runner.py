@@ -128,6 +128,8 @@ def test_rows_from_finished_job(fake):
     assert mm["intersite_occs"] is None and mm["param_in"] == 0.0  # pair not active in pw.x
     out = dataset.write_dataset(tmp / "queue", tmp / "data")
     assert out["totals"]["all"]["U_TM"] == 2 and out["totals"]["all"]["V_TM_O"] == 4
+    # Mn1/Mn2 and the printed Mn-O pairs are symmetry-equivalent: one unique label each.
+    assert out["totals"]["all"]["U_TM_unique"] == 1 and out["totals"]["all"]["V_TM_O_unique"] == 1
     lines = (tmp / "data" / "labels.jsonl").read_text().splitlines()
     assert len(lines) == 10 and json.loads(lines[0])["orbital_order"].startswith("QE")
     # Rows survive a wiped queue directory.
