@@ -213,17 +213,22 @@ def write_dataset(queue_dir: str | Path, out_dir: str | Path) -> dict:
     return manifest
 
 
-def unique_key(row: dict) -> tuple:
-    """Rows equal by symmetry (same step, elements, distance and value) share this key."""
-    return (
-        row["structure_id"],
-        row["iteration"],
-        row["param_type"],
-        row["atom_1_element"],
-        row["atom_2_element"],
-        round(row["dist_bohr"], 3),
-        round(row["param_out"], 3),
-    )
+def count_unique(rows: list[dict], tol: float = 2e-3) -> int:
+    """Number of labels left after merging rows of one sc step with the same elements whose
+    distance (Bohr) and value (eV) agree within ``tol`` (symmetry-equivalent sites/pairs)."""
+    groups: dict = {}
+    for r in rows:
+        key = (r["structure_id"], r["iteration"], r["param_type"])
+        key += (r["atom_1_element"], r["atom_2_element"])
+        groups.setdefault(key, []).append((r["dist_bohr"], r["param_out"]))
+    n = 0
+    for vals in groups.values():
+        reps: list[tuple[float, float]] = []
+        for d, v in sorted(vals):
+            if not any(abs(d - d0) <= tol and abs(v - v0) <= tol for d0, v0 in reps):
+                reps.append((d, v))
+        n += len(reps)
+    return n
 
 
 def totals(rows: list[dict], jobs: dict) -> dict:
@@ -235,8 +240,8 @@ def totals(rows: list[dict], jobs: dict) -> dict:
         return {
             "U_TM": len(u),
             "V_TM_O": len(v),
-            "U_TM_unique": len({unique_key(r) for r in u}),
-            "V_TM_O_unique": len({unique_key(r) for r in v}),
+            "U_TM_unique": count_unique(u),
+            "V_TM_O_unique": count_unique(v),
             "rows": len(rs),
         }
 
@@ -279,12 +284,8 @@ def stats_markdown(rows: list[dict], jobs: dict) -> str:
     prod = [r for r in rows if r["purpose"] == "production"]
     for mat in sorted({r["material"] for r in prod}):
         rs = [r for r in prod if r["material"] == mat]
-        u = len(
-            {unique_key(r) for r in rs if r["param_type"] == "U" and r["atom_1_element"] != "O"}
-        )
-        v = len(
-            {unique_key(r) for r in rs if r["param_type"] == "V" and r["atom_2_element"] == "O"}
-        )
+        u = count_unique([r for r in rs if r["param_type"] == "U" and r["atom_1_element"] != "O"])
+        v = count_unique([r for r in rs if r["param_type"] == "V" and r["atom_2_element"] == "O"])
         its = len({(r["sc_path"], r["iteration"]) for r in rs})
         lines.append(f"| {mat} | {len({r['sc_path'] for r in rs})} | {its} | {u} | {v} |")
     lines += [
