@@ -101,3 +101,16 @@ def test_hp_output_converged_and_not():
     assert not res["converged"] and "not converged" in res["reason"]
     with pytest.raises(ValueError, match="not a hp.x stdout"):
         parsers.parse_hp_output(_read("MnO.scf.out"))
+
+
+def test_occupation_blocks_match_pair_table():
+    pw = parsers.parse_pw_output(_read("MnO.scf.out"))
+    occ = parsers.parse_occup(_read("MnO.occup.txt"), nat=4)
+    blocks = parsers.occupation_blocks(occ, pw["pairs"])
+    assert set(blocks["onsite"]) == {1, 2, 3, 4}
+    assert (1, 12) in blocks["intersite"] and blocks["intersite"][(1, 12)].shape == (2, 5, 5)
+    # Mn-O block: Mn d rows, O p columns (only 3 used); nonzero hybridisation.
+    b = blocks["intersite"][(1, 12)]
+    assert np.abs(b[:, :, :3]).max() > 1e-3 and np.abs(b[:, :, 3:]).max() == 0.0
+    with pytest.raises(ValueError, match="neighbour blocks"):
+        parsers.occupation_blocks(occ[:, :, :3], pw["pairs"])

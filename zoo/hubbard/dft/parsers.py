@@ -90,9 +90,10 @@ def parse_occup(text: str, *, nat: int, nspin: int = 2, ldim: int = 5) -> np.nda
     if np.abs(vals[:, 1]).max() > 1e-8:
         raise ValueError("occup.txt: nonzero imaginary parts (noncollinear run not supported)")
     n_neigh = len(pairs) // block
-    # Fortran nsg(m1, m2, viz, na, is) column-major == C order [is, na, viz, m2, m1].
-    arr = vals[:, 0].reshape(nspin, nat, n_neigh, ldim, ldim)
-    return np.ascontiguousarray(arr.transpose(0, 1, 2, 4, 3))
+    # Column-major Fortran nsg(a, b, viz, na, is) read in C order gives [is, na, viz, b, a];
+    # pw.x's first index a runs over the *neighbour's* orbitals (checked on Mn-O blocks: only
+    # 3 of its 5 values are used), so this is [is, na, viz, m(central), m(neighbour)].
+    return vals[:, 0].reshape(nspin, nat, n_neigh, ldim, ldim)
 
 
 def parse_hubbard_parameters_dat(text: str) -> dict:
@@ -162,4 +163,25 @@ def parse_hp_output(text: str) -> dict:
         out["reason"] = f"hp.x output truncated/stopped at (atom, q, iter) = {last}"
     else:
         out["converged"] = True
+    return out
+
+
+def occupation_blocks(occ: np.ndarray, pairs: list[tuple]) -> dict:
+    """Split :func:`parse_occup`'s array into on-site and inter-site blocks.
+
+    ``pairs`` is pw.x's pair table (``parse_pw_output(...)["pairs"]``). Returns
+    ``{"onsite": {i: [nspin, 5, 5]}, "intersite": {(i, j): [nspin, 5, 5]}}`` (1-based ``i``,
+    supercell ``j``; p atoms use the leading 3x3 sub-blocks).
+    """
+    nspin, nat, n_neigh = occ.shape[:3]
+    out: dict = {"onsite": {i + 1: occ[:, i, 0] for i in range(nat)}, "intersite": {}}
+    for i in range(1, nat + 1):
+        neigh = sorted({j for a, j, *_ in pairs if a == i and j != i})
+        if len(neigh) > n_neigh - 1:
+            raise ValueError(
+                f"occup.txt: atom {i} has {len(neigh)} pairs in pw.x output but only "
+                f"{n_neigh - 1} neighbour blocks"
+            )
+        for v, j in enumerate(neigh, start=1):
+            out["intersite"][(i, j)] = occ[:, i - 1, v]
     return out
