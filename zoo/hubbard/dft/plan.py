@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from . import structures as S
@@ -98,10 +99,25 @@ def convergence_jobs() -> list[dict]:
     return jobs
 
 
-def seed(queue_dir: str | Path) -> list[Path]:
-    """Add every planned job that is not in ``queue_dir`` yet."""
+def seed(queue_dir: str | Path, manifest: str | Path | None = None) -> list[Path]:
+    """Add every planned job that is not in ``queue_dir`` yet.
+
+    Jobs that ``manifest`` (default: the repo's ``data/hubbard/manifest.json``) records as
+    ``done`` or ``failed`` are not re-added, so a wiped scratch never redoes finished work.
+    """
+    if manifest is None:
+        manifest = Path(__file__).resolve().parents[3] / "data" / "hubbard" / "manifest.json"
+    finished = set()
+    if Path(manifest).exists():
+        jobs_done = json.loads(Path(manifest).read_text()).get("jobs", {})
+        finished = {k for k, v in jobs_done.items() if v["state"] in ("done", "failed")}
     jobs = pseudo_tests() + convergence_jobs() + production_jobs()
-    return [add_job(queue_dir, j) for j in jobs]
+    queue = Path(queue_dir)
+    return [
+        add_job(queue, j)
+        for j in jobs
+        if j["id"] not in finished or (queue / j["id"] / "job.json").exists()
+    ]
 
 
 # Production: q 2x2x2 with conv_thr_chi 1e-4 (decided from the convergence jobs, see
