@@ -114,3 +114,21 @@ def test_occupation_blocks_match_pair_table():
     assert np.abs(b[:, :, :3]).max() > 1e-3 and np.abs(b[:, :, 3:]).max() == 0.0
     with pytest.raises(ValueError, match="neighbour blocks"):
         parsers.occupation_blocks(occ[:, :, :3], pw["pairs"])
+
+
+def test_hubbard_card_roundtrip_with_writer():
+    from zoo.hubbard.dft import inputs, structures
+    from zoo.hubbard.dft.plan import PSEUDOS
+
+    st = inputs.canonical_order(structures.rocksalt_afm("Mn"))
+    hub = inputs.initial_hubbard(st, {"Mn": 4.0})
+    text = inputs.pw_input(
+        st, hub, pseudos=PSEUDOS, pseudo_dir="/x", qe_version=(7, 2), check_files=False
+    )
+    card = text[text.index("HUBBARD") :]
+    projector, rows = parsers.parse_hubbard_card(card)
+    assert projector == "ortho-atomic" and rows == hub
+    with pytest.raises(ValueError, match="unsupported line"):
+        parsers.parse_hubbard_card("HUBBARD {ortho-atomic}\nU Mn-3d 4.0\n")
+    with pytest.raises(ValueError, match="header"):
+        parsers.parse_hubbard_card(_read("parameters.out"))

@@ -53,6 +53,7 @@ def make_job(
     priority: int = 100,
     max_attempts: int = 3,
     meta: dict | None = None,
+    qe_version: tuple[int, int] = (6, 7),
 ) -> dict:
     """A validated job spec (canonical atom order; initial pairs checked in the 3x3x3 supercell)."""
     if kind not in ("sc", "scf_test"):
@@ -79,6 +80,7 @@ def make_job(
         "priority": int(priority),
         "max_attempts": int(max_attempts),
         "meta": dict(meta or {}),
+        "qe_version": list(qe_version),
         "created": now(),
     }
     job["settings_hash"] = settings_hash(job)
@@ -108,7 +110,11 @@ def hubbard_for_iteration(job: dict, jobdir: Path, k: int) -> list[tuple[int, in
     init = inputs.initial_hubbard(st, job["u_init"])
     if k == 0:
         return init
-    prev = parsers.parse_parameters_out((jobdir / f"hp{k - 1}" / "parameters.out").read_text())
+    hp_dir = jobdir / f"hp{k - 1}"
+    if (hp_dir / "parameters.out").exists():  # QE 6.7
+        prev = parsers.parse_parameters_out((hp_dir / "parameters.out").read_text())
+    else:  # QE >= 7.1 writes the HUBBARD card
+        prev = parsers.parse_hubbard_card((hp_dir / "HUBBARD.dat").read_text())[1]
     nat = len(st["symbols"])
 
     def key(i, j):  # (atom, neighbour element, distance): equal for symmetry-equivalent pairs
@@ -201,6 +207,7 @@ def _run_scf(job, jobdir, sdir, outdir, k, attempt, np, nice, pw_exe):
         prefix=PREFIX,
         outdir=str(outdir),
         settings=_pw_settings(job, attempt),
+        qe_version=tuple(job.get("qe_version", (6, 7))),
     )
     (sdir / "pw.in").write_text(text)
     write_json_atomic(sdir / "hubbard_in.json", [list(x) for x in hub])
@@ -244,7 +251,8 @@ def _run_hp(job, sdir, outdir, attempt, np, nice, hp_exe):
     except ValueError as err:
         return False, {"reason": f"hp.x rc={rc}: {err}"}
     dat = sdir / f"{PREFIX}.Hubbard_parameters.dat"
-    if not res["converged"] or not dat.exists() or not (sdir / "parameters.out").exists():
+    params = (sdir / "parameters.out").exists() or (sdir / "HUBBARD.dat").exists()
+    if not res["converged"] or not dat.exists() or not params:
         return False, {"reason": res["reason"] or f"hp.x rc={rc}: no Hubbard_parameters.dat"}
     parsers.parse_hubbard_parameters_dat(dat.read_text())
     return True, {"wall_s": wall, "cpu_s": res["cpu_s"], "hp_settings": hp, "rc": rc}

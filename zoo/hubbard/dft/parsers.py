@@ -14,6 +14,11 @@ RY_TO_EV = 13.605693122994
 _FLOAT = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eEdD][-+]?\d+)?"
 
 
+def _ffloat(text: str) -> float:
+    """Float from Python or Fortran (``1.d-8``) notation."""
+    return float(text.replace("d", "e").replace("D", "E"))
+
+
 def _time_seconds(text: str) -> float:
     """'1h 2m 3.4s' / '1m 5.2s' / '47.43s' -> seconds."""
     total = 0.0
@@ -136,7 +141,7 @@ def parse_parameters_out(text: str) -> list[tuple[int, int, float]]:
         if len(parts) != 3:
             raise ValueError(f"parameters.out: malformed line {ln.strip()!r}")
         try:
-            rows.append((int(parts[0]), int(parts[1]), float(parts[2])))
+            rows.append((int(parts[0]), int(parts[1]), _ffloat(parts[2])))
         except ValueError:
             raise ValueError(f"parameters.out: malformed line {ln.strip()!r}") from None
     if not rows:
@@ -185,3 +190,25 @@ def occupation_blocks(occ: np.ndarray, pairs: list[tuple]) -> dict:
         for v, j in enumerate(neigh, start=1):
             out["intersite"][(i, j)] = occ[:, i - 1, v]
     return out
+
+
+def parse_hubbard_card(text: str) -> tuple[str, list[tuple[int, int, float]]]:
+    """QE >= 7.1 ``HUBBARD`` card / hp.x ``HUBBARD.dat`` -> (projector, [(i, j, V_eV)]).
+
+    Only the ``V label-manifold label-manifold i j value`` form (DFT+U+V) is accepted, since
+    plain ``U label-manifold value`` lines carry no atom index.
+    """
+    lines = [ln.split("!")[0].strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not lines or not lines[0].upper().startswith("HUBBARD"):
+        raise ValueError("HUBBARD card: 'HUBBARD {projector}' header not found")
+    projector = lines[0].split(None, 1)[1].strip("{}() \t") if " " in lines[0] else "atomic"
+    rows = []
+    for ln in lines[1:]:
+        parts = ln.split()
+        if parts[0] != "V" or len(parts) != 6:
+            raise ValueError(f"HUBBARD card: unsupported line {ln!r} (expected 'V a-m b-m i j v')")
+        rows.append((int(parts[3]), int(parts[4]), _ffloat(parts[5])))
+    if not rows:
+        raise ValueError("HUBBARD card: no parameter lines")
+    return projector, rows
