@@ -1,1 +1,41 @@
-"""zoo: E(3)-equivariant model zoo."""
+"""zoo: an Equinox + e3nn-jax model zoo of E(3)-equivariant models for properties beyond
+energies and forces (Born charges, Raman tensors, NMR shielding, Hubbard U/V).
+
+Data flows one way: structure -> graph -> architecture -> head -> property.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import irreps as irreps
+from . import nmr as nmr
+from . import testing as testing
+from . import train as train
+from ._serialization import make_model_card as make_model_card
+from ._serialization import save_pretrained as save_pretrained
+from .graph import Graph as Graph
+from .graph import bucket_size as bucket_size
+from .graph import build_graph as build_graph
+from .graph import check_species as check_species
+from .hub import WeightsUnavailableError as WeightsUnavailableError
+from .hub import from_pretrained as from_pretrained
+from .hub import info as info
+from .hub import list_models as list_models
+from .hub import load as load
+from .hub import push_to_hub as push_to_hub
+from .irreps import irreps_of as irreps_of
+from .irreps import to_cartesian as to_cartesian
+from .irreps import to_irreps as to_irreps
+from .nequip import NequIP as NequIP
+from .nequip import NequIPConfig as NequIPConfig
+from .nmr import chemical_shift as chemical_shift
+from .nmr import haeberlen as haeberlen
+from .nmr import herzfeld_berger as herzfeld_berger
+from .response import energy_forces_stress as energy_forces_stress
+from .response import total_energy as total_energy
+from .structure import Structure as Structure
+from .structure import as_structure as as_structure
+
+try:
+    __version__ = version("e3zoo")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0+unknown"
