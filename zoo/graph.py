@@ -8,9 +8,12 @@ edge vectors are recomputed in JAX from positions, cell and an optional strain:
 which makes every output differentiable with respect to positions, cell and strain
 (forces and stress by ``jax.grad``).
 
-**Bucket rule.** Node and edge counts are padded up to the next size of the form
-``m * 2**k`` with ``m`` in {4, 5, 6, 7} (so at most 25 % padding, and a handful of shapes
-over orders of magnitude); the number of graphs is padded to the next power of two.
+**Bucket rule.** The node count (real atoms + 1) is padded up to the next size of the form
+``m * 2**k`` with ``m`` in {4, 5, 6, 7} (at most 25 % padding, a handful of shapes over
+orders of magnitude). The edge count is the padded node count times the number of edges per
+padded node rounded up the same way (at least 4): an intensive quantity, so thermal
+snapshots, vacancies and supercells of one material land on the same shapes. The number of
+graphs is padded to the next power of two.
 There is always at least one padding node and one padding graph: padding edges join the
 first padding node to itself, padding nodes belong to the last (padding) graph. Structures
 whose padded sizes coincide reuse the same compiled code.
@@ -169,7 +172,9 @@ def build_graph(
 
     n_real, e_real, g_real = offset, sum(len(x) for x in snd), len(items)
     want_n = bucket_size(n_real + 1) if pad else n_real + 1
-    want_e = bucket_size(e_real) if pad else max(e_real, 1)
+    # edges: padded nodes times a bucketed number of edges per padded node, an intensive
+    # quantity, so snapshots and repeats of one material share a shape
+    want_e = want_n * bucket_size(math.ceil(e_real / want_n), minimum=4) if pad else max(e_real, 1)
     want_g = _graph_bucket(g_real + 1) if pad else g_real + 1
     sizes = {}
     for name, want, given, need in (
