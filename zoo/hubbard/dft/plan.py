@@ -60,6 +60,9 @@ def pseudo_tests() -> list[dict]:
     return jobs
 
 
+PRIORITY = {"p26": 108}  # the k 4x4x4 check runs after production round 0
+
+
 def convergence_jobs() -> list[dict]:
     mno = S.rocksalt_afm("Mn")
     nio = S.rocksalt_afm("Ni")
@@ -74,6 +77,7 @@ def convergence_jobs() -> list[dict]:
         ("p24-conv-NiOn-q111-e50", nio, "NiO", {}, q1),
         ("p25-conv-NiOn-q111-e60", nio, "NiO", e60, q1),
         ("p26-conv-MnO-q222-k444-chi1e-4", mno, "MnO", {"kpts": [4, 4, 4]}, q2),
+        ("p27-conv-MnO-q333-e50-chi1e-4", mno, "MnO", {}, {**q2, "nq": [3, 3, 3]}),
     ]
     jobs = []
     for jid, st, mat, pw, hp in spec:
@@ -90,9 +94,7 @@ def convergence_jobs() -> list[dict]:
                 u_init=U_INIT,
                 n_iter=1,
                 purpose="convergence",
-                priority=103
-                if jid.startswith("p26")
-                else int(jid[1:3]),  # after 1st symmetric round
+                priority=PRIORITY.get(jid[:3], int(jid[1:3])),
                 max_attempts=2,
             )
         )
