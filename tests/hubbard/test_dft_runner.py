@@ -126,6 +126,7 @@ def test_rows_from_finished_job(fake):
     assert len(mo["atom_2_occs"][0]) == 3 and mo["intersite_occs"] is not None
     mm = next(r for r in v if r["atom_2_sc_idx"] == 10)
     assert mm["intersite_occs"] is None and mm["param_in"] == 0.0  # pair not active in pw.x
+    assert mo["first_shell"] and not mm["first_shell"]
     out = dataset.write_dataset(tmp / "queue", tmp / "data")
     assert out["totals"]["all"]["U_TM"] == 2 and out["totals"]["all"]["V_TM_O"] == 4
     # Mn1/Mn2 and the printed Mn-O pairs are symmetry-equivalent: one unique label each.

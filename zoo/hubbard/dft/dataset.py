@@ -47,6 +47,12 @@ def rows_for_step(job: dict, jobdir: Path, k: int) -> list[dict]:
         (hp / f"{PREFIX}.Hubbard_parameters.dat").read_text()
     )
     hp_out = parsers.parse_hp_output((hp / "hp.out").read_text(errors="replace"))
+    if (hp / "parameters.out").exists():
+        listed = parsers.parse_parameters_out((hp / "parameters.out").read_text())
+    else:
+        listed = parsers.parse_hubbard_card((hp / "HUBBARD.dat").read_text())[1]
+    listed_pairs = {(i, j) for i, j, _ in listed if i != j}
+    first_shell = set(inputs.first_shell_pairs(st))
     p_in = {(i, j): v for i, j, v in read_json(scf / "hubbard_in.json")}
     for i, j, _, v in pw["pairs"]:  # pairs pw.x added by symmetry carry the same V
         p_in.setdefault((i, j), v)
@@ -103,7 +109,9 @@ def rows_for_step(job: dict, jobdir: Path, k: int) -> list[dict]:
             }
         )
     for i, j, dist, v in hpp["V"]:
-        if i == j or sym[i - 1] not in TRANSITION_METALS:
+        # The pairs hp.x hands to the next iteration (num_neigh nearest of each TM): farther
+        # entries of the table are dominated by the q-mesh periodicity.
+        if (i, j) not in listed_pairs or sym[i - 1] not in TRANSITION_METALS:
             continue
         a, image = inputs.supercell_atom(j, nat)
         m1, m2 = _manifold(sym[i - 1]), _manifold(sym[a])
@@ -130,6 +138,7 @@ def rows_for_step(job: dict, jobdir: Path, k: int) -> list[dict]:
                 "atom_1_manifold": m1,
                 "atom_2_manifold": m2,
                 "dist_bohr": dist,
+                "first_shell": (i, j) in first_shell,
                 "param_in": float(p_in.get((i, j), 0.0)),
                 "param_out": v,
                 "atom_1_occs": _block(occ, i - 1, 0, d1, d1),
@@ -181,7 +190,8 @@ def _job_summary(job: dict, status: dict) -> dict:
 def write_dataset(queue_dir: str | Path, out_dir: str | Path) -> dict:
     """Merge the queue's finished rows into ``out_dir/labels.jsonl`` and refresh manifest.json.
 
-    Existing rows/jobs are kept (rows keyed by ``id``), so a wiped scratch never loses data.
+    Rows of jobs found in ``queue_dir`` are regenerated; rows and jobs that are no longer in
+    ``queue_dir`` are kept (rows keyed by ``id``), so a wiped scratch never loses data.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -202,6 +212,8 @@ def write_dataset(queue_dir: str | Path, out_dir: str | Path) -> dict:
         sp = jp.parent / "status.json"
         status = read_json(sp) if sp.exists() else {}
         manifest["jobs"][job["id"]] = _job_summary(job, status)
+        # The queue holds this job's outputs: its rows are regenerated, stale ones dropped.
+        rows = {k: r for k, r in rows.items() if r["sc_path"] != job["id"]}
         for r in rows_for_job(jp.parent):
             rows[r["id"]] = r
     tmp = lab.with_suffix(".jsonl.tmp")
@@ -236,7 +248,7 @@ def totals(rows: list[dict], jobs: dict) -> dict:
 
     def count(rs):
         u = [r for r in rs if r["param_type"] == "U" and r["atom_1_element"] in TRANSITION_METALS]
-        v = [r for r in rs if r["param_type"] == "V" and r["atom_2_element"] == "O"]
+        v = [r for r in rs if r["param_type"] == "V" and r.get("first_shell")]
         return {
             "U_TM": len(u),
             "V_TM_O": len(v),
@@ -285,7 +297,7 @@ def stats_markdown(rows: list[dict], jobs: dict) -> str:
     for mat in sorted({r["material"] for r in prod}):
         rs = [r for r in prod if r["material"] == mat]
         u = count_unique([r for r in rs if r["param_type"] == "U" and r["atom_1_element"] != "O"])
-        v = count_unique([r for r in rs if r["param_type"] == "V" and r["atom_2_element"] == "O"])
+        v = count_unique([r for r in rs if r["param_type"] == "V" and r.get("first_shell")])
         its = len({(r["sc_path"], r["iteration"]) for r in rs})
         lines.append(f"| {mat} | {len({r['sc_path'] for r in rs})} | {its} | {u} | {v} |")
     lines += [
@@ -302,7 +314,7 @@ def stats_markdown(rows: list[dict], jobs: dict) -> str:
         us = sorted({round(r["param_out"], 3) for r in rs if r["param_type"] == "U"
                      and r["atom_1_element"] != "O"})  # fmt: skip
         vs = sorted({round(r["param_out"], 3) for r in rs if r["param_type"] == "V"
-                     and r["atom_2_element"] == "O"})  # fmt: skip
+                     and r.get("first_shell")})  # fmt: skip
         hp = j["steps"].get("hp0", {})
         wall = f"{hp['wall_s'] / 60:.1f}" if hp.get("wall_s") else "-"
         lines.append(
