@@ -56,7 +56,7 @@ def rows_for_step(job: dict, jobdir: Path, k: int) -> list[dict]:
     p_in = {(i, j): v for i, j, v in read_json(scf / "hubbard_in.json")}
     for i, j, _, v in pw["pairs"]:  # pairs pw.x added by symmetry carry the same V
         p_in.setdefault((i, j), v)
-    neigh = {i: sorted(j for a, j, _, _ in pw["pairs"] if a == i and j != i) for i in range(1, 28)}
+    blocks = parsers.occupation_blocks(occ, pw["pairs"])["intersite"]
     status = read_json(jobdir / "status.json")
     hp_settings = status["steps"][f"hp{k}"].get("hp_settings", job["hp"])
     common = {
@@ -122,8 +122,8 @@ def rows_for_step(job: dict, jobdir: Path, k: int) -> list[dict]:
                 f"hp{k}: pair ({i}, {j}) distance {dist} bohr != structure {dist_geo:.6f} bohr"
             )
         inter = None
-        if j in neigh.get(i, []):
-            inter = _block(occ, i - 1, 1 + neigh[i].index(j), d1, d2)
+        if (i, j) in blocks:
+            inter = blocks[(i, j)][:, :d1, :d2].tolist()
         rows.append(
             {
                 **common,
