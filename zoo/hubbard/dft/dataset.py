@@ -258,6 +258,7 @@ def totals(rows: list[dict], jobs: dict) -> dict:
         }
 
     wall = sum(j["wall_s"] for j in jobs.values())
+    cpu = sum(j["qe_cpu_s_rank0"] for j in jobs.values())
     prod = [r for r in rows if r["purpose"] == "production"]
     prod_wall = sum(j["wall_s"] for j in jobs.values() if j["purpose"] == "production")
     return {
@@ -266,6 +267,7 @@ def totals(rows: list[dict], jobs: dict) -> dict:
         "materials": sorted({r["material"] for r in rows}),
         "machine_hours_2cores": round(wall / 3600, 3),
         "core_hours": round(2 * wall / 3600, 3),
+        "qe_cpu_core_hours": round(2 * cpu / 3600, 3),
         "production_core_hours": round(2 * prod_wall / 3600, 3),
     }
 
@@ -287,7 +289,8 @@ def stats_markdown(rows: list[dict], jobs: dict) -> str:
         f"- all rows incl. convergence jobs: U(TM) {t['all']['U_TM_unique']} unique, "
         f"V(TM-O) {t['all']['V_TM_O_unique']} unique; materials {', '.join(t['materials'])}",
         f"- machine time: {t['machine_hours_2cores']:.2f} h of the 2-core machine = "
-        f"{t['core_hours']:.2f} core-hours (production {prod_h:.2f} core-hours); "
+        f"{t['core_hours']:.2f} core-hours (production {prod_h:.2f} core-hours; CPU time "
+        f"actually given to QE: {t['qe_cpu_core_hours']:.2f} core-hours, the machine is shared); "
         f"production labels per core-hour: {rate}",
         "",
         "| material | sc paths | iterations | U(TM) unique | V(TM-O) unique |",
