@@ -25,7 +25,9 @@ REGISTRY_FORMAT = 1
 # ``from_config(config: dict) -> eqx.Module`` classmethod.
 # ---- LEAD: extend this table as the model classes land, e.g.
 #      "response": "zoo.model:ResponseModel", "hubbard": "zoo.hubbard:HubbardModel". ----
-MODEL_TYPES: dict[str, str] = {}
+MODEL_TYPES: dict[str, str] = {
+    "response": "zoo.model:ResponseModel",
+}
 
 #: A model_types override maps a type to a class with ``from_config``, a builder
 #: ``config -> Module``, or an import string "module:Class".

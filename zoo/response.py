@@ -69,3 +69,111 @@ def energy_forces_stress(node_energy: NodeEnergy, graph: Graph) -> dict[str, Arr
     stress = jnp.where(periodic, d_strain / graph.volume()[:, None, None], 0.0)
     forces = jnp.where(graph.node_mask[:, None], -d_pos, 0.0)
     return {"energy": energy, "forces": forces, "stress": stress}
+
+
+# ---- derivatives with respect to global and per-node vector inputs (fields, moments) ----
+#
+# A *field energy* is ``energy(node_var, global_var) -> (n_graphs,)``: per-graph energies as a
+# function of one per-node variable `(n_nodes, 3)` (positions, or nuclear moments mu_I) and
+# one per-graph vector `(n_graphs, 3)` (electric field eps or magnetic field B). The mixed
+# derivatives are taken at the given point (usually zero field) by
+#
+# - reverse mode over the per-node variable (one pass gives every atom), and
+# - forward mode over the 3 components of the global vector (3 or 6 directions, vmapped),
+#
+# i.e. forward-over-reverse for second and forward-over-forward-over-reverse for third
+# derivatives: the global vector has 3 components, the node variable 3 * n_nodes, so the
+# forward passes stay O(1) in the system size (see `benchmarks` in the recipe for timings).
+
+FieldEnergy = Callable[
+    [Float[Array, "n_nodes 3"], Float[Array, "n_graphs 3"]], Float[Array, " n_graphs"]
+]
+
+_PAIRS = ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))
+
+
+def broadcast_to_nodes(graph: Graph, values: Float[Array, "n_graphs ..."]) -> Array:
+    """Per-graph values repeated on each graph's nodes (zero on padding nodes)."""
+    out = values[graph.node_graph]
+    mask = graph.node_mask.reshape((-1,) + (1,) * (out.ndim - 1))
+    return jnp.where(mask, out, 0)
+
+
+def _directions(n_graphs: int, dtype) -> Float[Array, "3 n_graphs 3"]:
+    # direction a moves component a of every graph's vector at once: graphs are independent
+    return jnp.broadcast_to(jnp.eye(3, dtype=dtype)[:, None, :], (3, n_graphs, 3))
+
+
+def mixed_derivatives(
+    energy: FieldEnergy,
+    node_var: Float[Array, "n_nodes 3"],
+    global_var: Float[Array, "n_graphs 3"],
+    *,
+    order: int = 2,
+) -> dict[str, Array]:
+    """Energy and its derivatives in a per-node and a per-graph vector variable.
+
+    **Arguments:**
+
+    - `energy`: ``energy(node_var, global_var) -> (n_graphs,)``; graph ``g``'s energy must
+      depend only on its own nodes and its own ``global_var[g]``.
+    - `node_var`: `(n_nodes, 3)` where to differentiate (positions, or moments).
+    - `global_var`: `(n_graphs, 3)` (usually zeros).
+    - `order`: 1 returns the first mixed derivative; 2 also the second order in the global
+      variable.
+
+    **Returns:** a dict with
+
+    - ``energy`` `(n_graphs,)`; ``d_node`` `(n_nodes, 3)` = dE/dx_i;
+    - ``d_global`` `(n_graphs, 3)` = dE/dg;
+    - ``d_global_node`` `(n_nodes, 3, 3)`: ``[i, a, k] = d2E / dg_a dx_ik``;
+    - with ``order=2``: ``d_node_global_global`` `(n_nodes, 3, 3, 3)`:
+      ``[i, k, a, b] = d3E / dx_ik dg_a dg_b`` (symmetric in a, b), and ``d_global_global``
+      `(n_graphs, 3, 3)` = d2E/dg_a dg_b.
+    """
+    if order not in (1, 2):
+        raise ValueError(f"order must be 1 or 2, got {order!r}")
+    if node_var.ndim != 2 or node_var.shape[-1] != 3:
+        raise ValueError(f"node_var must have shape (n_nodes, 3), got {node_var.shape}")
+    if global_var.ndim != 2 or global_var.shape[-1] != 3:
+        raise ValueError(f"global_var must have shape (n_graphs, 3), got {global_var.shape}")
+
+    def value_and_grad(g):
+        # energy, dE/dglobal-independent pieces: one reverse pass over the node variable
+        e, vjp = jax.vjp(lambda x: energy(x, g), node_var)
+        (d_node,) = vjp(jnp.ones_like(e))
+        return e, d_node
+
+    dirs = _directions(global_var.shape[0], global_var.dtype)
+    if order == 1:
+
+        def first(u):
+            return jax.jvp(value_and_grad, (global_var,), (u,))
+
+        (e, d_node), (de, dd) = jax.vmap(first)(dirs)
+        return {
+            "energy": e[0],
+            "d_node": d_node[0],
+            "d_global": jnp.moveaxis(de, 0, -1),
+            "d_global_node": jnp.moveaxis(dd, 0, 1),
+        }
+
+    def second(u, v):
+        def inner(g):
+            return jax.jvp(value_and_grad, (g,), (u,))
+
+        (primal, first_d), (_, second_d) = jax.jvp(inner, (global_var,), (v,))
+        return primal, first_d, second_d
+
+    us = jnp.stack([dirs[a] for a, _ in _PAIRS])
+    vs = jnp.stack([dirs[b] for _, b in _PAIRS])
+    (e, d_node), (de, dd), (dde, ddd) = jax.vmap(second)(us, vs)
+    sym = jnp.asarray([[0, 3, 4], [3, 1, 5], [4, 5, 2]])  # (a, b) -> index in _PAIRS
+    return {
+        "energy": e[0],
+        "d_node": d_node[0],
+        "d_global": jnp.moveaxis(de[:3], 0, -1),
+        "d_global_node": jnp.moveaxis(dd[:3], 0, 1),
+        "d_global_global": jnp.moveaxis(dde[sym], (0, 1), (-2, -1)),
+        "d_node_global_global": jnp.moveaxis(ddd[sym], (0, 1), (-2, -1)),
+    }

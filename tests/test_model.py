@@ -1,0 +1,138 @@
+"""`ResponseModel`: predict (atom order, lists, errors, OOD warning), normalisation, data
+loading, and a save/load round trip of a model trained for a few steps in-test."""
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from ase import Atoms
+from test_heads import BACKBONE, small_bto
+
+from zoo.data import load_batio3
+from zoo.graph import build_graph
+from zoo.hub import from_pretrained
+from zoo.model import ResponseModel, fit_normalization, make_config
+from zoo.train import TrainConfig, fit, weighted_loss
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "batio3"
+OUTS = ["born_charges", "raman_tensors", "dielectric"]
+
+
+def tiny_targets(structures, seed=0):
+    rng = np.random.default_rng(seed)
+    t = {"born_charges": [], "raman_tensors": [], "dielectric": []}
+    for s in structures:
+        n = len(s)
+        z = np.where(s.get_atomic_numbers() == 8, -2.0, 3.0)[:, None, None] * np.eye(3)
+        t["born_charges"].append(z + 0.1 * rng.normal(size=(n, 3, 3)))
+        r = rng.normal(size=(n, 3, 3, 3))
+        t["raman_tensors"].append((r + r.swapaxes(-1, -2)) / 2)
+        e = rng.normal(size=(3, 3)) * 0.05
+        t["dielectric"].append(5 * np.eye(3) + (e + e.T) / 2)
+    return t
+
+
+@pytest.fixture(scope="module")
+def model():
+    structures = [small_bto(0), small_bto(1)]
+    config = make_config([56, 22, 8], OUTS, backbone=BACKBONE)
+    config = fit_normalization(config, structures, tiny_targets(structures))
+    return ResponseModel(config, key=jax.random.key(0))
+
+
+def test_normalization_is_fitted_on_the_given_data(model):
+    heads = model.config["heads"]
+    # O has the -2 trace offset: its 0e shift is -2 * sqrt(3) (species order Ba, Ti, O)
+    assert heads["born_charges"]["shift"][2] == pytest.approx(-2 * np.sqrt(3), abs=0.2)
+    assert heads["raman_tensors"]["shift"] is None
+    assert heads["dielectric"]["shift"] == pytest.approx(5 * np.sqrt(3), abs=0.1)
+    dom = model.config["domain"]
+    assert dom["periodic"] and 10 < dom["volume_per_atom"][0] < 15
+    json.dumps(model.config)  # JSON-safe
+
+
+def test_predict_atom_order_and_lists(model):
+    s = small_bto(2)
+    perm = np.random.default_rng(0).permutation(len(s))
+    one = model.predict(s)
+    permuted = model.predict(s[perm])
+    for name in ("born_charges", "raman_tensors"):
+        np.testing.assert_allclose(permuted[name], one[name][perm], atol=1e-5)
+        assert one[name].shape[0] == len(s)
+    assert one["dielectric"].shape == (3, 3)
+    big = s.repeat((2, 1, 1))
+    both = model.predict([big, s], batch_size=1)
+    np.testing.assert_array_equal(both["structure_index"], [0] * 10 + [1] * 5)
+    np.testing.assert_allclose(both["born_charges"][10:], one["born_charges"], atol=1e-5)
+    np.testing.assert_allclose(both["dielectric"][1], one["dielectric"], atol=1e-5)
+    assert both["dielectric"].shape == (2, 3, 3)
+
+
+def test_predict_errors_and_warnings(model):
+    s = small_bto(0)
+    bad = s.copy()
+    bad.numbers[1] = 29
+    with pytest.raises(ValueError, match="unknown species Cu"):
+        model.predict(bad)
+    molecule = Atoms("BaTiO", positions=[[0, 0, 0], [2.5, 0, 0], [0, 2.2, 0]], pbc=False)
+    with pytest.raises(ValueError, match="not periodic.*dielectric"):
+        model.predict(molecule)
+    stretched = s.copy()
+    stretched.set_cell(s.cell * 1.3, scale_atoms=True)
+    with pytest.warns(UserWarning, match="volume per atom"):
+        model.predict(stretched)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.predict(s)  # in the domain: no warning
+    with pytest.raises(ValueError, match="batch_size"):
+        model.predict(s, batch_size=0)
+
+
+def test_trained_model_save_load_round_trip(tmp_path):
+    structures = [small_bto(k) for k in range(3)]
+    config = make_config([56, 22, 8], ["born_charges"], backbone={**BACKBONE, "lmax": 2})
+    targets = tiny_targets(structures)
+    config = fit_normalization(config, structures, {"born_charges": targets["born_charges"]})
+    model = ResponseModel(config, key=jax.random.key(1))
+    batches = []
+    for s, z in zip(structures, targets["born_charges"]):
+        g = build_graph(s, 4.0, n_nodes=8, n_edges=1024)
+        t = np.zeros((8, 3, 3), np.float32)
+        t[:5] = z
+        batches.append((g, t))
+
+    def loss_fn(m, batch):
+        g, t = batch
+        return weighted_loss({"born_charges": (m(g)["born_charges"], t, g.node_mask)},
+                             {"born_charges": 1.0})  # fmt: skip
+
+    result = fit(model, loss_fn, batches, batches[:1], TrainConfig(max_epochs=3, learning_rate=1e-2),
+                 progress=False)  # fmt: skip
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+    trained = result.model
+    folder = trained.save_pretrained(tmp_path / "m")
+    assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in folder.iterdir()}
+    loaded = from_pretrained(folder)
+    assert isinstance(loaded, ResponseModel) and loaded.config == trained.config
+    a, b = trained.predict(structures[0]), loaded.predict(structures[0])
+    np.testing.assert_array_equal(a["born_charges"], b["born_charges"])
+    assert not np.allclose(a["born_charges"], model.predict(structures[0])["born_charges"])
+
+
+def test_load_batio3_validates_shapes(tmp_path):
+    records = load_batio3(DATA, ids=["00000"])
+    assert records[0]["born_charges"].shape == (135, 3, 3)
+    assert records[0]["raman_tensors"].shape == (135, 3, 3, 3)
+    assert list(records[0]["structure"].numbers[:5]) == [56, 22, 8, 8, 8]
+    root = tmp_path / "batio3"
+    shutil.copytree(DATA, root, ignore=shutil.ignore_patterns("*.cif"))
+    np.save(root / "raman_tensors" / "00001.npy", np.zeros((135, 3, 3)))
+    with pytest.raises(ValueError, match=r"raman_tensors/00001\.npy: expected shape"):
+        load_batio3(root)
+    with pytest.raises(ValueError, match="no structures/qe"):
+        load_batio3(tmp_path)

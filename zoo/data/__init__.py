@@ -1,0 +1,4 @@
+"""Loaders of the training data sets shipped in ``data/`` (validated, with clear errors)."""
+
+from .batio3 import load_batio3 as load_batio3
+from .batio3 import read_qe_cards as read_qe_cards

@@ -1,0 +1,442 @@
+"""`ResponseModel`: the user-facing graph model (NequIP backbone + tensor heads + normalisation).
+
+One class for every response model of the zoo; the ``formulation`` picks how heads are made:
+
+- ``"direct"``: every output is read out of the node features (`zoo.heads.AtomTensorHead`,
+  `zoo.heads.GlobalTensorHead`);
+- ``"electric"``: a latent energy ``E(r, eps)`` with the electric field fed to every node as an
+  unnormalised ``1x1o`` input; Born charges, Raman and dielectric tensors are its derivatives
+  (`zoo.response.mixed_derivatives`, `zoo.heads.derivative`);
+- ``"magnetic"``: ``E(r, B, mu_I)`` with the magnetic field B (global) and nuclear moments mu_I
+  (per atom) both axial ``1x1e`` inputs; shielding ``sigma = d2E / dmu dB``.
+
+Everything needed to rebuild the model is in the JSON-safe static ``config`` (model type, zoo
+version, dtype, backbone, heads with their training-split scale/shift, conventions, the
+training domain used for out-of-distribution warnings).
+
+Output names and units: ``born_charges`` (n_atoms, 3, 3) e, ``[atom, field, displacement]``
+unless the config says ``born_order="displacement_first"``; ``raman_tensors`` (n_atoms, 3, 3, 3)
+``[atom, displacement, field, field]`` Å^2 (Quantum ESPRESSO convention, ``(Omega/4pi) d eps/dr``);
+``dielectric`` (3, 3) dimensionless; ``chi2`` (3, 3, 3) as in the training data; ``shielding``
+(n_atoms, 3, 3) ppm.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+
+import e3nn_jax as e3nn
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import heads as H
+from ._dtype import resolve_float
+from .graph import Graph, build_graph, check_species, species_indices
+from .irreps import irreps_of
+from .nequip import NequIP, NequIPConfig
+from .response import broadcast_to_nodes, graph_sum, mixed_derivatives
+from .structure import Structure, as_structures
+
+MODEL_TYPE = "response"
+FORMULATIONS = ("direct", "electric", "magnetic")
+#: output name -> (tensor kind, per atom, unit, formulations that can produce it)
+OUTPUTS: dict[str, tuple[str, bool, str, tuple[str, ...]]] = {
+    "born_charges": ("rank2", True, "e", ("direct", "electric")),
+    "raman_tensors": ("raman", True, "Å^2", ("direct", "electric")),
+    "dielectric": ("symmetric2", False, "1", ("direct", "electric")),
+    "chi2": ("chi2", False, "pm/V", ("direct",)),
+    "shielding": ("rank2_axial", True, "ppm", ("direct", "magnetic")),
+}
+#: outputs that are bulk properties: they need a periodic cell.
+NEEDS_CELL = ("dielectric", "chi2")
+ASR_OUTPUTS = ("born_charges", "raman_tensors")
+
+
+def _version() -> str:
+    from ._serialization import FORMAT_VERSION
+
+    return FORMAT_VERSION
+
+
+def make_config(
+    species,
+    outputs,
+    *,
+    formulation: str = "direct",
+    backbone: Mapping | None = None,
+    feature_irreps: str | None = None,
+    acoustic_sum_rule: bool = True,
+    born_order: str = "field_first",
+    raman_convention: str = "qe",
+    dtype: str = "float32",
+) -> dict:
+    """A JSON-safe config with unit normalisation (refit it with `fit_normalization`).
+
+    **Arguments:** `species` (atomic numbers), `outputs` (names from :data:`OUTPUTS`),
+    `formulation`, `backbone` (NequIPConfig fields; ``species`` and the irreps are filled in),
+    `feature_irreps` (node features fed to the heads; default: every hidden irrep x8),
+    `acoustic_sum_rule` (subtract the per-structure mean over atoms of Born and Raman tensors),
+    `born_order`, `raman_convention` (see `zoo.heads.derivative`), `dtype`.
+    """
+    if formulation not in FORMULATIONS:
+        raise ValueError(f"formulation must be one of {FORMULATIONS}, got {formulation!r}")
+    outputs = list(outputs)
+    for name in outputs:
+        if name not in OUTPUTS:
+            raise ValueError(f"unknown output {name!r}; known: {sorted(OUTPUTS)}")
+        if formulation not in OUTPUTS[name][3]:
+            raise ValueError(f"output {name!r} is not available with formulation {formulation!r}")
+    if not outputs:
+        raise ValueError("outputs must name at least one output")
+    if born_order not in H.derivative.BORN_ORDERS:
+        raise ValueError(f"born_order must be one of {H.derivative.BORN_ORDERS}")
+    if raman_convention not in H.derivative.RAMAN_CONVENTIONS:
+        raise ValueError(f"raman_convention must be one of {H.derivative.RAMAN_CONVENTIONS}")
+    bb = dict(backbone or {})
+    bb["species"] = [int(z) for z in species]
+    bb["node_input_irreps"] = {"direct": "", "electric": "1x1o", "magnetic": "2x1e"}[formulation]
+    hidden = NequIPConfig.from_dict({**bb, "output_irreps": "1x0e"}).hidden_irreps
+    if feature_irreps is None:
+        feature_irreps = str(e3nn.Irreps([(8, ir) for _, ir in hidden]))
+    bb["output_irreps"] = feature_irreps
+    NequIPConfig.from_dict(bb)  # validates
+    heads = {
+        name: {"kind": OUTPUTS[name][0], "unit": OUTPUTS[name][2], "scale": 1.0, "shift": None}
+        for name in outputs
+    }
+    return {
+        "model_type": MODEL_TYPE,
+        "zoo_version": _version(),
+        "dtype": str(jnp.dtype(dtype)),
+        "formulation": formulation,
+        "backbone": bb,
+        "heads": heads,
+        "field_scale": 1.0,
+        "energy_scale": 1.0,
+        "acoustic_sum_rule": bool(acoustic_sum_rule),
+        "born_order": born_order,
+        "raman_convention": raman_convention,
+        "domain": None,
+    }
+
+
+def _irreps_rows(kind: str, values: np.ndarray) -> np.ndarray:
+    from .irreps import to_irreps
+
+    with jax.default_device(jax.devices("cpu")[0]):
+        return np.asarray(to_irreps(kind, np.asarray(values, np.float64)).array, np.float64)
+
+
+def fit_normalization(config: dict, structures, targets: Mapping[str, list]) -> dict:
+    """Scales and shifts of every head from the *training* data; returns a new config.
+
+    `targets[name]` is a list (one entry per structure) of per-atom `(n, ...)` or global
+    arrays. Per-atom heads get a per-species shift of their 0e part and one scale (RMS of the
+    rest); global heads a scalar shift. The derivative formulations also get ``field_scale``
+    and ``energy_scale`` so the first and second field derivatives start at the targets' size.
+    Also records the training domain (volume per atom, shortest distance) for OOD warnings.
+    """
+    structures = as_structures(structures)
+    config = {**config, "heads": {k: dict(v) for k, v in config["heads"].items()}}
+    species = config["backbone"]["species"]
+    numbers = np.concatenate([s.numbers for s in structures])
+    rms = {}
+    for name, head in config["heads"].items():
+        if name not in targets:
+            raise ValueError(f"targets has no {name!r}: every head needs training data")
+        per_atom = OUTPUTS[name][1]
+        values = [np.asarray(t) if per_atom else np.asarray(t)[None] for t in targets[name]]
+        rows = _irreps_rows(head["kind"], np.concatenate(values)).copy()
+        has_scalar = e3nn.Irrep("0e") in [mul_ir.ir for mul_ir in irreps_of(head["kind"])]
+        shift = None
+        if has_scalar and per_atom:
+            shift = [float(rows[numbers == z, 0].mean()) if np.any(numbers == z) else 0.0
+                     for z in species]  # fmt: skip
+            rows[:, 0] -= np.asarray([shift[species.index(int(z))] for z in numbers])
+        elif has_scalar:
+            shift = float(rows[:, 0].mean())
+            rows[:, 0] -= shift
+        scale = float(np.sqrt(np.mean(rows**2)))
+        head["scale"] = scale if scale > 0 and math.isfinite(scale) else 1.0
+        head["shift"] = shift
+        rms[name] = head["scale"]
+    if config["formulation"] == "electric":
+        z = rms.get("born_charges", 1.0)
+        if "raman_tensors" in rms:
+            config["field_scale"] = rms["raman_tensors"] / (H.COULOMB * z)
+        config["energy_scale"] = z / config["field_scale"]
+    elif config["formulation"] == "magnetic":
+        config["energy_scale"] = rms.get("shielding", 1.0)
+    vpa = [s.volume / len(s) for s in structures if s.pbc.all()]
+    config["domain"] = {
+        "volume_per_atom": [min(vpa), max(vpa)] if vpa else None,
+        "min_distance": float(min(_min_distance(s) for s in structures)),
+        "periodic": bool(all(s.pbc.all() for s in structures)),
+    }
+    return config
+
+
+def _min_distance(s: Structure, r: float = 6.0) -> float:
+    from ._neighbors import neighbor_pairs
+
+    i, j, shifts = neighbor_pairs(s, r)
+    if len(i) == 0:
+        return r
+    d = s.positions[j] - s.positions[i] + shifts @ s.cell
+    return float(np.linalg.norm(d, axis=1).min())
+
+
+class ResponseModel(eqx.Module):
+    """NequIP backbone + response heads; see the module docstring for outputs and units.
+
+    **Arguments** of `__init__`: `config` (from :func:`make_config`, usually refitted with
+    :func:`fit_normalization`), keyword-only `key`.
+    """
+
+    backbone: NequIP
+    heads: dict
+    config: dict = eqx.field(static=True)
+
+    def __init__(self, config: dict, *, key):
+        config = dict(config)
+        if config.get("model_type") != MODEL_TYPE:
+            raise ValueError(f"config: model_type must be {MODEL_TYPE!r}, got "
+                             f"{config.get('model_type')!r}")  # fmt: skip
+        if config.get("formulation") not in FORMULATIONS:
+            raise ValueError(f"config: formulation must be one of {FORMULATIONS}")
+        dtype = resolve_float(config.get("dtype", "float32"))
+        self.config = config
+        k_bb, k_heads = jax.random.split(key)
+        bb_config = NequIPConfig.from_dict(config["backbone"])
+        self.backbone = NequIP(bb_config, dtype=dtype, key=k_bb)
+        feats = self.backbone.readout.irreps_out  # what the readout can actually produce
+        names = sorted(config["heads"])
+        keys = dict(zip(names + ["energy"], jax.random.split(k_heads, len(names) + 1)))
+        heads = {}
+        if config["formulation"] == "direct":
+            for name in names:
+                h = config["heads"][name]
+                cls = H.AtomTensorHead if OUTPUTS[name][1] else H.GlobalTensorHead
+                heads[name] = cls(feats, h["kind"], h["scale"], h["shift"], dtype=dtype,
+                                  key=keys[name])  # fmt: skip
+        else:
+            heads["energy"] = H.EnergyHead(feats, config["energy_scale"], dtype=dtype,
+                                           key=keys["energy"])  # fmt: skip
+        self.heads = heads
+
+    @classmethod
+    def from_config(cls, config: dict) -> ResponseModel:
+        """A model of the right shapes (random weights, key 0) from a :attr:`config` dict."""
+        return cls(config, key=jax.random.key(0))
+
+    @property
+    def species(self) -> tuple[int, ...]:
+        return tuple(self.config["backbone"]["species"])
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return tuple(sorted(self.config["heads"]))
+
+    @property
+    def dtype(self):
+        return self.backbone.dtype
+
+    # ---- pure JAX forward ----
+    def __call__(self, graph: Graph, acoustic_sum_rule: bool | None = None) -> dict:
+        """All outputs for a padded graph: per-atom `(n_nodes, ...)`, global `(n_graphs, ...)`,
+        zero on padding. `acoustic_sum_rule` ``None`` uses the config's switch."""
+        form = self.config["formulation"]
+        out = self._direct(graph) if form == "direct" else self._derivative(graph)
+        asr = self.config["acoustic_sum_rule"] if acoustic_sum_rule is None else acoustic_sum_rule
+        if asr:
+            for name in ASR_OUTPUTS:
+                if name in out:
+                    out[name] = subtract_mean_over_atoms(graph, out[name])
+        for name, value in out.items():
+            mask = graph.node_mask if OUTPUTS[name][1] else graph.graph_mask
+            out[name] = jnp.where(mask.reshape((-1,) + (1,) * (value.ndim - 1)), value, 0)
+        return out
+
+    def _direct(self, graph: Graph) -> dict:
+        feats = self.backbone(graph)
+        species = species_indices(graph.numbers, self.species)
+        out = {}
+        for name, head in self.heads.items():
+            out[name] = head(feats, species) if OUTPUTS[name][1] else head(feats, graph)
+        return out
+
+    def _node_shift(self, name: str, graph: Graph) -> jax.Array:
+        """Per-species isotropic offset (a fixed bilinear energy term) of a derivative output."""
+        shift = self.config["heads"][name]["shift"]
+        if shift is None:
+            return jnp.zeros((graph.n_nodes, 1, 1), self.dtype)
+        table = jnp.asarray(shift, self.dtype)[species_indices(graph.numbers, self.species)]
+        # the 0e component is trace / sqrt(3): the offset is shift / sqrt(3) * identity
+        return (table / math.sqrt(3.0))[:, None, None] * jnp.eye(3, dtype=self.dtype)
+
+    def energy(self, graph: Graph, positions=None, field=None, moments=None) -> jax.Array:
+        """Latent energy per graph `(n_graphs,)` of a derivative formulation.
+
+        **Arguments:** `positions` `(n_nodes, 3)` Å (default the graph's), `field`
+        `(n_graphs, 3)` (electric: V/Å; magnetic: B, arbitrary units) and, for ``"magnetic"``,
+        nuclear `moments` `(n_nodes, 3)`; missing fields and moments are zero.
+        """
+        form = self.config["formulation"]
+        if form == "direct":
+            raise ValueError("a direct model has no energy: its outputs are read out directly")
+        s = jnp.asarray(self.config["field_scale"], self.dtype)
+        field = jnp.zeros((graph.n_graphs, 3), self.dtype) if field is None else field
+        node_field = broadcast_to_nodes(graph, field * s)
+        if form == "electric":
+            inputs = e3nn.IrrepsArray("1x1o", node_field)
+        else:
+            moments = jnp.zeros((graph.n_nodes, 3), self.dtype) if moments is None else moments
+            inputs = e3nn.IrrepsArray("2x1e", jnp.concatenate([node_field, moments * s], -1))
+        feats = self.backbone(graph, graph.edge_vectors(positions), inputs)
+        species = species_indices(graph.numbers, self.species)
+        return graph_sum(graph, self.heads["energy"](feats, species))
+
+    def _derivative(self, graph: Graph) -> dict:
+        cfg = self.config
+        zeros_g = jnp.zeros((graph.n_graphs, 3), self.dtype)
+        out = {}
+        if cfg["formulation"] == "electric":
+            second = any(n in cfg["heads"] for n in ("raman_tensors", "dielectric"))
+            d = mixed_derivatives(
+                lambda r, e: self.energy(graph, positions=r, field=e),
+                graph.positions, zeros_g, order=2 if second else 1,
+            )  # fmt: skip
+            if "born_charges" in cfg["heads"]:
+                z = H.born_from_derivatives(d, cfg["born_order"])
+                out["born_charges"] = z + self._node_shift("born_charges", graph)
+            if "raman_tensors" in cfg["heads"]:
+                vol = graph.volume()[graph.node_graph]
+                out["raman_tensors"] = H.raman_from_derivatives(d, cfg["raman_convention"], vol)
+            if "dielectric" in cfg["heads"]:
+                out["dielectric"] = H.dielectric_from_derivatives(d, graph.volume())
+        else:
+            moments = jnp.zeros((graph.n_nodes, 3), self.dtype)
+            d = mixed_derivatives(
+                lambda m, b: self.energy(graph, field=b, moments=m), moments, zeros_g, order=1
+            )
+            out["shielding"] = H.shielding_from_derivatives(d) + self._node_shift(
+                "shielding", graph
+            )
+        return out
+
+    # ---- host-side API ----
+    def predict(
+        self,
+        atoms,
+        batch_size: int = 8,
+        *,
+        acoustic_sum_rule: bool | None = None,
+        progress: bool | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Predict every output for one structure or a list of them.
+
+        **Arguments:**
+
+        - `atoms`: an ``ase.Atoms`` / :class:`~zoo.Structure` / dict, or a list of them.
+        - `batch_size`: structures per compiled call (batches are grouped by size bucket).
+        - `acoustic_sum_rule`: override the config's switch.
+        - `progress`: tqdm bar (default: on for more than 4 batches).
+
+        **Returns:** a dict of numpy arrays in the input atom order. One structure: per-atom
+        outputs `(n_atoms, ...)`, global ones `(...)`. A list: per-atom outputs concatenated
+        over structures `(total_atoms, ...)` with ``structure_index`` `(total_atoms,)`, global
+        ones stacked `(n_structures, ...)`. Units: ``born_charges`` e, ``raman_tensors`` Å^2,
+        ``dielectric`` dimensionless, ``shielding`` ppm (see the module docstring).
+        """
+        single = isinstance(atoms, (Structure, dict)) or hasattr(atoms, "get_atomic_numbers")
+        structures = as_structures(atoms)
+        if not (isinstance(batch_size, int) and batch_size >= 1):
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        self.check_inputs(structures)
+        order = sorted(range(len(structures)), key=lambda i: len(structures[i]))
+        batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+        show = len(batches) > 4 if progress is None else progress
+        if show:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="predict", unit="batch")
+        r_max = self.config["backbone"]["r_max"]
+        results: dict[int, dict[str, np.ndarray]] = {}
+        for idx in batches:
+            graph = build_graph([structures[i] for i in idx], r_max, dtype=self.dtype)
+            out = _forward(self, graph, acoustic_sum_rule)
+            for name, value in out.items():
+                value = np.asarray(value)
+                parts = graph.split_nodes(value) if OUTPUTS[name][1] else value[: len(idx)]
+                for i, part in zip(idx, parts):
+                    results.setdefault(i, {})[name] = np.asarray(part)
+        if single:
+            return results[0]
+        merged = {}
+        for name in self.outputs:
+            parts = [results[i][name] for i in range(len(structures))]
+            merged[name] = np.concatenate(parts) if OUTPUTS[name][1] else np.stack(parts)
+        merged["structure_index"] = np.repeat(np.arange(len(structures)),
+                                              [len(s) for s in structures])  # fmt: skip
+        return merged
+
+    def check_inputs(self, structures) -> None:
+        """Species, periodicity and domain checks (errors and OOD warnings) on the host."""
+        structures = as_structures(structures)
+        check_species(structures, self.species, "this response model")
+        bulk = [n for n in self.outputs if n in NEEDS_CELL]
+        bulk += ["raman_tensors"] * (
+            self.config["raman_convention"] == "per_volume" and "raman_tensors" in self.outputs
+        )
+        for g, s in enumerate(structures):
+            if bulk and not s.pbc.all():
+                raise ValueError(
+                    f"structure {g} is not periodic in all three directions (pbc="
+                    f"{s.pbc.tolist()}), but {', '.join(bulk)} needs a cell volume: give a "
+                    "periodic bulk structure"
+                )
+            reason = self.out_of_domain(s)
+            if reason:
+                warnings.warn(f"structure {g} is outside the training domain: {reason}",
+                              stacklevel=3)  # fmt: skip
+
+    def out_of_domain(self, s: Structure) -> str | None:
+        """Why `s` looks unlike the training data (``None`` if it does not)."""
+        dom = self.config.get("domain")
+        if not dom:
+            return None
+        vpa = dom.get("volume_per_atom")
+        if vpa and s.pbc.all():
+            v = s.volume / len(s)
+            lo, hi = vpa
+            if not 0.9 * lo <= v <= 1.1 * hi:
+                return (f"volume per atom {v:.2f} Å^3 is far from the training range "
+                        f"[{lo:.2f}, {hi:.2f}] Å^3")  # fmt: skip
+        d = _min_distance(s)
+        if d < 0.85 * dom["min_distance"]:
+            return (f"shortest interatomic distance {d:.2f} Å is below the training "
+                    f"minimum {dom['min_distance']:.2f} Å")  # fmt: skip
+        return None
+
+    def save_pretrained(self, directory, *, card: str | None = None, **kwargs):
+        """Write config.json, model.safetensors and README.md (see `zoo.save_pretrained`)."""
+        from ._serialization import save_pretrained
+
+        return save_pretrained(self, directory, card=card, **kwargs)
+
+
+def subtract_mean_over_atoms(graph: Graph, values: jax.Array) -> jax.Array:
+    """Acoustic sum rule: remove each structure's mean over its real atoms."""
+    total = graph_sum(graph, values)
+    count = jnp.maximum(graph.n_node, 1).astype(values.dtype)
+    mean = total / count.reshape((-1,) + (1,) * (values.ndim - 1))
+    return values - mean[graph.node_graph]
+
+
+@eqx.filter_jit
+def _forward(model: ResponseModel, graph: Graph, acoustic_sum_rule):
+    return model(graph, acoustic_sum_rule)
