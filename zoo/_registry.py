@@ -9,11 +9,12 @@ import hashlib
 import importlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ._io import atomic_write_json
 
 #: Embedded weights (package data). The lead links the top-level ``weights/`` here.
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -139,15 +140,7 @@ def write_registry(weights_dir: str | os.PathLike | None = None) -> dict:
             }
         }
     registry = {"format": REGISTRY_FORMAT, "models": models}
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{REGISTRY_NAME}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(registry, f, sort_keys=True, indent=2)
-            f.write("\n")
-        os.replace(tmp, root / REGISTRY_NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(root / REGISTRY_NAME, registry)
     return registry
 
 

@@ -8,7 +8,6 @@ the JSON state (epoch, history, run signature, ...).
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,8 @@ import numpy as np
 import safetensors.numpy
 from safetensors import safe_open
 
+from .._io import atomic_write_bytes as atomic_write_bytes
+from .._io import atomic_write_json as _atomic_write_json
 from ._config import TrainConfig
 
 _STATE_KEY = "zoo_train_state"
@@ -40,27 +41,9 @@ def jsonable(obj: Any) -> Any:
     return obj
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, fsync it, then `os.replace` it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Atomically write `obj` as indented, key-sorted, strict JSON."""
-    text = json.dumps(jsonable(obj), indent=2, sort_keys=True, allow_nan=False)
-    atomic_write_bytes(path, (text + "\n").encode())
+    _atomic_write_json(path, jsonable(obj))
 
 
 def _is_array_like(leaf: Any) -> bool:
