@@ -161,3 +161,13 @@ def test_validation_messages(rng):
         )
     with pytest.raises(ValueError, match="V p-site n_up .*shape \\(N, 3, 3\\)"):
         intersite_features("O", up[0], down[0], "Mn", up[0], down[0], 4.0, 1.0, species=["Mn", "O"])
+
+
+@pytest.mark.parametrize("l", [1, 2])
+def test_numpy_and_jax_paths_agree(l, rng, x64):
+    # site_features computes in numpy (no XLA compiles); spin_features is the jit-able twin
+    up, down = _sym(rng, 3, 2 * l + 1, 2 * l + 1), _sym(rng, 3, 2 * l + 1, 2 * l + 1)
+    x = site_features(["Mn"] * 3, up, down, species=["Mn"], l=l)
+    s, p = spin_features(occupations_qe_to_e3nn(up, l), occupations_qe_to_e3nn(down, l), l)
+    np.testing.assert_allclose(x.array[:, 1:], np.concatenate([s.array, p.array], 1), atol=1e-12)
+    assert x.irreps == site_irreps(1, l)

@@ -166,10 +166,11 @@ def test_fit_scalers_uses_given_targets_only():
     assert fitted.config["target_mean"] == pytest.approx(u_out.mean())
     assert fitted.config["target_std"] == pytest.approx(u_out.std())
     stats = fitted.config["input_stats"]["x"]
-    np.testing.assert_allclose(stats["mean"][:3], x.array[:, :3].mean(0))
-    np.testing.assert_allclose(stats["mean"][-1], u_in.mean())
-    np.testing.assert_allclose(stats["scale"][-1], 1 / u_in.std())
-    assert stats["mean"][5] == 0  # a 2e component is never shifted
+    rms = np.sqrt((x.array**2).mean(0))
+    np.testing.assert_allclose(stats["scale"][:3], 1 / rms[:3])  # one-hot columns
+    np.testing.assert_allclose(stats["scale"][-1], 1 / np.sqrt(np.mean(u_in**2)))  # U_in
+    np.testing.assert_allclose(stats["scale"][4:9], 1 / np.sqrt(np.mean(x.array[:, 4:9] ** 2)))
+    assert stats["mean"] == [0.0] * 80
     for a, b in zip(jax.tree_util.tree_leaves(model), jax.tree_util.tree_leaves(fitted)):
         assert a is b  # same weights
     half = fit_scalers(model, x[:8], u_out[:8])

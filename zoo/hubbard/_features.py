@@ -24,12 +24,11 @@ import functools
 from collections.abc import Sequence
 
 import e3nn_jax as e3nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._basis import ORBITAL_IRREPS, occupations_qe_to_e3nn
+from ._basis import ORBITAL_IRREPS, _change_of_basis
 
 #: largest |n - n^T| accepted in an occupation matrix (collinear QE runs are symmetric to ~1e-15)
 SYMMETRY_TOL = 1e-4
@@ -184,16 +183,30 @@ def site_features(
             f"{name}: {len(elements)} elements but n_up {up.shape} and n_down {down.shape}"
         )
     onehot = one_hot(elements, species, name=name)
-    with jax.enable_x64(True):  # exact float64 features whatever the global flag
-        occs_sum, occs_prod = spin_features(
-            occupations_qe_to_e3nn(jnp.asarray(up), l),
-            occupations_qe_to_e3nn(jnp.asarray(down), l),
-            l,
-        )
-        onehot = e3nn.IrrepsArray(f"{len(species)}x0e", jnp.asarray(onehot))
-        out = e3nn.concatenate([onehot, occs_sum, occs_prod], axis=-1)
-        out = e3nn.IrrepsArray(out.irreps, np.asarray(out.array))
+    occs_sum, occs_prod = _spin_features_np(_to_e3nn_np(up, l), _to_e3nn_np(down, l), l)
+    out = e3nn.IrrepsArray(
+        site_irreps(len(species), l), np.concatenate([onehot, occs_sum, occs_prod], axis=1)
+    )
     return out[0] if single else out
+
+
+def _to_e3nn_np(n: np.ndarray, l: int) -> np.ndarray:
+    c = _change_of_basis(l)
+    return np.einsum("ai,nij,bj->nab", c, n, c)
+
+
+def _spin_features_np(up: np.ndarray, down: np.ndarray, l: int) -> tuple[np.ndarray, np.ndarray]:
+    # numpy twin of spin_features for concrete inputs: no per-op XLA compilation (~80 small
+    # compiles, seconds, on the first call of the jax version); test_features checks they agree
+    irreps, q = _symmetric_basis(l)
+    a, b = np.einsum("ijz,nij->nz", q, up), np.einsum("ijz,nij->nz", q, down)
+    prod = []
+    for (_, ir), sl in zip(irreps, irreps.slices()):
+        for ir_out in ir * ir:
+            if ir_out.l % 2 == 0:  # same loop order as e3nn.elementwise_tensor_product
+                cg = e3nn.clebsch_gordan(ir.l, ir.l, ir_out.l) * ir.dim  # "norm": sqrt(d * d)
+                prod.append(np.einsum("ni,nj,ijk->nk", a[:, sl], b[:, sl], cg))
+    return (a + b) / 2, np.concatenate(prod, axis=1)
 
 
 def site_irreps(n_species: int, l: int) -> e3nn.Irreps:
@@ -227,7 +240,8 @@ def onsite_features(
         return x
     batch = x.shape[:-1]
     u = _column(u_in, int(np.prod(batch)), name="u_in").reshape(batch + (1,))
-    return e3nn.concatenate([x, e3nn.IrrepsArray("1x0e", u)], axis=-1)
+    arr = np.concatenate([np.asarray(x.array), u], axis=-1)
+    return e3nn.IrrepsArray(x.irreps + e3nn.Irreps("1x0e"), arr)
 
 
 def intersite_features(

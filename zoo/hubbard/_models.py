@@ -17,7 +17,6 @@ decays them; set them with :func:`fit_scalers`.
 """
 
 import functools
-import importlib.metadata
 import math
 from typing import Any
 
@@ -28,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .._dtype import resolve_float
+from .._serialization import FORMAT_VERSION
 from ._features import onsite_irreps, site_irreps
 
 ONSITE_TYPE = "hubbard-onsite"
@@ -35,23 +36,9 @@ INTERSITE_TYPE = "hubbard-intersite"
 _NORMALIZATIONS = ("component", "norm")
 
 
-def resolve_float(dtype) -> jnp.dtype:
-    """``None`` -> float64 under x64 else float32 (as equinox); refuses non-float dtypes."""
-    if dtype is None:
-        return jnp.dtype(jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
-    dtype = jnp.dtype(dtype)
-    if dtype not in (jnp.float32, jnp.float64):
-        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-    if dtype == jnp.float64 and not jax.config.jax_enable_x64:
-        raise ValueError("dtype=float64 needs jax_enable_x64 (e.g. `with jax.enable_x64(True):`)")
-    return dtype
-
-
 def _zoo_version() -> str:
-    try:
-        return importlib.metadata.version("e3zoo")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
+    # the model-folder format version that zoo.hub reads (not the package version)
+    return FORMAT_VERSION
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
@@ -245,27 +232,23 @@ def _standardize(x: e3nn.IrrepsArray, stats: dict | None) -> e3nn.IrrepsArray:
 
 
 def input_statistics(x: Float[np.ndarray, "n dim"], irreps) -> dict[str, list[float]]:
-    """Equivariant standardisation of training inputs: ``x -> (x - mean) * scale``.
+    """Equivariant input scaling from training inputs: ``x -> (x - mean) * scale``.
 
-    Scalars: their mean and 1/std per column. Other irreps: mean 0 and, per irrep copy, the
-    inverse root-mean-square component (a rotation-invariant constant). Constant columns get
-    scale 1. JSON-safe lists of length ``irreps.dim``.
+    ``mean`` is 0 and ``scale`` is, per irrep copy (scalar column or l > 0 block), the inverse
+    root-mean-square component over the rows (1 if that is ~0). Scaling by the RMS, not by
+    the standard deviation, brings every input to O(1) without blowing up the tiny spreads of
+    a narrow training set (a degree-8 polynomial network extrapolates those violently).
+    JSON-safe lists of length ``irreps.dim``.
     """
     irreps = e3nn.Irreps(irreps)
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] != irreps.dim or x.shape[0] < 2:
         raise ValueError(f"inputs: expected shape (n >= 2, {irreps.dim}), got {x.shape}")
-    mean, scale = np.zeros(irreps.dim), np.ones(irreps.dim)
+    scale = np.ones(irreps.dim)
     for (mul, ir), sl in zip(irreps, irreps.slices()):
-        block = x[:, sl].reshape(len(x), mul, ir.dim)
-        if ir.l == 0:
-            mu, sd = block[..., 0].mean(0), block[..., 0].std(0)
-            mean[sl], scale[sl] = mu, np.where(sd > 1e-8, 1.0 / np.maximum(sd, 1e-8), 1.0)
-        else:
-            rms = np.sqrt((block**2).mean(axis=(0, 2)))
-            inv = np.where(rms > 1e-8, 1.0 / np.maximum(rms, 1e-8), 1.0)
-            scale[sl] = np.repeat(inv, ir.dim)
-    return {"mean": mean.tolist(), "scale": scale.tolist()}
+        rms = np.sqrt((x[:, sl].reshape(len(x), mul, ir.dim) ** 2).mean(axis=(0, 2)))
+        scale[sl] = np.repeat(np.where(rms > 1e-8, 1.0 / np.maximum(rms, 1e-8), 1.0), ir.dim)
+    return {"mean": np.zeros(irreps.dim).tolist(), "scale": scale.tolist()}
 
 
 def _check_common(config: dict) -> None:

@@ -263,7 +263,7 @@ class HubbardUV(eqx.Module):
             species=self.u_model.config["species"],
             labels=[f"site {i} ({labels[i - 1]})" for i in sites],
         )  # fmt: skip
-        y = _u_batch(self.u_model, _pad(x.array))[: len(sites)]
+        y = np.asarray(_u_batch(self.u_model, _pad(x.array)))[: len(sites)]
         return {i: float(u) for i, u in zip(sites, np.asarray(y))}
 
     def _predict_v(self, keys, elements, onsite, keyed, labels) -> dict[PairKey, float]:
@@ -282,7 +282,7 @@ class HubbardUV(eqx.Module):
             [keyed[k][1] for k in keys], [keyed[k][2] for k in keys],
             species=self.v_model.config["species"], labels=[f"pair {k}" for k in keys],
         )  # fmt: skip
-        y = _v_batch(self.v_model, *(_pad(f.array) for f in feats))[: len(keys)]
+        y = np.asarray(_v_batch(self.v_model, *(_pad(f.array) for f in feats)))[: len(keys)]
         return {k: float(v) for k, v in zip(keys, np.asarray(y))}
 
     def hubbard_card(self, pw_output: str | Path, syntax: str = "qe7", **kwargs) -> str:

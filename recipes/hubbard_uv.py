@@ -1,0 +1,261 @@
+"""Train the Hubbard U (on-site) and V (inter-site) models on ``data/hubbard/labels.jsonl``.
+
+The HubbardML recipe (npj Comput Mater 11, 19 (2025)) ported to zoo, from a fresh clone:
+
+    python recipes/hubbard_uv.py --out runs/hubbard_uv            # cluster split, 20 % val
+    python recipes/hubbard_uv.py --out runs/transfer --transfer 1  # train it < 1, test it >= 1
+
+Rows: U of TM 3d sites with ``param_out > 0.2`` eV; V of TM 3d - O 2p pairs with
+``param_out > 0.3`` eV. Near-duplicates are clustered and 20 % of the clusters of every
+(species, self-consistent path) group go to validation (one representative each). Scalers are
+fit on the training rows only. Metrics per species (MAE, RMSE, MARE) for the model and for the
+U_in/V_in baseline are written to ``<out>/metrics.json``; the models to ``<out>/hubbard-u``,
+``<out>/hubbard-v`` and ``<out>/hubbard-uv`` (config.json, model.safetensors, README.md).
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zoo.hubbard._basis import occupations_qe_to_e3nn
+from zoo.hubbard._features import intersite_features, onsite_features, spin_features
+from zoo.hubbard._models import IntersiteModel, OnsiteModel, fit_scalers
+from zoo.hubbard._predict import HubbardUV
+from zoo.hubbard._split import (
+    TRAIN,
+    U_PARAM_TOL,
+    V_PARAM_TOL,
+    VALIDATE,
+    baseline_metrics,
+    duplicate_clusters,
+    power_spectrum,
+    regression_metrics,
+    split_by_clusters,
+)
+from zoo.train import TrainConfig, fit
+
+ROOT = Path(__file__).resolve().parents[1]
+U_CUTOFF, V_CUTOFF = 0.2, 0.3  # eV, HubbardML's hubbard_param_cutoff
+
+
+def load_rows(path: Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _spectra(up: np.ndarray, down: np.ndarray, l: int) -> list[np.ndarray]:
+    s, p = spin_features(occupations_qe_to_e3nn(up, l), occupations_qe_to_e3nn(down, l), l)
+    return [power_spectrum(s), power_spectrum(p)]
+
+
+def u_dataset(rows: list[dict]) -> dict | None:
+    rows = [
+        r for r in rows
+        if r["param_type"] == "U" and r["atom_1_manifold"] == "3d" and r["param_out"] > U_CUTOFF
+    ]  # fmt: skip
+    if len(rows) < 2:
+        return None
+    species = sorted({r["atom_1_element"] for r in rows})
+    occs = np.array([r["atom_1_occs"] for r in rows], dtype=np.float64)
+    elements = [r["atom_1_element"] for r in rows]
+    p_in = np.array([r["param_in"] for r in rows])
+    x = onsite_features(
+        elements, occs[:, 0], occs[:, 1], p_in, species=species, labels=[r["id"] for r in rows]
+    )
+    return {
+        "rows": rows, "species": species, "inputs": (x.array,), "key": elements,
+        "y": np.array([r["param_out"] for r in rows]), "param_in": p_in,
+        "spectra": _spectra(occs[:, 0], occs[:, 1], 2), "distance": None, "tol": U_PARAM_TOL,
+    }  # fmt: skip
+
+
+def v_dataset(rows: list[dict]) -> dict | None:
+    rows = [
+        r for r in rows
+        if r["param_type"] == "V" and (r["atom_1_manifold"], r["atom_2_manifold"]) == ("3d", "2p")
+        and r["param_out"] > V_CUTOFF
+    ]  # fmt: skip
+    if len(rows) < 2:
+        return None
+    species = sorted({r["atom_1_element"] for r in rows} | {r["atom_2_element"] for r in rows})
+    d_occ = np.array([r["atom_1_occs"] for r in rows], dtype=np.float64)  # atom 1: the TM
+    p_occ = np.array([r["atom_2_occs"] for r in rows], dtype=np.float64)  # atom 2: the ligand
+    p_el, d_el = [r["atom_2_element"] for r in rows], [r["atom_1_element"] for r in rows]
+    dist = np.array([r["dist_bohr"] for r in rows])
+    p_in = np.array([r["param_in"] for r in rows])
+    feats = intersite_features(
+        p_el, p_occ[:, 0], p_occ[:, 1], d_el, d_occ[:, 0], d_occ[:, 1], dist, p_in,
+        species=species, labels=[r["id"] for r in rows],
+    )  # fmt: skip
+    return {
+        "rows": rows, "species": species, "inputs": tuple(f.array for f in feats),
+        "key": [f"{p}-{d}" for p, d in zip(p_el, d_el)],
+        "y": np.array([r["param_out"] for r in rows]), "param_in": p_in, "distance": dist, "tol": V_PARAM_TOL,
+        "spectra": _spectra(p_occ[:, 0], p_occ[:, 1], 1) + _spectra(d_occ[:, 0], d_occ[:, 1], 2),
+    }  # fmt: skip
+
+
+def split(ds: dict, seed: int, transfer: int | None) -> np.ndarray:
+    """ "train" / "validate" / "duplicate" per row."""
+    clusters = duplicate_clusters(
+        ds["key"], ds["spectra"], ds["param_in"], ds["distance"], param_tol=ds["tol"]
+    )
+    if transfer is not None:  # the paper's transfer test: iterations < k train, the rest test
+        it = np.array([r["iteration"] for r in ds["rows"]])
+        return np.where(it < transfer, TRAIN, VALIDATE)
+    groups = [(k, r["sc_path"]) for k, r in zip(ds["key"], ds["rows"])]
+    return split_by_clusters(clusters, groups, seed=seed)
+
+
+def batches(ds: dict, idx: np.ndarray, size: int) -> list[dict]:
+    """Fixed-shape batches; the last one padded by repeating rows with mask 0."""
+    out = []
+    for start in range(0, len(idx), size):
+        part = idx[start : start + size]
+        mask = np.zeros(size, np.float32)
+        mask[: len(part)] = 1.0
+        part = np.concatenate([part, np.repeat(part[:1], size - len(part))])
+        out.append({"x": tuple(a[part] for a in ds["inputs"]), "y": ds["y"][part], "mask": mask})
+    return out
+
+
+def _call(model, x):
+    return model(*x)
+
+
+def loss_fn(model, batch):
+    err = (_call(model, batch["x"]) - batch["y"]) * batch["mask"]
+    mse = jnp.sum(err**2) / jnp.sum(batch["mask"])
+    return mse, {"mae": jnp.sum(jnp.abs(err)) / jnp.sum(batch["mask"])}
+
+
+def predict_fn(model, batch):
+    return {"param": (_call(model, batch["x"]), batch["y"], batch["mask"])}
+
+
+@eqx.filter_jit
+def _predict(model, x):
+    return _call(model, x)
+
+
+def evaluate(model, ds: dict, idx: np.ndarray, name: str) -> dict:
+    if len(idx) == 0:
+        return {}
+    pred = np.concatenate(
+        [np.asarray(_predict(model, b["x"]))[b["mask"] > 0] for b in batches(ds, idx, 64)]
+    )
+    keys = [ds["key"][i] for i in idx]
+    return {
+        f"{name}_model": regression_metrics(ds["y"][idx], pred, keys),
+        f"{name}_baseline": baseline_metrics(ds["param_in"][idx], ds["y"][idx], keys),
+    }
+
+
+def train_one(model, ds: dict, labels: np.ndarray, args, out: Path, batch_size: int):
+    tr, va = np.flatnonzero(labels == TRAIN), np.flatnonzero(labels == VALIDATE)
+    model = fit_scalers(
+        model,
+        tuple(a[tr] for a in ds["inputs"]) if len(ds["inputs"]) > 1 else ds["inputs"][0][tr],
+        ds["y"][tr],
+    )
+    config = TrainConfig(
+        seed=args.seed, max_epochs=args.epochs, optimizer="adamw", learning_rate=args.lr,
+        weight_decay=1e-4, schedule="exponential", final_lr_factor=0.05, grad_clip=10.0,
+        early_stopping_patience=args.patience if len(va) else None, eval_every=10,
+        checkpoint_every=100,
+    )  # fmt: skip
+    result = fit(
+        model, loss_fn, batches(ds, tr, batch_size), batches(ds, va, 256) if len(va) else None,
+        config, out_dir=out, predict_fn=predict_fn, units={"param": "eV"}, progress=False,
+    )  # fmt: skip
+    counts = {
+        "train": int(len(tr)),
+        "validate": int(len(va)),
+        "duplicate": int((labels == "duplicate").sum()),
+    }
+    metrics = {
+        "rows": counts,
+        **evaluate(result.model, ds, tr, "train"),
+        **evaluate(result.model, ds, va, "validation"),
+    }
+    return result.model, metrics
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--data", type=Path, default=ROOT / "data" / "hubbard" / "labels.jsonl")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "hubbard_uv")
+    ap.add_argument("--epochs", type=int, default=2000)
+    ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--patience", type=int, default=50, help="evaluations (every 10 epochs)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--transfer", type=int, default=None, metavar="K")
+    ap.add_argument(
+        "--purpose", default="production",
+        help="rows of this `purpose` only ('all': every row; convergence tests relabel the same "
+        "occupations with other hp.x settings)",
+    )  # fmt: skip
+    args = ap.parse_args(argv)
+    rows = load_rows(args.data)
+    if args.purpose != "all":
+        rows = [r for r in rows if r.get("purpose") == args.purpose]
+    report = {
+        "data": str(args.data),
+        "purpose": args.purpose,
+        "n_rows": len(rows),
+        "seed": args.seed,
+        "transfer": args.transfer,
+    }
+    models = {}
+    for name, build, make, bs in [
+        ("U", u_dataset, lambda sp, k: OnsiteModel(sp, key=k), 16),
+        ("V", v_dataset, lambda sp, k: IntersiteModel(sp, key=k), 64),
+    ]:
+        ds = build(rows)
+        if ds is None:
+            report[name] = "not enough rows"
+            continue
+        labels = split(ds, args.seed, args.transfer)
+        model = make(ds["species"], jax.random.key(args.seed))
+        models[name], report[name] = train_one(
+            model, ds, labels, args, args.out / f"train-{name}", bs
+        )
+        print(name, json.dumps(report[name], indent=1))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "metrics.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    _save(models, report, args.out)
+    return report
+
+
+def _save(models: dict, report: dict, out: Path) -> None:
+    from zoo._serialization import make_model_card, save_pretrained
+
+    named = {"hubbard-u": models.get("U"), "hubbard-v": models.get("V")}
+    if "U" in models and "V" in models:
+        named["hubbard-uv"] = HubbardUV(models["U"], models["V"])
+    for name, model in named.items():
+        if model is None:
+            continue
+        card = make_model_card(
+            name,
+            description="Hubbard parameters from DFT+U+V occupations "
+            "(HubbardML architecture, trained by recipes/hubbard_uv.py)",
+            config=model.config,
+        )
+        card += (
+            "\n## Metrics (recipes/hubbard_uv.py)\n\n```json\n"
+            + json.dumps(report, indent=1)
+            + "\n```\n"
+        )
+        save_pretrained(model, out / name, card=card, overwrite=True)
+
+
+if __name__ == "__main__":
+    main()
