@@ -60,7 +60,7 @@ def pseudo_tests() -> list[dict]:
     return jobs
 
 
-PRIORITY = {"p26": 108}  # the k 4x4x4 check runs after production round 0
+PRIORITY = {"p26": 108, "p28": 26}  # the k 4x4x4 check runs after production round 0
 
 
 def convergence_jobs() -> list[dict]:
@@ -78,6 +78,7 @@ def convergence_jobs() -> list[dict]:
         ("p25-conv-NiOn-q111-e60", nio, "NiO", e60, q1),
         ("p26-conv-MnO-q222-k444-chi1e-4", mno, "MnO", {"kpts": [4, 4, 4]}, q2),
         ("p27-conv-MnO-q333-e50-chi1e-4", mno, "MnO", {}, {**q2, "nq": [3, 3, 3]}),
+        ("p28-conv-NiOn-q111-e40", nio, "NiO", {"ecutwfc": 40.0, "ecutrho": 320.0}, q1),
     ]
     jobs = []
     for jid, st, mat, pw, hp in spec:
