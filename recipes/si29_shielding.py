@@ -1,0 +1,336 @@
+"""Train and ship the pretrained ``si29-shielding`` model (full Si-29 shielding tensors).
+
+From a fresh clone (about an hour on 2 CPU cores):
+
+    python -m recipes.si29_shielding                      # train both, compare, ship
+    python -m recipes.si29_shielding --only direct        # one formulation (resumable)
+    python -m recipes.si29_shielding --ship-only          # compare finished runs and ship
+
+Data: ``data/si29`` (337 silicates, 1,032 labelled Si sites; Venetos et al. 2023), split by
+structure with ``data/si29/split.json`` (seed 0, 80/20). Two formulations of the same
+NequIP backbone are trained on the same split:
+
+- ``direct``: a per-atom 0e+1e+2e head read out of the node features;
+- ``magnetic``: a latent energy E(r, B, mu_I) with B and mu_I axial 1e node inputs, and
+  sigma_I = d2E / dmu_I dB (forward-over-reverse derivatives, `zoo.response`).
+
+Only labelled Si atoms enter the loss (per-atom mask). Runs are checkpointed under
+``runs/si29/<formulation>`` and resume after an interruption. The better formulation on the
+validation split (lowest full-tensor component MAE) is written with its card, metrics.json,
+parity plots and the split to ``zoo/weights/si29-shielding``, and the registry is refreshed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from zoo._registry import write_registry
+from zoo._serialization import make_model_card
+from zoo.data.si29 import (
+    DATA_DIR,
+    load_si29,
+    load_split,
+    make_batches,
+    normalization,
+    split_records,
+)
+from zoo.model import ResponseModel, fit_normalization, make_config
+from zoo.shielding import ShieldingModel, shielding_metrics
+from zoo.train import TrainConfig, fit, load_weights, parity_plot, weighted_loss
+
+ROOT = Path(__file__).resolve().parents[1]
+NAME = "si29-shielding"
+COMMAND = "python -m recipes.si29_shielding"
+SEED = 0
+
+#: per formulation: backbone, feature irreps, training. Sized for ~1 h in total on 2 busy
+#: cores: the magnetic model costs ~10x the direct one per step (three forward-mode
+#: directions over a reverse pass, then the gradient of all that).
+SETTINGS = {
+    "direct": {
+        "backbone": {"r_max": 4.0, "channels": 16, "num_layers": 3, "lmax": 2},
+        "feature_irreps": None,
+        "train": {"max_epochs": 30, "learning_rate": 5e-3, "warmup": 1.0},
+    },
+    "magnetic": {
+        "backbone": {"r_max": 4.0, "channels": 8, "num_layers": 3, "lmax": 2},
+        "feature_irreps": "16x0e",
+        "train": {"max_epochs": 5, "learning_rate": 5e-3, "warmup": 0.5},
+    },
+}
+MAX_ATOMS = 192
+IRREPS_WEIGHTS = {"shielding": {"0e": 3.0}}  # the isotropic part matters most to users
+
+
+def species_of(records) -> list[int]:
+    return sorted({int(z) for r in records for z in r.structure.numbers})
+
+
+def model_config(formulation: str, species, train_recs, train_batches) -> dict:
+    s = SETTINGS[formulation]
+    nodes = sum(int(b["graph"].node_mask.sum()) for b in train_batches)
+    edges = sum(int(b["graph"].edge_mask.sum()) for b in train_batches)
+    backbone = {**s["backbone"], "avg_num_neighbors": edges / nodes}
+    cfg = make_config(
+        species,
+        ["shielding"],
+        formulation=formulation,
+        backbone=backbone,
+        feature_irreps=s["feature_irreps"],
+        acoustic_sum_rule=False,
+    )
+    # the training domain (for out-of-distribution warnings); the head normalisation is
+    # refitted below on the labelled atoms only
+    structures = [r.structure for r in train_recs]
+    zeros = [np.zeros((len(x), 3, 3)) for x in structures]
+    cfg = fit_normalization(cfg, structures, {"shielding": zeros})
+    norm = normalization(train_recs, species)
+    cfg["heads"]["shielding"].update(scale=norm["scale"], shift=norm["shift"])
+    if formulation == "magnetic":
+        cfg["energy_scale"] = norm["scale"]
+    return cfg
+
+
+def make_fns(scale: float):
+    def predict_fn(model, batch):
+        out = model(batch["graph"])
+        return {"shielding": (out["shielding"], batch["shielding"], batch["mask"])}
+
+    def loss_fn(model, batch):
+        return weighted_loss(
+            predict_fn(model, batch),
+            {"shielding": 1.0 / scale**2},
+            tensor_kinds={"shielding": "rank2_axial"},
+            irreps_weights=IRREPS_WEIGHTS,
+        )
+
+    return loss_fn, predict_fn
+
+
+def predict_labelled(model: ResponseModel, batches) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted and reference tensors `(M, 3, 3)` of the labelled atoms of `batches`."""
+    run = jax.jit(lambda m, g: m(g)["shielding"])
+    preds, trues = [], []
+    for b in batches:
+        mask = np.asarray(b["mask"])
+        preds.append(np.asarray(run(model, b["graph"]), np.float64)[mask])
+        trues.append(np.asarray(b["shielding"], np.float64)[mask])
+    return np.concatenate(preds), np.concatenate(trues)
+
+
+def train(formulation: str, runs: Path, data: dict) -> dict:
+    t0 = time.perf_counter()
+    species = species_of(data["train"] + data["validation"])
+    r_max = SETTINGS[formulation]["backbone"]["r_max"]
+    train_b = make_batches(data["train"], r_max, max_atoms=MAX_ATOMS, seed=SEED)
+    val_b = make_batches(data["validation"], r_max, max_atoms=MAX_ATOMS, seed=SEED)
+    cfg = model_config(formulation, species, data["train"], train_b)
+    model = ResponseModel(cfg, key=jax.random.key(SEED))
+    loss_fn, _ = make_fns(cfg["heads"]["shielding"]["scale"])
+    tc = TrainConfig(seed=SEED, schedule="cosine", grad_clip=10.0, **SETTINGS[formulation]["train"])
+    out = runs / formulation
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "model_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    result = fit(model, loss_fn, train_b, val_b, tc, out_dir=out, progress=False)
+    pred, true = predict_labelled(result.model, val_b)
+    metrics = shielding_metrics(pred, true)
+    wall = sum(h["time_s"] for h in result.history)
+    summary = {
+        "formulation": formulation,
+        "validation": metrics,
+        "best_epoch": result.best_epoch,
+        "epochs": len(result.history),
+        "train_wall_time_s": wall,
+        "recipe_wall_time_s": time.perf_counter() - t0,
+        "n_parameters": int(
+            sum(x.size for x in jax.tree.leaves(result.model) if hasattr(x, "size"))
+        ),
+        "settings": SETTINGS[formulation],
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    np.savez(out / "validation_predictions.npz", pred=pred, true=true)
+    print(f"{formulation}: {json.dumps(metrics)}", flush=True)
+    return summary
+
+
+def load_trained(formulation: str, runs: Path) -> ResponseModel:
+    out = runs / formulation
+    cfg = json.loads((out / "model_config.json").read_text())
+    skeleton = ResponseModel(cfg, key=jax.random.key(SEED))
+    return load_weights(skeleton, out / "best_model.safetensors")
+
+
+def card_text(best: str, summaries: dict, split: dict, n_struct: dict, n_sites: dict) -> str:
+    m = summaries[best]["validation"]
+    metrics = {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
+    desc = (
+        "Full (non-symmetric) Si-29 NMR shielding tensors of silicates, per Si atom, in ppm "
+        f"(absolute shielding). Formulation: **{best}**; NequIP backbone in Equinox + e3nn-jax."
+    )
+    card = make_model_card(
+        NAME,
+        description=desc,
+        license="mit",
+        tags=["nmr", "shielding", "si29", "silicates", "gipaw"],
+        datasets=["Venetos et al. 2023 (wengroup/matten datasets/si_nmr_data.json)"],
+        metrics=metrics,
+        config={"model_type": "shielding", "zoo_version": "1.0"},
+    )
+    rows = ["| metric (validation, ppm) | " + " | ".join(summaries) + " |"]
+    rows.append("|---|" + "---|" * len(summaries))
+    for key in ("isotropic_mae", "isotropic_rmse", "isotropic_r2", "tensor_mae", "tensor_rmse",
+                "mae_0e", "mae_1e", "mae_2e", "span_mae", "skew_mae"):  # fmt: skip
+        rows.append(
+            f"| {key} | "
+            + " | ".join(f"{s['validation'][key]:.3f}" for s in summaries.values())
+            + " |"
+        )
+    rows.append(
+        "| train wall time (min) | "
+        + " | ".join(f"{s['train_wall_time_s'] / 60:.1f}" for s in summaries.values())
+        + " |"
+    )
+    rows.append(
+        "| epochs (best) | "
+        + " | ".join(f"{s['epochs']} ({s['best_epoch']})" for s in summaries.values())
+        + " |"
+    )
+    body = f"""
+## Prediction
+
+```python
+import zoo
+model = zoo.load("{NAME}")
+out = model.predict(atoms)          # ase.Atoms or zoo.Structure, periodic or not
+out["shielding"]                    # (N, 3, 3) ppm, NaN for non-Si atoms
+out["isotropic"], out["span"], out["skew"], out["anisotropy"], out["asymmetry"]
+out["principal_axes"], out["euler_angles"]
+model.predict(atoms, reference=sigma_ref)["chemical_shift"]   # delta = sigma_ref - sigma_iso
+x, y = model.spectrum(atoms, kind="isotropic", fwhm=1.0, plot=True)
+```
+
+Structures without Si are refused; elements outside {{{", ".join(str(z) for z in summaries[best]["species"])}}}
+give a warning (predictions still returned). No shift reference is stored: shieldings are
+absolute (GIPAW/PBE); fit sigma_ref to experiment for shifts.
+
+## Data and provenance
+
+- Venetos, Wen, Persson, "Machine Learning Full NMR Chemical Shift Tensors of Silicon Oxides
+  with Equivariant Graph Neural Networks", J. Phys. Chem. A 127, 2388 (2023),
+  doi:10.1021/acs.jpca.2c07530: PBE/GIPAW tensors of Materials Project silicates, distributed
+  as `datasets/si_nmr_data.json` of github.com/wengroup/matten. Cite the paper when using
+  this model.
+- This model saw 337 of the 421 structures (source index % 5 != 4; the rest is held out for
+  independent evaluation), see `data/si29/README.md`.
+- Split **by structure** (`split.json` here; seed {split.get("seed", SEED)}):
+  {n_struct["train"]} training structures ({n_sites["train"]} labelled Si sites),
+  {n_struct["validation"]} validation structures ({n_sites["validation"]} sites). Only the
+  labelled (symmetry-inequivalent) Si sites enter the loss.
+- Units: ppm, absolute shielding, sigma_ab with E = mu . sigma . B; the antisymmetric (1e)
+  part is predicted too.
+
+## Validation metrics (measured by the recipe)
+
+{chr(10).join(rows)}
+
+0e/1e/2e: MAE of the irreps components of the error tensor (orthonormal basis: 0e = trace/sqrt3,
+1e = antisymmetric, 2e = symmetric traceless part). Span/skew: Herzfeld-Berger convention
+(skew dimensionless). The shipped weights are the **{best}** formulation (lower full-tensor MAE);
+`metrics.json` has both. Parity plots: `parity_isotropic.png`, `parity_tensor.png`.
+
+## Reproduce
+
+`{COMMAND}` from a fresh clone (CPU; wall times above on 2 shared cores).
+"""
+    return card + body
+
+
+def ship(runs: Path, data: dict, split: dict, weights_dir: Path) -> None:
+    summaries = {}
+    for form in SETTINGS:
+        path = runs / form / "summary.json"
+        if path.is_file():
+            summaries[form] = json.loads(path.read_text())
+    if not summaries:
+        raise SystemExit(f"no finished run under {runs}: train first")
+    best = min(summaries, key=lambda f: summaries[f]["validation"]["tensor_mae"])
+    response = load_trained(best, runs)
+    model = ShieldingModel.wrap(response, atomic_number=14)
+    for s in summaries.values():
+        s["species"] = list(response.species)
+    n_struct = {k: len(v) for k, v in data.items()}
+    n_sites = {k: int(sum(r.mask.sum() for r in v)) for k, v in data.items()}
+    folder = weights_dir / NAME
+    tmp = runs / "ship"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    pred, true = np.load(runs / best / "validation_predictions.npz").values()
+    iso_p, iso_t = np.trace(pred, axis1=1, axis2=2) / 3, np.trace(true, axis1=1, axis2=2) / 3
+    parity_plot(iso_p[:, None], iso_t[:, None], tmp / "parity_isotropic.png",
+                f"Si-29 isotropic shielding, validation ({best})", "ppm")  # fmt: skip
+    parity_plot(pred, true, tmp / "parity_tensor.png",
+                f"Si-29 shielding tensor components, validation ({best})", "ppm")  # fmt: skip
+    metrics = {
+        "shipped": best,
+        "split": {"file": "split.json", "by": "structure", **n_struct, "sites": n_sites},
+        "units": "ppm",
+        "command": COMMAND,
+        "formulations": summaries,
+    }
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    extra = {
+        "metrics.json": tmp / "metrics.json",
+        "parity_isotropic.png": tmp / "parity_isotropic.png",
+        "parity_tensor.png": tmp / "parity_tensor.png",
+        "split.json": DATA_DIR / "split.json",
+    }
+    card = card_text(best, summaries, split, n_struct, n_sites)
+    model.save_pretrained(folder, card=card, overwrite=True, extra_files=extra)
+    write_registry(weights_dir)
+    print(f"shipped {best} to {folder}", flush=True)
+
+
+def check_shipped(folder: Path, data: dict) -> None:
+    """Reload the folder offline and check it reproduces one validation structure."""
+    from zoo.hub import from_pretrained
+
+    model = from_pretrained(folder, model_types={"shielding": ShieldingModel})
+    r = data["validation"][0]
+    out = model.predict(r.structure)
+    err = np.abs(out["shielding"][r.mask] - r.shielding[r.mask]).mean()
+    print(f"reloaded {folder}: validation structure {r.source_index} tensor MAE {err:.2f} ppm")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--only", choices=sorted(SETTINGS), help="train one formulation, do not ship")
+    p.add_argument("--ship-only", action="store_true", help="compare finished runs and ship")
+    p.add_argument("--runs", type=Path, default=ROOT / "runs" / "si29")
+    p.add_argument("--weights", type=Path, default=ROOT / "zoo" / "weights")
+    p.add_argument("--smoke", action="store_true", help="a 1-epoch run on 8 structures")
+    args = p.parse_args(argv)
+    records = load_si29()
+    split = load_split()
+    data = split_records(records, split)
+    if args.smoke:  # pipeline check only: never ship this into the package
+        data = {"train": data["train"][:6], "validation": data["validation"][:2]}
+        for s in SETTINGS.values():
+            s["train"].update(max_epochs=1, warmup=0.0)
+    if not args.ship_only:
+        for form in [args.only] if args.only else list(SETTINGS):
+            train(form, args.runs, data)
+    if args.only:
+        return
+    ship(args.runs, data, json.loads((DATA_DIR / "split.json").read_text()), args.weights)
+    check_shipped(args.weights / NAME, data)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""`ShieldingModel`: NMR shielding tensors of one nucleus (e.g. Si-29) for users.
+
+A thin wrapper around a :class:`~zoo.model.ResponseModel` with a ``shielding`` output (direct
+0e+1e+2e head or the magnetic derivative ``d2E / dmu dB``). It adds what a user of an NMR
+model needs: NaN for atoms of other elements, the tensor analysis of `zoo.nmr` (isotropic
+value, Haeberlen and Herzfeld-Berger parameters, principal axes, Euler angles), chemical
+shifts once a reference is given, a one-call spectrum, and input checks (no atom of the
+nucleus: error; elements outside the training set: warning, predictions still returned;
+clusters and molecules without a cell are allowed).
+
+Units: ppm (absolute shielding; ``delta = reference - sigma`` for shifts).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import equinox as eqx
+import jax
+import numpy as np
+
+from . import nmr
+from ._serialization import FORMAT_VERSION
+from .graph import build_graph
+from .irreps import to_irreps
+from .model import ResponseModel
+from .structure import Structure, as_structures
+
+MODEL_TYPE = "shielding"
+
+
+def _symbol(z: int) -> str:
+    from ase.data import chemical_symbols
+
+    return chemical_symbols[int(z)]
+
+
+class ShieldingModel(eqx.Module):
+    """Shielding tensors of the atoms of one element; see the module docstring.
+
+    **Arguments** of `__init__`: `config` (``{"model_type": "shielding", "zoo_version",
+    "atomic_number", "reference", "response": <ResponseModel config>}``), keyword-only `key`.
+    """
+
+    response: ResponseModel
+    config: dict = eqx.field(static=True)
+
+    def __init__(self, config: dict, *, key):
+        if not isinstance(config, dict) or config.get("model_type") != MODEL_TYPE:
+            got = config.get("model_type") if isinstance(config, dict) else config
+            raise ValueError(f"config: model_type must be {MODEL_TYPE!r}, got {got!r}")
+        z = config.get("atomic_number")
+        if not isinstance(z, int) or not 1 <= z <= 118:
+            raise ValueError(f"config: atomic_number must be an int in 1..118, got {z!r}")
+        response = config.get("response")
+        if not isinstance(response, dict) or "shielding" not in response.get("heads", {}):
+            raise ValueError(
+                "config: 'response' must be a response-model config with a shielding head"
+            )
+        ref = config.get("reference")
+        if ref is not None and not isinstance(ref, (int, float)):
+            raise ValueError(f"config: reference must be a number (ppm) or None, got {ref!r}")
+        self.config = dict(config)
+        self.response = ResponseModel(response, key=key)
+
+    @classmethod
+    def from_config(cls, config: dict) -> ShieldingModel:
+        """A model of the right shapes (random weights) from a config dict."""
+        return cls(config, key=jax.random.key(0))
+
+    @classmethod
+    def wrap(
+        cls, response: ResponseModel, atomic_number: int = 14, reference: float | None = None
+    ) -> ShieldingModel:
+        """Wrap a trained response model (its weights are kept)."""
+        config = {
+            "model_type": MODEL_TYPE,
+            "zoo_version": FORMAT_VERSION,
+            "atomic_number": int(atomic_number),
+            "reference": reference,
+            "response": response.config,
+        }
+        skeleton = eqx.filter_eval_shape(cls.from_config, config)
+        return eqx.tree_at(lambda m: m.response, skeleton, response)
+
+    @property
+    def atomic_number(self) -> int:
+        return self.config["atomic_number"]
+
+    @property
+    def species(self) -> tuple[int, ...]:
+        return self.response.species
+
+    def check_inputs(self, structures: list[Structure]) -> None:
+        """Error for a structure without the nucleus; warnings for unknown elements and
+        structures unlike the training data."""
+        z, known = self.atomic_number, set(self.species)
+        for g, s in enumerate(structures):
+            if not np.any(s.numbers == z):
+                raise ValueError(
+                    f"structure {g} ({''.join(sorted(set(s.symbols)))}) has no {_symbol(z)} "
+                    f"atom: this model predicts {_symbol(z)} shielding only"
+                )
+            unknown = sorted({int(x) for x in s.numbers} - known)
+            if unknown:
+                names = ", ".join(_symbol(x) for x in unknown)
+                warnings.warn(
+                    f"structure {g} contains {names}, outside the training set "
+                    f"({', '.join(_symbol(x) for x in self.species)}); predictions are "
+                    "returned but are unreliable (unknown elements are embedded as "
+                    f"{_symbol(self.species[0])})",
+                    stacklevel=3,
+                )
+            reason = self.response.out_of_domain(s)
+            if reason:
+                warnings.warn(
+                    f"structure {g} is outside the training domain: {reason}", stacklevel=3
+                )
+
+    def raw_shielding(self, structures: list[Structure], batch_size: int = 8) -> list[np.ndarray]:
+        """Shielding `(n_atoms, 3, 3)` ppm of every atom of every structure (no masking)."""
+        r_max = self.response.config["backbone"]["r_max"]
+        order = sorted(range(len(structures)), key=lambda i: len(structures[i]))
+        out: dict[int, np.ndarray] = {}
+        for k in range(0, len(order), batch_size):
+            idx = order[k : k + batch_size]
+            graph = build_graph([structures[i] for i in idx], r_max, dtype=self.response.dtype)
+            sigma = np.asarray(_forward(self.response, graph)["shielding"], np.float64)
+            for i, part in zip(idx, graph.split_nodes(sigma)):
+                out[i] = part
+        return [out[i] for i in range(len(structures))]
+
+    def predict(
+        self, atoms, *, reference: float | None = None, batch_size: int = 8
+    ) -> dict[str, np.ndarray]:
+        """Shielding tensors and their analysis for one structure or a list of them.
+
+        **Arguments:** `atoms` (an ``ase.Atoms``, :class:`~zoo.Structure`, dict, or a list of
+        them; periodic or not), `reference` (isotropic shielding of the shift reference, ppm;
+        default the config's, if any), `batch_size`.
+
+        **Returns:** numpy arrays, per atom (NaN for atoms of other elements), ppm:
+        ``shielding`` `(N, 3, 3)`; ``isotropic``, ``anisotropy``, ``reduced_anisotropy``,
+        ``asymmetry`` (Haeberlen), ``span``, ``skew`` (Herzfeld-Berger) `(N,)`;
+        ``principal_values`` `(N, 3)` and ``principal_axes`` `(N, 3, 3)` (columns, Haeberlen
+        order xx, yy, zz), ``euler_angles`` `(N, 3)` (zyz, radians); ``mask`` `(N,)` (atoms of
+        the nucleus); with a reference ``chemical_shift`` `(N,)`. For a list, per-atom arrays
+        are concatenated and ``structure_index`` `(N,)` says which structure each row is from.
+        """
+        single = isinstance(atoms, (Structure, dict)) or hasattr(atoms, "get_atomic_numbers")
+        structures = as_structures(atoms)
+        if not (isinstance(batch_size, int) and batch_size >= 1):
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        self.check_inputs(structures)
+        sigma = np.concatenate(self.raw_shielding(structures, batch_size))
+        numbers = np.concatenate([s.numbers for s in structures])
+        mask = numbers == self.atomic_number
+        ref = self.config.get("reference") if reference is None else reference
+        out = analyse(sigma, mask, ref)
+        if not single:
+            out["structure_index"] = np.repeat(
+                np.arange(len(structures)), [len(s) for s in structures]
+            )
+        return out
+
+    def spectrum(
+        self,
+        atoms,
+        *,
+        kind: str = "isotropic",
+        reference: float | None = None,
+        grid=None,
+        fwhm: float = 1.0,
+        n_orientations: int = 5000,
+        ax=None,
+        plot: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Simulated 1D spectrum of the structure(s): ``"isotropic"`` (MAS-like, one Gaussian
+        per site) or ``"static"`` (CSA powder pattern). In shift units when a `reference` is
+        given (or stored in the config), else in shielding. Every atom of the nucleus counts
+        once (equivalent sites add up). `grid` defaults to the lines' range plus margins;
+        `plot` (or an `ax`) draws it with matplotlib. **Returns:** `(x, intensity)`."""
+        if kind not in ("isotropic", "static"):
+            raise ValueError(f"kind must be 'isotropic' or 'static', got {kind!r}")
+        pred = self.predict(atoms, reference=reference)
+        sigma = pred["shielding"][pred["mask"]]
+        ref = self.config.get("reference") if reference is None else reference
+        tensors = sigma if ref is None else nmr.chemical_shift(sigma, ref)
+        if grid is None:
+            values = nmr.isotropic(tensors)
+            if kind == "static":
+                values = np.linalg.eigvalsh(nmr.symmetric_part(tensors)).reshape(-1)
+            lo, hi = values.min() - 10 * fwhm, values.max() + 10 * fwhm
+            grid = np.linspace(lo, hi, 2000)
+        if kind == "isotropic":
+            x, y = nmr.isotropic_spectrum(tensors, grid, fwhm)
+        else:
+            x, y = nmr.static_powder_pattern(tensors, grid, fwhm, n_orientations)
+        if plot or ax is not None:
+            label = "chemical shift (ppm)" if ref is not None else "shielding (ppm)"
+            nmr.plot_spectrum(x, y, ax, xlabel=label, invert_x=ref is not None)
+        return x, y
+
+    def save_pretrained(self, directory, *, card: str | None = None, **kwargs):
+        """Write config.json, model.safetensors and README.md (see `zoo.save_pretrained`)."""
+        from ._serialization import save_pretrained
+
+        return save_pretrained(self, directory, card=card, **kwargs)
+
+
+def analyse(sigma: np.ndarray, mask: np.ndarray, reference: float | None = None) -> dict:
+    """`zoo.nmr` analysis of the rows of `sigma` `(N, 3, 3)` where `mask`; NaN elsewhere."""
+    n = len(sigma)
+    sel = sigma[mask]
+
+    def fill(values, shape=()):
+        full = np.full((n, *shape), np.nan)
+        full[mask] = values
+        return full
+
+    hae = nmr.haeberlen(sel)
+    hb = nmr.herzfeld_berger(sel)
+    _, axes = nmr.principal_components(sel)
+    out = {
+        "shielding": fill(sel, (3, 3)),
+        "isotropic": fill(nmr.isotropic(sel)),
+        "anisotropy": fill(hae["anisotropy"]),
+        "reduced_anisotropy": fill(hae["reduced_anisotropy"]),
+        "asymmetry": fill(hae["asymmetry"]),
+        "span": fill(hb["span"]),
+        "skew": fill(hb["skew"]),
+        "principal_values": fill(hae["principal_values"], (3,)),
+        "principal_axes": fill(axes, (3, 3)),
+        "euler_angles": fill(nmr.euler_angles(axes), (3,)),
+        "mask": np.asarray(mask, bool),
+    }
+    if reference is not None:
+        out["chemical_shift"] = fill(nmr.chemical_shift(nmr.isotropic(sel), reference))
+    return out
+
+
+def shielding_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """Errors (ppm) of predicted vs reference tensors `(M, 3, 3)` of labelled atoms.
+
+    ``isotropic_mae``/``_rmse``/``_r2``; ``tensor_mae``/``_rmse`` over the 9 Cartesian
+    components; ``mae_0e``, ``mae_1e``, ``mae_2e``: MAE of the irreps components
+    (orthonormal basis: 0e = trace / sqrt 3, 1e the antisymmetric and 2e the symmetric
+    traceless part); ``span_mae``, ``skew_mae`` (Herzfeld-Berger; skew is dimensionless).
+    """
+    pred, true = np.asarray(pred, np.float64), np.asarray(true, np.float64)
+    if pred.shape != true.shape or pred.ndim != 3 or pred.shape[1:] != (3, 3) or not len(pred):
+        raise ValueError(
+            f"pred and true must be (M, 3, 3) with M > 0, got {pred.shape}, {true.shape}"
+        )
+    iso_p, iso_t = nmr.isotropic(pred), nmr.isotropic(true)
+    err = pred - true
+    ir = np.asarray(to_irreps("rank2_axial", jax.numpy.asarray(err)).array, np.float64)
+    hp, ht = nmr.herzfeld_berger(pred), nmr.herzfeld_berger(true)
+    ss = float(np.sum((iso_t - iso_t.mean()) ** 2))
+    return {
+        "n": int(len(pred)),
+        "isotropic_mae": float(np.mean(np.abs(iso_p - iso_t))),
+        "isotropic_rmse": float(np.sqrt(np.mean((iso_p - iso_t) ** 2))),
+        "isotropic_r2": float(1 - np.sum((iso_p - iso_t) ** 2) / ss) if ss > 0 else float("nan"),
+        "tensor_mae": float(np.mean(np.abs(err))),
+        "tensor_rmse": float(np.sqrt(np.mean(err**2))),
+        "mae_0e": float(np.mean(np.abs(ir[:, 0:1]))),
+        "mae_1e": float(np.mean(np.abs(ir[:, 1:4]))),
+        "mae_2e": float(np.mean(np.abs(ir[:, 4:9]))),
+        "span_mae": float(np.mean(np.abs(hp["span"] - ht["span"]))),
+        "skew_mae": float(np.mean(np.abs(hp["skew"] - ht["skew"]))),
+    }
+
+
+@eqx.filter_jit
+def _forward(model: ResponseModel, graph):
+    return model(graph)
