@@ -1,0 +1,477 @@
+"""`finetune`: continue training a pretrained response model on a user's labelled structures.
+
+Labels live on ``ase.Atoms`` (or an extxyz file of them): per-atom tensors in
+``atoms.arrays[name]`` as `(n, 3, 3)` or flattened `(n, 9)` (Raman `(n, 27)`), global ones in
+``atoms.info[name]`` (`(3, 3)` or `(9,)`). Names are the model outputs (``born_charges``,
+``raman_tensors``, ``dielectric``, ``chi2``, ``shielding``; ASE's ``born_effective_charges``
+and ``dielectric_tensor`` are accepted too). A row of NaN means "not labelled" (e.g. only the
+Si atoms of a silicate carry a shielding); such rows are masked out of the loss and metrics.
+
+What can change: the trunk can be frozen (only heads train), heads can be added or replaced
+(normalised on the fine-tuning training split), and new species can be added: the species
+embedding and the species-indexed self-connections grow by new rows, so predictions for the
+old species are unchanged before training (and stay so with ``freeze_trunk=True``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .graph import build_graph
+from .irreps import cartesian_shape, irreps_of, to_irreps
+from .model import OUTPUTS, ResponseModel, _min_distance
+from .structure import Structure, as_structures
+from .train import TrainConfig, evaluate, fit, weighted_loss
+
+#: extra label names read for an output (ASE's standard property names)
+ALIASES: dict[str, tuple[str, ...]] = {
+    "born_charges": ("born_effective_charges",),
+    "dielectric": ("dielectric_tensor",),
+}
+DEFAULT_TRAIN = TrainConfig(max_epochs=30, learning_rate=2e-3, schedule="cosine")
+
+
+@dataclasses.dataclass(frozen=True)
+class Labelled:
+    """Structures and their labels: `targets[name][g]` is `(n_g, *shape)` for per-atom outputs,
+    `(*shape)` for global ones; NaN rows (or a NaN global tensor) are unlabelled."""
+
+    structures: list[Structure]
+    targets: dict[str, list[np.ndarray]]
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneResult:
+    """What `finetune` returns: the best `model`, `metrics` (as in ``metrics.json``), the
+    `out_dir` with the artefacts, and the structure indices of both splits."""
+
+    model: Any
+    metrics: dict
+    out_dir: Path
+    train_indices: list[int]
+    val_indices: list[int]
+
+
+def _read_file(path: Path) -> list:
+    from ase.io import read
+
+    if not path.is_file():
+        raise ValueError(f"data: no such file {str(path)!r}")
+    try:
+        frames = read(path, index=":")
+    except Exception as err:  # ASE raises many types for unreadable files
+        raise ValueError(f"data: cannot read {str(path)!r} ({type(err).__name__}: {err})") from None
+    return frames if isinstance(frames, list) else [frames]
+
+
+def _label(atoms, name: str) -> Any:
+    results = getattr(getattr(atoms, "calc", None), "results", {}) or {}
+    for key in (name, *ALIASES.get(name, ())):
+        for table in (atoms.arrays, atoms.info, results):
+            if key in table:
+                return table[key]
+    return None
+
+
+def read_labelled(data, outputs: Sequence[str]) -> Labelled:
+    """Structures and labels of `outputs` from a list of ``ase.Atoms`` or an ASE-readable file.
+
+    Outputs without a label in any structure are left out; a structure lacking a label that
+    others have gets NaN (unlabelled). ValueError names the structure and label on a bad shape.
+    """
+    if isinstance(data, (str, os.PathLike)):
+        atoms_list = _read_file(Path(data))
+    elif hasattr(data, "get_atomic_numbers"):
+        atoms_list = [data]
+    else:
+        atoms_list = list(data)
+    if not atoms_list or not all(hasattr(a, "get_atomic_numbers") for a in atoms_list):
+        raise ValueError("data must be a non-empty list of ase.Atoms or a path to an extxyz file")
+    structures = as_structures(atoms_list)
+    targets: dict[str, list[np.ndarray]] = {}
+    for name in outputs:
+        shape, per_atom = cartesian_shape(OUTPUTS[name][0]), OUTPUTS[name][1]
+        raw = [_label(a, name) for a in atoms_list]
+        if all(v is None for v in raw):
+            continue
+        values = []
+        for g, (value, s) in enumerate(zip(raw, structures)):
+            full = (len(s), *shape) if per_atom else shape
+            if value is None:
+                values.append(np.full(full, np.nan))
+                continue
+            arr = np.asarray(value, dtype=np.float64)
+            if arr.size != math.prod(full) or (per_atom and arr.shape[0] != len(s)):
+                flat = (len(s), math.prod(shape)) if per_atom else (math.prod(shape),)
+                raise ValueError(
+                    f"structure {g}: label {name!r} has shape {arr.shape}, expected {full} "
+                    f"or {flat}"
+                )
+            if np.isinf(arr).any():
+                raise ValueError(f"structure {g}: label {name!r} contains infinite values")
+            values.append(arr.reshape(full))
+        targets[name] = values
+    if not targets:
+        raise ValueError(
+            f"data has no labels: put per-atom targets in atoms.arrays and global ones in "
+            f"atoms.info under one of the names {list(outputs)}"
+        )
+    return Labelled(structures, targets)
+
+
+def _labelled_rows(values: list[np.ndarray], per_atom: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(rows with every component finite, their row mask over all rows)."""
+    stacked = np.concatenate(values) if per_atom else np.stack(values)
+    mask = np.isfinite(stacked.reshape(len(stacked), -1)).all(axis=1)
+    return stacked[mask], mask
+
+
+def _fit_head(name: str, species, data: Labelled, idx, scale=None, shift=None) -> dict:
+    """Scale (unless given) and per-species / global 0e shift of a head from the training split;
+    a given per-species `shift` keeps its entries and only gains those of new species."""
+    kind, per_atom, unit = OUTPUTS[name][0], OUTPUTS[name][1], OUTPUTS[name][2]
+    rows, mask = _labelled_rows([data.targets[name][i] for i in idx], per_atom)
+    if not len(rows):
+        raise ValueError(f"head {name!r}: no labelled {name} in the training split")
+    try:
+        ir = np.asarray(to_irreps(kind, rows).array, np.float64).copy()
+    except ValueError as err:
+        raise ValueError(f"labels {name!r}: {err}") from None
+    has_scalar = any(str(mul_ir.ir) == "0e" for mul_ir in irreps_of(kind))
+    new_shift = None
+    if has_scalar and per_atom:
+        numbers = np.concatenate([data.structures[i].numbers for i in idx])[mask]
+        old = list(shift) if shift is not None else []
+        new_shift = old + [
+            float(ir[numbers == z, 0].mean()) if np.any(numbers == z) else 0.0
+            for z in species[len(old) :]
+        ]
+        ir[:, 0] -= np.asarray([new_shift[list(species).index(int(z))] for z in numbers])
+    elif has_scalar:
+        new_shift = float(ir[:, 0].mean()) if shift is None else shift
+        ir[:, 0] -= new_shift
+    if scale is None:
+        scale = float(np.sqrt(np.mean(ir**2)))
+        scale = scale if scale > 0 and math.isfinite(scale) else 1.0
+    return {"kind": kind, "unit": unit, "scale": scale, "shift": new_shift}
+
+
+def _merge_domain(old: dict | None, structures: list[Structure]) -> dict | None:
+    if old is None:
+        return None
+    vpa = [s.volume / len(s) for s in structures if s.pbc.all()]
+    ranges = [r for r in (old.get("volume_per_atom"), [min(vpa), max(vpa)] if vpa else None) if r]
+    return {
+        "volume_per_atom": [min(r[0] for r in ranges), max(r[1] for r in ranges)]
+        if ranges
+        else None,
+        "min_distance": float(min([old["min_distance"]] + [_min_distance(s) for s in structures])),
+        "periodic": bool(old.get("periodic", True) and all(s.pbc.all() for s in structures)),
+    }
+
+
+def _species_numbers(new_species) -> list[int]:
+    from ase.data import atomic_numbers
+
+    out = []
+    for z in new_species or ():
+        if isinstance(z, str) and z in atomic_numbers:
+            out.append(atomic_numbers[z])
+        elif isinstance(z, (int, np.integer)) and 1 <= int(z) <= 118:
+            out.append(int(z))
+        else:
+            raise ValueError(f"new_species: {z!r} is neither an element symbol nor 1..118")
+    return out
+
+
+def finetune_config(
+    model: ResponseModel, data: Labelled, idx, heads=None, reset_heads=(), new_species=None
+) -> tuple[dict, set[str]]:
+    """The fine-tuned model's config and the names of the head modules to keep."""
+    from ase.data import chemical_symbols
+
+    cfg = copy.deepcopy(model.config)
+    old_species = list(model.species)
+    added = [z for z in _species_numbers(new_species) if z not in old_species]
+    species = old_species + list(dict.fromkeys(added))
+    present = {int(z) for s in data.structures for z in s.numbers}
+    unknown = sorted(present - set(species))
+    if unknown:
+        names = ", ".join(chemical_symbols[z] for z in unknown)
+        raise ValueError(f"data contains {names}, unknown to the model: pass new_species=[...]")
+    names = list(model.outputs) if heads is None else list(dict.fromkeys(heads))
+    for name in names:
+        if name not in OUTPUTS or cfg["formulation"] not in OUTPUTS[name][3]:
+            ok = [n for n in OUTPUTS if cfg["formulation"] in OUTPUTS[n][3]]
+            raise ValueError(f"heads: {name!r} is not an output of a {cfg['formulation']} "
+                             f"model; choose from {ok}")  # fmt: skip
+    modules = set(model.heads)
+    bad = sorted(set(reset_heads) - modules)
+    if bad:
+        raise ValueError(
+            f"reset_heads: {bad} are not head modules of this model: {sorted(modules)}"
+        )
+    direct = cfg["formulation"] == "direct"
+    new_heads = {}
+    for name in names:
+        fresh = name not in cfg["heads"] or (direct and name in reset_heads)
+        if fresh and name not in data.targets:
+            raise ValueError(f"heads: new head {name!r} needs {name} labels in the data")
+        if fresh:
+            new_heads[name] = _fit_head(name, species, data, idx)
+        elif added and name in data.targets:
+            old = cfg["heads"][name]
+            head = _fit_head(name, species, data, idx, old["scale"], old["shift"])
+            new_heads[name] = {**old, "shift": head["shift"]}
+        else:
+            old = cfg["heads"][name]
+            grow = isinstance(old["shift"], list) and len(old["shift"]) < len(species)
+            pad = [0.0] * (len(species) - len(old["shift"])) if grow else []
+            new_heads[name] = {**old, "shift": old["shift"] + pad if grow else old["shift"]}
+    cfg["heads"] = new_heads
+    cfg["backbone"] = {**cfg["backbone"], "species": species}
+    cfg["domain"] = _merge_domain(cfg.get("domain"), [data.structures[i] for i in idx])
+    keep = {n for n in modules if n not in reset_heads and (not direct or n in new_heads)}
+    return cfg, keep
+
+
+def grow_model(model: ResponseModel, config: dict, keep: set[str], *, key) -> tuple[Any, list]:
+    """A model of `config` carrying `model`'s weights (heads in `keep` and the trunk); arrays
+    with one row per species gain fresh rows for the new species. Returns it and those paths."""
+    fresh = ResponseModel(config, key=key)
+    old = {
+        jax.tree_util.keystr(p): leaf
+        for p, leaf in jax.tree_util.tree_flatten_with_path(model)[0]
+        if eqx.is_array(leaf)
+    }
+    n_old, n_new = len(model.species), len(config["backbone"]["species"])
+    grown = []
+
+    def take(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if not eqx.is_array(leaf) or name not in old:
+            return leaf
+        if name.startswith(".heads[") and name.split("'")[1] not in keep:
+            return leaf
+        before = old[name]
+        if before.shape == leaf.shape:
+            return before
+        if before.shape[1:] == leaf.shape[1:] and (before.shape[0], leaf.shape[0]) == (
+            n_old,
+            n_new,
+        ):
+            grown.append(name)
+            return leaf.at[:n_old].set(before)
+        raise ValueError(f"cannot carry {name} over: shape {before.shape} -> {leaf.shape}")
+
+    return jax.tree_util.tree_map_with_path(take, fresh), grown
+
+
+def _freeze_rows(model, grown: list[str], n_old: int):
+    """No gradient into the old species' rows of the grown arrays."""
+
+    def cut(path, leaf):
+        if jax.tree_util.keystr(path) in grown:
+            return jnp.concatenate([jax.lax.stop_gradient(leaf[:n_old]), leaf[n_old:]])
+        return leaf
+
+    return jax.tree_util.tree_map_with_path(cut, model)
+
+
+def make_batches(
+    model: ResponseModel, data: Labelled, splits: Sequence, names, batch_size: int
+) -> list[list[dict]]:
+    """Batches ``{"graph", "targets", "masks"}`` of each index list in `splits` (sorted by
+    size), all padded to one common shape so training and evaluation compile once."""
+    r_max, dtype = model.config["backbone"]["r_max"], model.dtype
+    groups = []
+    for idx in splits:
+        order = sorted(idx, key=lambda i: len(data.structures[i]))
+        groups.append([order[k : k + batch_size] for k in range(0, len(order), batch_size)])
+
+    def graph_of(part, **sizes):
+        return build_graph([data.structures[i] for i in part], r_max, dtype=dtype, **sizes)
+
+    first = [graph_of(part) for parts in groups for part in parts]
+    sizes = {
+        f"n_{k}": max(getattr(g, f"n_{k}") for g in first) for k in ("nodes", "edges", "graphs")
+    }
+    return [
+        [_batch(graph_of(part, **sizes), part, data, names) for part in parts] for parts in groups
+    ]
+
+
+def _batch(graph, part: list[int], data: Labelled, names) -> dict:
+    targets, masks = {}, {}
+    for name in names:
+        per_atom, shape = OUTPUTS[name][1], cartesian_shape(OUTPUTS[name][0])
+        rows = graph.n_nodes if per_atom else graph.n_graphs
+        value, mask, start = np.zeros((rows, *shape)), np.zeros(rows, bool), 0
+        for g, i in enumerate(part):
+            t = data.targets[name][i] if per_atom else data.targets[name][i][None]
+            sl = slice(start, start + len(t)) if per_atom else slice(g, g + 1)
+            ok = np.isfinite(t.reshape(len(t), -1)).all(axis=1)
+            value[sl] = np.where(ok.reshape((-1,) + (1,) * len(shape)), t, 0.0)
+            mask[sl] = ok
+            start += len(t)
+        targets[name] = jnp.asarray(value, graph.positions.dtype)
+        masks[name] = jnp.asarray(mask)
+    return {"graph": graph, "targets": targets, "masks": masks}
+
+
+def _split(n: int, split: float, seed: int) -> tuple[list[int], list[int]]:
+    if not (isinstance(split, (int, float)) and 0 <= split < 1):
+        raise ValueError(f"split must be a fraction in [0, 1), got {split!r}")
+    n_val = 0 if split == 0 else max(1, round(split * n))
+    if n - n_val < 1:
+        raise ValueError(f"split={split}: {n} structure(s) leave none for training; pass split=0")
+    perm = np.random.default_rng(seed).permutation(n)
+    return sorted(int(i) for i in perm[n_val:]), sorted(int(i) for i in perm[:n_val])
+
+
+def _check_out_dir(out_dir, overwrite: bool) -> Path:
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir {str(out)!r} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"out_dir {str(out)!r} is not empty; pass overwrite=True to reuse it")
+    return out
+
+
+def finetune(
+    model,
+    data,
+    *,
+    out_dir: str | os.PathLike,
+    train_config: TrainConfig | None = None,
+    freeze_trunk: bool = False,
+    heads: Sequence[str] | None = None,
+    reset_heads: Sequence[str] = (),
+    new_species: Sequence[str | int] | None = None,
+    split: float = 0.2,
+    seed: int = 0,
+    batch_size: int = 4,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> FinetuneResult:
+    """Fine-tune a response model on labelled structures; write a model folder and metrics.
+
+    **Arguments:**
+
+    - `model`: a :class:`~zoo.model.ResponseModel` (or a `ShieldingModel`, or a name/path
+      for `zoo.load`).
+    - `data`: a list of ``ase.Atoms`` with labels (see the module docstring) or a file path.
+    - `out_dir`: where ``model/`` (config.json, model.safetensors, README.md),
+      ``metrics.json``, ``parity_<target>.png``, ``history.json``, ``split.json`` and the
+      resumable checkpoint go; must be empty unless `overwrite`.
+    - `train_config`: a `zoo.train.TrainConfig` (default: 30 epochs, cosine from 2e-3).
+    - `freeze_trunk`: train only the heads (and the new species' rows).
+    - `heads`: the outputs of the fine-tuned model (default: the model's); names it lacks are
+      added as new heads normalised on the training split, omitted ones are dropped.
+    - `reset_heads`: head modules to re-initialise (direct: output names, renormalised on the
+      data; derivative formulations: ``"energy"``).
+    - `new_species`: element symbols or atomic numbers to add to the model.
+    - `split`: fraction of the structures held out for validation (0: none); `seed` picks it.
+    - `batch_size`: structures per padded batch.
+
+    **Returns:** a :class:`FinetuneResult`. ``metrics.json`` holds the metrics of the
+    starting model (``"pretrained"``, on the same splits) and of the fine-tuned one.
+    """
+    base_name = str(model) if isinstance(model, (str, os.PathLike)) else None
+    if base_name is not None:
+        from .hub import load
+
+        model = load(model)
+    wrapper = None
+    if not isinstance(model, ResponseModel) and isinstance(getattr(model, "response", None),
+                                                           ResponseModel):  # fmt: skip
+        wrapper, model = model, model.response
+    if not isinstance(model, ResponseModel):
+        raise ValueError(f"model must be a ResponseModel (or wrap one), got {type(model).__name__}")
+    train_config = DEFAULT_TRAIN if train_config is None else train_config
+    if not isinstance(train_config, TrainConfig):
+        raise ValueError(f"train_config must be a zoo.train.TrainConfig, got {train_config!r}")
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    out = _check_out_dir(out_dir, overwrite)
+    outputs = list(model.outputs) if heads is None else list(heads)
+    unknown = [n for n in outputs if n not in OUTPUTS]
+    if unknown or not outputs:
+        raise ValueError(f"heads: {unknown or outputs} are not outputs; known: {list(OUTPUTS)}")
+    data = read_labelled(data, outputs)
+    train_idx, val_idx = _split(len(data.structures), split, seed)
+    config, keep = finetune_config(model, data, train_idx, heads, reset_heads, new_species)
+    start, grown = grow_model(model, config, keep, key=jax.random.key(seed))
+    names = [n for n in config["heads"] if n in data.targets]
+    if not names:
+        raise ValueError(f"data has labels {sorted(data.targets)} but the model predicts "
+                         f"{sorted(config['heads'])}: nothing to fit")  # fmt: skip
+    n_old = len(model.species)
+    weights = {n: 1.0 / config["heads"][n]["scale"] ** 2 for n in names}
+
+    def predict_fn(m, batch):
+        out_ = m(batch["graph"])
+        return {n: (out_[n], batch["targets"][n], batch["masks"][n]) for n in names}
+
+    def loss_fn(m, batch):
+        return weighted_loss(predict_fn(_freeze_rows(m, grown, n_old), batch), weights)
+
+    trainable = None
+    if freeze_trunk:
+        trainable = lambda path: path.startswith(".heads") or path in grown  # noqa: E731
+    train_b, val_b = make_batches(start, data, [train_idx, val_idx], names, batch_size)
+    kinds = {n: OUTPUTS[n][0] for n in names}
+    before = {"train": evaluate(start, predict_fn, train_b)}
+    if val_b:
+        before["validation"] = evaluate(start, predict_fn, val_b)
+    result = fit(
+        start, loss_fn, train_b, val_b, train_config, out_dir=out, predict_fn=predict_fn,
+        trainable=trainable, tensor_kinds=kinds, units={n: OUTPUTS[n][2] for n in names},
+        progress=progress,
+    )  # fmt: skip
+    tuned = result.model
+    if wrapper is not None:
+        tuned = type(wrapper).wrap(tuned, wrapper.atomic_number, wrapper.config.get("reference"))
+    split_info = {"train": train_idx, "validation": val_idx, "seed": seed, "fraction": split}
+    metrics = {
+        "pretrained": before,
+        "finetuned": result.metrics,
+        "targets": names,
+        "freeze_trunk": freeze_trunk,
+        "new_species": config["backbone"]["species"][n_old:],
+        "base_model": base_name,
+    }
+    _write_json(out / "metrics.json", metrics)
+    _write_json(out / "split.json", split_info)
+    val = (result.metrics or {}).get("validation") or (result.metrics or {}).get("train", {})
+    card_metrics = {f"mae_{n}": val[n]["mae"] for n in names if n in val}
+    from ._serialization import make_model_card
+
+    card = make_model_card(
+        out.name or "finetuned",
+        description=f"Fine-tuned from {base_name or 'a zoo model'} on {len(train_idx)} training "
+        f"and {len(val_idx)} validation structures with `zoo.finetune`.",
+        metrics=card_metrics,
+        config=config,
+        base_model=base_name,
+        tags=["fine-tuned"],
+    )
+    tuned.save_pretrained(out / "model", card=card, overwrite=overwrite)
+    return FinetuneResult(tuned, metrics, out, train_idx, val_idx)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    from .train._checkpoint import atomic_write_json
+
+    atomic_write_json(path, obj)
