@@ -1,0 +1,317 @@
+"""Energy + forces + stress speed: zoo NequIP / MACE / Allegro against mace-torch, nequip
+(torch) and tensorial (JAX), side by side on the same structures and hyperparameters.
+
+Every (model, size) runs in its own subprocess pinned to one core (``taskset -c 0``, XLA and
+torch single-threaded), float32, so its peak RSS is its own. Reported: median of `--runs`
+timed calls after one warm-up call, the first call (compile / build of the graph) and peak
+RSS. The table's speed-up is peer time / zoo time for the same architecture.
+
+    .venv/bin/python benchmarks/energy_forces.py --repeats 1 2 4 --runs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+DATA = "/work/shared/data/batio3/structures/cif"
+SPECIES = (8, 22, 56)
+R_MAX = 5.0
+ENV = {
+    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1",  # mace-torch 0.3.16 + e3nn 0.4.4 under torch 2.13
+    "JAX_PLATFORMS": "cpu",
+}
+PEERS = {  # peer -> the zoo model it is compared with
+    "mace-torch": "zoo-mace",
+    "tensorial-mace": "zoo-mace",
+    "nequip-torch": "zoo-nequip",
+}
+MODELS = ["zoo-mace", "zoo-nequip", "zoo-allegro", "mace-torch", "tensorial-mace", "nequip-torch"]
+
+
+def structure(repeat: int):
+    import ase.io
+
+    atoms = ase.io.read(sorted(glob.glob(f"{DATA}/*.cif"))[0])
+    return atoms.repeat((repeat, repeat, repeat))
+
+
+def avg_neighbors(atoms) -> float:
+    from zoo.graph import build_graph
+
+    g = build_graph(structure(1), R_MAX, pad=False)
+    return float(g.edge_mask.sum()) / 135
+
+
+# ---- workers: each returns a zero-argument callable computing energy, forces, stress ----
+
+
+def zoo_runner(name: str, atoms):
+    import equinox as eqx
+    import jax
+
+    from zoo.graph import build_graph
+    from zoo.response import energy_forces_stress, scalar_channel
+
+    avg = avg_neighbors(atoms)
+    key = jax.random.PRNGKey(0)
+    if name == "zoo-mace":
+        from zoo.mace import MACE, MACEConfig
+
+        cfg = MACEConfig(
+            species=SPECIES, r_max=R_MAX, num_interactions=2, hidden_irreps="64x0e+64x1o",
+            max_ell=3, correlation=3, avg_num_neighbors=avg,
+        )  # fmt: skip
+        build = lambda k: MACE(cfg, key=k)
+    elif name == "zoo-nequip":
+        from zoo.nequip import NequIP, NequIPConfig
+
+        cfg = NequIPConfig(
+            species=SPECIES, r_max=R_MAX, num_layers=3, channels=32, lmax=2, parity=True,
+            avg_num_neighbors=avg,
+        )  # fmt: skip
+        build = lambda k: NequIP(cfg, key=k)
+    else:
+        from zoo.allegro import Allegro, AllegroConfig
+
+        cfg = AllegroConfig(
+            species=SPECIES, r_max=R_MAX, num_layers=2, lmax=2, channels=32, latent_dim=64,
+            avg_num_neighbors=avg,
+        )  # fmt: skip
+        build = lambda k: Allegro(cfg, key=k)
+    model = eqx.filter_jit(build)(key)
+    graph = build_graph(atoms, R_MAX)
+    efs = eqx.filter_jit(lambda m, g: energy_forces_stress(scalar_channel(m), g))
+
+    def run():
+        out = efs(model, graph)
+        jax.block_until_ready(out)
+        return float(out["energy"][0])
+
+    return run, int(graph.edge_mask.sum())
+
+
+def mace_torch_runner(atoms):
+    import numpy as np
+    import torch
+    from e3nn import o3
+    from mace import data as mace_data
+    from mace import modules, tools
+    from mace.tools import torch_geometric
+
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float32)
+    model = modules.MACE(
+        r_max=R_MAX, num_bessel=8, num_polynomial_cutoff=5, max_ell=3,
+        interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
+        interaction_cls_first=modules.interaction_classes["RealAgnosticInteractionBlock"],
+        num_interactions=2, num_elements=3, hidden_irreps=o3.Irreps("64x0e+64x1o"),
+        MLP_irreps=o3.Irreps("16x0e"), atomic_energies=np.zeros(3),
+        avg_num_neighbors=avg_neighbors(atoms), atomic_numbers=list(SPECIES), correlation=3,
+        gate=torch.nn.functional.silu, radial_MLP=[64, 64, 64],
+    )  # fmt: skip
+    z_table = tools.AtomicNumberTable(list(SPECIES))
+    data = mace_data.AtomicData.from_config(
+        mace_data.config_from_atoms(atoms), z_table=z_table, cutoff=R_MAX, heads=["Default"]
+    )
+    batch = torch_geometric.Batch.from_data_list([data]).to_dict()
+
+    def run():
+        b = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in batch.items()}
+        out = model(b, compute_stress=True, training=False)
+        return float(out["energy"].item())
+
+    return run, int(data["edge_index"].shape[1])
+
+
+def nequip_torch_runner(atoms):
+    import torch
+    from nequip.data import AtomicData, AtomicDataDict
+    from nequip.model import model_from_config
+
+    torch.set_num_threads(1)
+    config = {
+        "model_builders": ["SimpleIrrepsConfig", "EnergyModel", "StressForceOutput"],
+        "r_max": R_MAX, "num_layers": 3, "l_max": 2, "parity": True, "num_features": 32,
+        "num_basis": 8, "PolynomialCutoff_p": 6, "invariant_layers": 2,
+        "invariant_neurons": 64, "avg_num_neighbors": avg_neighbors(atoms),
+        "chemical_symbols": ["O", "Ti", "Ba"], "default_dtype": "float32",
+        "model_dtype": "float32", "use_sc": True, "nonlinearity_type": "gate",
+    }  # fmt: skip
+    model = model_from_config(config, initialize=True)
+    model.eval()
+    species = {8: 0, 22: 1, 56: 2}
+    data = AtomicData.from_points(
+        pos=atoms.positions, r_max=R_MAX, cell=atoms.cell.array, pbc=True,
+        atom_types=torch.tensor([species[z] for z in atoms.numbers]),
+    )  # fmt: skip
+    batch = AtomicData.to_AtomicDataDict(data)
+    batch = {k: (v.float() if torch.is_floating_point(v) else v) for k, v in batch.items()}
+
+    def run():
+        out = model(dict(batch))
+        return float(out[AtomicDataDict.TOTAL_ENERGY_KEY].sum().item())
+
+    return run, int(batch[AtomicDataDict.EDGE_INDEX_KEY].shape[1])
+
+
+def tensorial_runner(atoms):
+    import e3nn_jax as e3nn
+    import jax
+    import jax.numpy as jnp
+    import jraph
+    from tensorial.gcnn import _mace, keys
+
+    from zoo._blocks import radial_embedding
+    from zoo.graph import build_graph, species_indices
+
+    graph = build_graph(atoms, R_MAX)
+    avg = avg_neighbors(atoms)
+    mace = _mace.Mace(
+        irreps_out="1x0e", out_field="energy", hidden_irreps="64x0e+64x1o",
+        correlation_order=3, num_interactions=2, num_types=3, max_ell=3,
+        avg_num_neighbours=avg, readout_mlp_irreps="16x0e",
+    )  # fmt: skip
+    embed = jax.random.normal(jax.random.PRNGKey(1), (3, 64))
+
+    def to_jraph(positions, strain):
+        g = graph
+        vec = g.edge_vectors(positions, strain)
+        safe = jnp.where(g.edge_mask[:, None], vec, jnp.array([1.0, 0.0, 0.0]))
+        length = jnp.linalg.norm(safe, axis=-1)
+        sh = e3nn.spherical_harmonics(
+            "0e+1o+2e+3o", safe, normalize=True, normalization="component"
+        )
+        radial = radial_embedding(length, 8, R_MAX, 5) * g.edge_mask[:, None]
+        species = species_indices(g.numbers, SPECIES)
+        nodes = {
+            keys.FEATURES: e3nn.IrrepsArray("64x0e", embed[species]),
+            keys.SPECIES: species[:, None],
+            keys.MASK: g.node_mask,
+        }
+        edges = {keys.ATTRIBUTES: sh, keys.RADIAL_EMBEDDINGS: radial, keys.MASK: g.edge_mask}
+        return jraph.GraphsTuple(
+            nodes=nodes, edges=edges, senders=g.senders, receivers=g.receivers,
+            globals=None, n_node=jnp.array([g.n_nodes]), n_edge=jnp.array([g.n_edges]),
+        )  # fmt: skip
+
+    zero = jnp.zeros((graph.n_graphs, 3, 3))
+    params = mace.init(jax.random.PRNGKey(0), to_jraph(graph.positions, zero))
+
+    def energy(params, positions, strain):
+        out = mace.apply(params, to_jraph(positions, strain)).nodes["energy"].array[:, 0]
+        return jnp.sum(jnp.where(graph.node_mask, out, 0.0))
+
+    efs = jax.jit(jax.value_and_grad(energy, argnums=(1, 2)))
+
+    def run():
+        e, grads = efs(params, graph.positions, zero)
+        jax.block_until_ready(grads)
+        return float(e)
+
+    return run, int(graph.edge_mask.sum())
+
+
+def worker(name: str, repeat: int, runs: int) -> dict:
+    atoms = structure(repeat)
+    t0 = time.perf_counter()
+    if name.startswith("zoo-"):
+        run, n_edges = zoo_runner(name, atoms)
+    elif name == "mace-torch":
+        run, n_edges = mace_torch_runner(atoms)
+    elif name == "nequip-torch":
+        run, n_edges = nequip_torch_runner(atoms)
+    elif name == "tensorial-mace":
+        run, n_edges = tensorial_runner(atoms)
+    else:
+        raise ValueError(f"unknown model {name!r}; known: {MODELS}")
+    build = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    energy = run()
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "model": name, "atoms": len(atoms), "edges": n_edges, "build_s": build,
+        "first_call_s": first, "median_s": statistics.median(times), "times": times,
+        "peak_rss_mb": rss_mb, "energy": energy,
+    }  # fmt: skip
+
+
+def spawn(name: str, repeat: int, runs: int, timeout: float) -> dict:
+    cmd = ["taskset", "-c", "0", sys.executable, __file__, "--worker", name]
+    cmd += ["--repeats", str(repeat), "--runs", str(runs)]
+    env = {**os.environ, **ENV}
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"model": name, "error": f"timeout after {timeout:.0f} s"}
+    for line in proc.stdout.splitlines()[::-1]:
+        if line.startswith("{"):
+            return json.loads(line)
+    return {"model": name, "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:200]}
+
+
+def table(results: list[dict]) -> str:
+    lines = [
+        "| atoms | model | edges | median (s) | first call (s) | peak RSS (MB) | speed-up vs zoo |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    by_key = {(r.get("atoms"), r["model"]): r for r in results if "error" not in r}
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r.get('atoms', '?')} | {r['model']} | | error: {r['error']} | | | |")
+            continue
+        zoo = by_key.get((r["atoms"], PEERS.get(r["model"], "")))
+        speed = f"{r['median_s'] / zoo['median_s']:.2f}x" if zoo else ""
+        lines.append(
+            f"| {r['atoms']} | {r['model']} | {r['edges']} | {r['median_s']:.3f} | "
+            f"{r['first_call_s']:.1f} | {r['peak_rss_mb']:.0f} | {speed} |"
+        )
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--repeats", type=int, nargs="+", default=[1, 2, 4], help="n for n x n x n")
+    p.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--timeout", type=float, default=3600.0, help="per (model, size), seconds")
+    p.add_argument("--json", help="also write the results here")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.repeats[0], args.runs)))
+        return
+    results = []
+    for repeat in args.repeats:
+        for name in args.models:
+            r = spawn(name, repeat, args.runs, args.timeout)
+            r.setdefault("atoms", 135 * repeat**3)
+            print(json.dumps(r), flush=True)
+            results.append(r)
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(results, f, indent=1)
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[:3]
+    print(f"\nload average at the end: {' '.join(load)} (2 cores)\n")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,283 @@
+"""Allegro (Musaelian et al., Nat. Commun. 14, 579 (2023)) as an Equinox module.
+
+Strictly local and edge-centred: every quantity lives on an edge ``ij`` (centre ``i``,
+neighbour ``j``, ``r_ij < r_max``) and no information moves between atoms beyond ``r_max``.
+
+- Scalar track: ``x_ij = MLP(species_i, species_j, radial basis) * u(r_ij)``.
+- Tensor track: ``V_ij = w(x_ij) Y(r_ij)`` (spherical harmonics weighted per channel and l).
+- Each layer builds the environment of the centre, ``G_i = sum_k w_env(x_ik) Y(r_ik)``, takes
+  the channel-wise tensor product ``V_ij (x) G_i``, mixes its paths linearly into the new
+  ``V_ij``, and feeds its scalar paths with ``x_ij`` to an MLP updating the scalar track.
+- The output is a linear map of ``(x_ij, V_ij)`` times the envelope (per-edge irreps); the
+  per-node output is their sum over the edges of each centre atom.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import e3nn_jax as e3nn
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ._blocks import (
+    RadialMLP,
+    activation,
+    edge_lengths_and_directions,
+    linear,
+    polynomial_envelope,
+    radial_embedding,
+)
+from ._dtype import resolve_float
+from ._sh_tensor_product import (
+    channelwise_tensor_product_pair,
+    from_components,
+    paths,
+    to_components,
+)
+from .graph import Graph, species_indices
+
+
+@dataclasses.dataclass(frozen=True)
+class AllegroConfig:
+    """Hyperparameters of :class:`Allegro` (JSON-safe; stored in ``config.json``).
+
+    Attributes:
+        species: atomic numbers the model knows, in embedding order.
+        r_max: cutoff radius (Å). Default 5.0.
+        num_layers: tensor-product layers. Default 2.
+        lmax: highest l of the harmonics and of the tensor track. Default 2.
+        parity: tensor track with both parities of every l (needed for axial outputs);
+            ``False`` keeps (-1)^l. Default True.
+        channels: multiplicity of the tensor track. Default 32.
+        latent_dim: width of the scalar track. Default 64.
+        two_body_hidden, two_body_layers: hidden width and layers of the two-body MLP.
+            Default 64, 2.
+        latent_layers: hidden layers of each layer's latent MLP. Default 1.
+        num_basis: Bessel radial functions. Default 8.
+        envelope_p: exponent of the polynomial cutoff envelope. Default 6.
+        avg_num_neighbors: environment sums and the per-node sum are divided by its square
+            root (a data statistic). Default 20.
+        output_irreps: per-edge (and per-node) output irreps. Default "1x0e".
+        activation: activation of the MLPs. Default "silu".
+    """
+
+    species: tuple[int, ...]
+    r_max: float = 5.0
+    num_layers: int = 2
+    lmax: int = 2
+    parity: bool = True
+    channels: int = 32
+    latent_dim: int = 64
+    two_body_hidden: int = 64
+    two_body_layers: int = 2
+    latent_layers: int = 1
+    num_basis: int = 8
+    envelope_p: int = 6
+    avg_num_neighbors: float = 20.0
+    output_irreps: str = "1x0e"
+    activation: str = "silu"
+
+    def __post_init__(self):
+        species = tuple(int(z) for z in self.species)
+        if not species or len(set(species)) != len(species) or min(species) < 1:
+            raise ValueError(f"species must be distinct atomic numbers >= 1, got {self.species}")
+        object.__setattr__(self, "species", species)
+        if not (math.isfinite(self.r_max) and self.r_max > 0):
+            raise ValueError(f"r_max must be positive (Å), got {self.r_max}")
+        for name in ("num_layers", "channels", "latent_dim", "two_body_hidden", "num_basis"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("two_body_layers", "latent_layers"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.lmax <= 4:
+            raise ValueError(f"lmax must be in 0..4, got {self.lmax}")
+        if not self.avg_num_neighbors > 0:
+            raise ValueError(f"avg_num_neighbors must be > 0, got {self.avg_num_neighbors}")
+        activation(self.activation)
+        try:
+            out = e3nn.Irreps(self.output_irreps)
+        except Exception as err:
+            raise ValueError(f"output_irreps={self.output_irreps!r} is not an irreps string: {err}")
+        missing = [ir for _, ir in out if ir != e3nn.Irrep("0e") and ir not in self.tensor_irreps]
+        if missing:
+            raise ValueError(
+                f"output_irreps {self.output_irreps} needs {missing[0]}, but the tensor track "
+                f"stops at {self.tensor_irreps}: raise lmax or set parity=True"
+            )
+
+    @property
+    def tensor_irreps(self) -> e3nn.Irreps:
+        parities = (1, -1) if self.parity else (None,)
+        irs = [(l, (-1) ** l if p is None else p) for l in range(self.lmax + 1) for p in parities]
+        return e3nn.Irreps([(self.channels, ir) for ir in irs]).sort().irreps
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["species"] = list(self.species)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AllegroConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(
+                f"unknown Allegro config keys {sorted(unknown)}; known: {sorted(known)}"
+            )
+        return cls(**{**d, "species": tuple(d["species"])})
+
+
+class AllegroLayer(eqx.Module):
+    """One Allegro layer: environment embedding, tensor product, path mixing, latent MLP."""
+
+    env_weights: RadialMLP
+    mix: e3nn.equinox.Linear
+    latent_mlp: RadialMLP
+    irreps_in: e3nn.Irreps = eqx.field(static=True)
+    irreps_paths: e3nn.Irreps = eqx.field(static=True)
+    irreps_out: e3nn.Irreps = eqx.field(static=True)
+    irreps_sh: e3nn.Irreps = eqx.field(static=True)
+    avg_num_neighbors: float = eqx.field(static=True)
+
+    def __init__(self, irreps_in, cfg: AllegroConfig, *, dtype, key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.irreps_in = e3nn.Irreps(irreps_in)
+        self.irreps_sh = e3nn.Irreps.spherical_harmonics(cfg.lmax)
+        env_sh = e3nn.Irreps([(cfg.channels, ir) for _, ir in self.irreps_sh])
+        self.irreps_paths = paths(self.irreps_in, env_sh, cfg.tensor_irreps)
+        self.irreps_out = cfg.tensor_irreps.filter(keep=self.irreps_paths)
+        self.avg_num_neighbors = float(cfg.avg_num_neighbors)
+        self.env_weights = RadialMLP(
+            (cfg.latent_dim, len(self.irreps_sh) * cfg.channels), cfg.activation,
+            dtype=dtype, key=k1,
+        )  # fmt: skip
+        self.mix = linear(self.irreps_paths, self.irreps_out, dtype=dtype, key=k2)
+        n_scalar = self.irreps_paths.count("0e")
+        sizes = (cfg.latent_dim + n_scalar,) + (cfg.latent_dim,) * cfg.latent_layers
+        self.latent_mlp = RadialMLP(sizes + (cfg.latent_dim,), cfg.activation, dtype=dtype, key=k3)
+
+    def __call__(self, x, v, sh, envelope, receivers, n_nodes):
+        """`x` `(E, latent)`, `v` `(E, dim, channels)` components, `sh` `(E, sh)`, `envelope`
+        `(E,)` (zero on padding edges) -> updated `(x, v)`."""
+        n_edges, channels = x.shape[0], v.shape[-1]
+        w = self.env_weights(x).reshape(n_edges, len(self.irreps_sh), channels)
+        w = w * envelope[:, None, None]
+        ls = [ir.l for _, ir in self.irreps_sh]
+        per_comp = jnp.concatenate(
+            [w[:, k : k + 1, :].repeat(2 * l + 1, 1) for k, l in enumerate(ls)], 1
+        )
+        env = sh[:, :, None] * per_comp  # (E, sh.dim, channels)
+        env = jax.ops.segment_sum(env, receivers, num_segments=n_nodes)
+        env = env / jnp.sqrt(self.avg_num_neighbors).astype(env.dtype)
+        env_sh = e3nn.Irreps([(channels, ir) for _, ir in self.irreps_sh])
+        tp = channelwise_tensor_product_pair(
+            v, self.irreps_in, env[receivers], env_sh, self.irreps_out
+        )  # (E, paths dim, channels)
+        tp = from_components(self.irreps_paths, tp)
+        v_new = to_components(self.mix(tp))
+        scalars = tp.filter(keep="0e").array
+        x_new = self.latent_mlp(jnp.concatenate([x, scalars], axis=-1))
+        x = (x + envelope[:, None] * x_new) / jnp.sqrt(2.0).astype(x.dtype)
+        return x, v_new
+
+
+class Allegro(eqx.Module):
+    """Allegro: :class:`~zoo.graph.Graph` -> per-edge and per-node irreps.
+
+    **Arguments** of `__init__`: `config` (:class:`AllegroConfig`), `dtype` (``None`` -> f32,
+    or f64 under x64), keyword-only `key`.
+    """
+
+    two_body: RadialMLP
+    initial: RadialMLP
+    layers: tuple[AllegroLayer, ...]
+    readout: e3nn.equinox.Linear
+    config: AllegroConfig = eqx.field(static=True)
+
+    def __init__(self, config: AllegroConfig, dtype=None, *, key):
+        dtype = resolve_float(dtype)
+        keys = jax.random.split(key, config.num_layers + 3)
+        self.config = config
+        n_in = 2 * len(config.species) + config.num_basis
+        sizes = (n_in,) + (config.two_body_hidden,) * config.two_body_layers
+        self.two_body = RadialMLP(
+            sizes + (config.latent_dim,), config.activation, dtype=dtype, key=keys[0]
+        )
+        n_sh = config.lmax + 1
+        self.initial = RadialMLP(
+            (config.latent_dim, n_sh * config.channels), config.activation, dtype=dtype, key=keys[1]
+        )
+        irreps = e3nn.Irreps(
+            [(config.channels, ir) for _, ir in e3nn.Irreps.spherical_harmonics(config.lmax)]
+        )
+        layers = []
+        for k in range(config.num_layers):
+            layer = AllegroLayer(irreps, config, dtype=dtype, key=keys[k + 2])
+            layers.append(layer)
+            irreps = layer.irreps_out
+        self.layers = tuple(layers)
+        final = e3nn.Irreps(f"{config.latent_dim}x0e") + irreps
+        self.readout = linear(
+            final, config.output_irreps, dtype=dtype, key=keys[-1], force_irreps_out=True
+        )
+
+    @property
+    def dtype(self):
+        return self.two_body.weights[0].dtype
+
+    def edge_outputs(
+        self, graph: Graph, edge_vectors: Float[Array, "n_edges 3"] | None = None
+    ) -> e3nn.IrrepsArray:
+        """Per-edge outputs `(n_edges, config.output_irreps)`, zero on padding edges and
+        vanishing smoothly at `r_max`. Edge ``e`` belongs to the centre ``graph.receivers[e]``."""
+        cfg = self.config
+        if edge_vectors is None:
+            edge_vectors = graph.edge_vectors()
+        edge_vectors = edge_vectors.astype(self.dtype)
+        lengths, safe = edge_lengths_and_directions(edge_vectors, graph.edge_mask)
+        irreps_sh = e3nn.Irreps.spherical_harmonics(cfg.lmax)
+        sh = e3nn.spherical_harmonics(irreps_sh, safe, normalize=True, normalization="component")
+        envelope = polynomial_envelope(lengths / cfg.r_max, cfg.envelope_p) * graph.edge_mask
+        radial = radial_embedding(lengths, cfg.num_basis, cfg.r_max, cfg.envelope_p)
+        n_species = len(cfg.species)
+        species = species_indices(graph.numbers, cfg.species)
+        onehot = jax.nn.one_hot(species, n_species, dtype=self.dtype)
+        features = jnp.concatenate(
+            [onehot[graph.receivers], onehot[graph.senders], radial], axis=-1
+        )
+        x = self.two_body(features) * envelope[:, None]
+        w = self.initial(x).reshape(x.shape[0], cfg.lmax + 1, cfg.channels)
+        per_comp = jnp.concatenate(
+            [w[:, l : l + 1, :].repeat(2 * l + 1, 1) for l in range(cfg.lmax + 1)], 1
+        )
+        v = sh.array[:, :, None] * per_comp  # (E, sh.dim, channels)
+        for layer in self.layers:
+            x, v = layer(x, v, sh.array, envelope, graph.receivers, graph.n_nodes)
+        irreps_v = self.layers[-1].irreps_out if self.layers else None
+        final = e3nn.concatenate(
+            [e3nn.IrrepsArray(f"{cfg.latent_dim}x0e", x), from_components(irreps_v, v)]
+        )
+        out = self.readout(final)
+        return out * envelope[:, None].astype(out.dtype)
+
+    def __call__(
+        self,
+        graph: Graph,
+        edge_vectors: Float[Array, "n_edges 3"] | None = None,
+        node_inputs: e3nn.IrrepsArray | None = None,
+    ) -> e3nn.IrrepsArray:
+        """Per-node features: the sum of the outputs of each atom's edges divided by
+        sqrt(avg_num_neighbors), `(n_nodes, config.output_irreps)`; zero on padding nodes.
+        `node_inputs` are not supported (an edge model) and must be ``None``."""
+        if node_inputs is not None:
+            raise ValueError("Allegro takes no node_inputs (it is edge-centred); pass None")
+        edges = self.edge_outputs(graph, edge_vectors)
+        nodes = jax.ops.segment_sum(edges.array, graph.receivers, num_segments=graph.n_nodes)
+        nodes = nodes / jnp.sqrt(self.config.avg_num_neighbors).astype(nodes.dtype)
+        nodes = nodes * graph.node_mask[:, None].astype(nodes.dtype)
+        return e3nn.IrrepsArray(edges.irreps, nodes)

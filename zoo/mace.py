@@ -1,0 +1,337 @@
+"""MACE (Batatia et al., NeurIPS 2022) as an Equinox module.
+
+Graph in, per-node irreps out. Each interaction: a linear map of the node features, their
+tensor product with the edge spherical harmonics weighted per path and channel by a radial
+MLP, summed over neighbours (divided by avg_num_neighbors) into the atomic basis ``A``; then
+the species-weighted symmetric contraction of ``A`` up to `correlation` (the product basis,
+:mod:`zoo._symmetric_contraction`, coupling tensors built once at construction), a linear
+map, and a species-indexed residual. Every interaction has a readout (linear, the last one a
+gated MLP) and the readouts are summed, as in mace-torch's ``MACE``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import e3nn_jax as e3nn
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+from ._blocks import RadialMLP, activation, edge_lengths_and_directions, linear, radial_embedding
+from ._dtype import resolve_float
+from ._sh_tensor_product import channelwise_tensor_product, from_components, paths, to_components
+from ._symmetric_contraction import SymmetricContraction
+from .graph import Graph, species_indices
+
+
+@dataclasses.dataclass(frozen=True)
+class MACEConfig:
+    """Hyperparameters of :class:`MACE` (JSON-safe; stored in ``config.json``).
+
+    Attributes:
+        species: atomic numbers the model knows, in embedding order.
+        r_max: cutoff radius (Å). Default 5.0.
+        num_interactions: interaction layers. Default 2.
+        hidden_irreps: node features between interactions; every irrep with the same
+            multiplicity (the channel count). Default "64x0e+64x1o".
+        max_ell: highest l of the edge harmonics and of the atomic basis. Default 3.
+        correlation: highest body order of the symmetric contraction (1..3). Default 3.
+        parity: atomic basis with both parities of every l (needed for axial outputs such
+            as the 1e part of Born charges); ``False`` keeps (-1)^l as mace-torch. Default False.
+        num_basis: Bessel radial functions. Default 8.
+        envelope_p: exponent of the polynomial cutoff envelope. Default 5.
+        radial_hidden, radial_layers: radial MLP width and hidden layers. Default 64, 3.
+        avg_num_neighbors: messages are summed and divided by it (a data statistic). Default 20.
+        readout_hidden: width of the last, gated readout. Default 16.
+        output_irreps: per-node output irreps, e.g. ``"1x0e"`` for energies. Default "1x0e".
+        node_input_irreps: extra per-node inputs concatenated to the species embedding.
+            Default "" (none).
+        activation: activation of even scalars (odd ones use tanh). Default "silu".
+    """
+
+    species: tuple[int, ...]
+    r_max: float = 5.0
+    num_interactions: int = 2
+    hidden_irreps: str = "64x0e+64x1o"
+    max_ell: int = 3
+    correlation: int = 3
+    parity: bool = False
+    num_basis: int = 8
+    envelope_p: int = 5
+    radial_hidden: int = 64
+    radial_layers: int = 3
+    avg_num_neighbors: float = 20.0
+    readout_hidden: int = 16
+    output_irreps: str = "1x0e"
+    node_input_irreps: str = ""
+    activation: str = "silu"
+
+    def __post_init__(self):
+        species = tuple(int(z) for z in self.species)
+        if not species or len(set(species)) != len(species) or min(species) < 1:
+            raise ValueError(f"species must be distinct atomic numbers >= 1, got {self.species}")
+        object.__setattr__(self, "species", species)
+        if not (math.isfinite(self.r_max) and self.r_max > 0):
+            raise ValueError(f"r_max must be positive (Å), got {self.r_max}")
+        for name in ("num_interactions", "num_basis", "radial_hidden", "readout_hidden"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.max_ell <= 3:
+            raise ValueError(f"max_ell must be in 0..3, got {self.max_ell}")
+        if not 1 <= self.correlation <= 3:
+            raise ValueError(f"correlation must be in 1..3, got {self.correlation}")
+        if not self.avg_num_neighbors > 0:
+            raise ValueError(f"avg_num_neighbors must be > 0, got {self.avg_num_neighbors}")
+        activation(self.activation)
+        for name in ("hidden_irreps", "output_irreps", "node_input_irreps"):
+            try:
+                e3nn.Irreps(getattr(self, name))
+            except Exception as err:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not an irreps string: {err}")
+        hidden = e3nn.Irreps(self.hidden_irreps)
+        if not hidden or len({mul for mul, _ in hidden}) != 1 or "0e" not in hidden:
+            raise ValueError(
+                f"hidden_irreps must contain 0e and give every irrep the same multiplicity "
+                f"(e.g. '64x0e+64x1o'), got {self.hidden_irreps!r}"
+            )
+        too_high = [ir for _, ir in hidden if ir.l > 3]
+        if too_high:
+            raise ValueError(f"hidden_irreps stop at l=3, found {too_high[0]}")
+        missing = [ir for _, ir in e3nn.Irreps(self.output_irreps) if ir not in hidden]
+        if missing:
+            raise ValueError(
+                f"output_irreps {self.output_irreps} needs {missing[0]}, which hidden_irreps "
+                f"{self.hidden_irreps} lacks: add it there"
+            )
+
+    @property
+    def channels(self) -> int:
+        return e3nn.Irreps(self.hidden_irreps)[0].mul
+
+    @property
+    def atomic_basis_irreps(self) -> e3nn.Irreps:
+        """Irreps of the atomic basis ``A`` (before filtering by what a layer can make)."""
+        parities = (1, -1) if self.parity else (None,)
+        irs = [
+            (l, (-1) ** l if p is None else p) for l in range(self.max_ell + 1) for p in parities
+        ]
+        return e3nn.Irreps([(self.channels, ir) for ir in irs]).sort().irreps
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["species"] = list(self.species)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MACEConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown MACE config keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**{**d, "species": tuple(d["species"])})
+
+
+def _gate(x: e3nn.IrrepsArray, act: str) -> e3nn.IrrepsArray:
+    return e3nn.gate(
+        x, even_act=activation(act), odd_act=jnp.tanh, even_gate_act=jax.nn.sigmoid,
+        odd_gate_act=jnp.tanh,
+    )  # fmt: skip
+
+
+def _gated(irreps: e3nn.Irreps) -> e3nn.Irreps:
+    """Scalars, one 0e gate per non-scalar irrep, then the non-scalars (e3nn.gate's order)."""
+    scalars = irreps.filter(keep=["0e", "0o"])
+    vectors = irreps.filter(drop=["0e", "0o"])
+    gates = e3nn.Irreps(f"{vectors.num_irreps}x0e") if vectors.num_irreps else e3nn.Irreps("")
+    return scalars + gates + vectors
+
+
+class MACELayer(eqx.Module):
+    """One MACE interaction + product basis + readout.
+
+    `__call__(h, species, sh, radial, senders, receivers)` -> `(h_out, readout)`, both
+    `(n_nodes, ...)`; `radial` is zero on padding edges.
+    """
+
+    linear_up: e3nn.equinox.Linear
+    radial_mlp: RadialMLP
+    linear_message: e3nn.equinox.Linear
+    species_skip: e3nn.equinox.Linear | None
+    residual: e3nn.equinox.Linear | None
+    contraction: SymmetricContraction
+    linear_product: e3nn.equinox.Linear
+    readout: tuple[e3nn.equinox.Linear, ...]
+    irreps_in: e3nn.Irreps = eqx.field(static=True)
+    irreps_a: e3nn.Irreps = eqx.field(static=True)
+    irreps_messages: e3nn.Irreps = eqx.field(static=True)
+    channels: int = eqx.field(static=True)
+    irreps_out: e3nn.Irreps = eqx.field(static=True)
+    avg_num_neighbors: float = eqx.field(static=True)
+    act: str = eqx.field(static=True)
+
+    def __init__(
+        self, irreps_in, irreps_out, first: bool, last: bool, cfg: MACEConfig, *, dtype, key
+    ):
+        keys = iter(jax.random.split(key, 8))
+        n_species = len(cfg.species)
+        self.irreps_in = e3nn.Irreps(irreps_in).regroup()
+        self.avg_num_neighbors = float(cfg.avg_num_neighbors)
+        self.act = cfg.activation
+        sh = e3nn.Irreps.spherical_harmonics(cfg.max_ell)
+        # one multiplicity for the channel-wise product (node inputs may come as 1x1o)
+        irreps_up = e3nn.Irreps([(cfg.channels, ir) for _, ir in self.irreps_in])
+        messages = paths(irreps_up, sh, cfg.atomic_basis_irreps)
+        self.irreps_messages = messages
+        self.channels = cfg.channels
+        self.irreps_a = cfg.atomic_basis_irreps.filter(keep=messages)
+        self.linear_up = linear(self.irreps_in, irreps_up, dtype=dtype, key=next(keys))
+        sizes = (cfg.num_basis,) + (cfg.radial_hidden,) * cfg.radial_layers
+        self.radial_mlp = RadialMLP(
+            sizes + (messages.num_irreps,), cfg.activation, dtype=dtype, key=next(keys)
+        )
+        self.linear_message = linear(messages, self.irreps_a, dtype=dtype, key=next(keys))
+        indexed = dict(linear_type="indexed", num_indexed_weights=n_species)
+        # mace-torch: the first layer makes A species-dependent, later ones add a residual
+        self.species_skip = (
+            linear(self.irreps_a, self.irreps_a, dtype=dtype, key=next(keys), **indexed)
+            if first
+            else None
+        )
+        self.contraction = SymmetricContraction(
+            self.irreps_a, irreps_out, cfg.correlation, n_species, dtype=dtype, key=next(keys)
+        )
+        self.irreps_out = self.contraction.irreps_out
+        self.residual = (
+            None
+            if first
+            else linear(
+                self.irreps_in,
+                self.irreps_out,
+                dtype=dtype,
+                key=next(keys),
+                force_irreps_out=True,
+                **indexed,
+            )  # fmt: skip
+        )
+        self.linear_product = linear(self.irreps_out, self.irreps_out, dtype=dtype, key=next(keys))
+        out = e3nn.Irreps(cfg.output_irreps)
+        if last:
+            hidden = e3nn.Irreps([(cfg.readout_hidden, ir) for _, ir in out.regroup()])
+            k1, k2 = jax.random.split(next(keys))
+            self.readout = (
+                linear(self.irreps_out, _gated(hidden), dtype=dtype, key=k1, force_irreps_out=True),
+                linear(hidden, out, dtype=dtype, key=k2, force_irreps_out=True),
+            )
+        else:
+            self.readout = (
+                linear(self.irreps_out, out, dtype=dtype, key=next(keys), force_irreps_out=True),
+            )
+
+    def __call__(self, h, species, sh, radial, senders, receivers):
+        x = self.linear_up(h)
+        weights = self.radial_mlp(radial).reshape(radial.shape[0], -1, self.channels)
+        messages = channelwise_tensor_product(
+            to_components(x)[senders], x.irreps, sh, self.irreps_a, weights
+        )  # (n_edges, components, channels)
+        a = jax.ops.segment_sum(messages, receivers, num_segments=h.shape[0])
+        a = from_components(self.irreps_messages, a / jnp.asarray(self.avg_num_neighbors, a.dtype))
+        a = self.linear_message(a)
+        if self.species_skip is not None:
+            a = self.species_skip(species, a)
+        out = self.linear_product(self.contraction(a, species))
+        if self.residual is not None:
+            out = out + self.residual(species, h)
+        y = self.readout[0](out)
+        if len(self.readout) == 2:
+            y = self.readout[1](_gate(y, self.act))
+        return out, y
+
+
+class MACE(eqx.Module):
+    """MACE: :class:`~zoo.graph.Graph` -> per-node irreps (`config.output_irreps`).
+
+    **Arguments** of `__init__`: `config` (:class:`MACEConfig`), `dtype` (``None`` -> f32, or
+    f64 under x64), keyword-only `key`. Building computes the coupling tensors (cached per
+    irreps, correlation order and output irrep).
+    """
+
+    embedding: Float[Array, "n_species channels"]
+    layers: tuple[MACELayer, ...]
+    config: MACEConfig = eqx.field(static=True)
+
+    def __init__(self, config: MACEConfig, dtype=None, *, key):
+        dtype = resolve_float(dtype)
+        keys = jax.random.split(key, config.num_interactions + 1)
+        self.config = config
+        self.embedding = jax.random.normal(keys[0], (len(config.species), config.channels), dtype)
+        irreps = e3nn.Irreps(f"{config.channels}x0e") + e3nn.Irreps(config.node_input_irreps)
+        hidden = e3nn.Irreps(config.hidden_irreps)
+        out_types = {ir for _, ir in e3nn.Irreps(config.output_irreps)} | {e3nn.Irrep("0e")}
+        layers = []
+        for k in range(config.num_interactions):
+            last = k == config.num_interactions - 1
+            # the last product basis only makes what the readout needs (mace: scalars)
+            target = hidden.filter(keep=list(out_types)) if last else hidden
+            layer = MACELayer(irreps, target, k == 0, last, config, dtype=dtype, key=keys[k + 1])
+            layers.append(layer)
+            irreps = layer.irreps_out
+        self.layers = tuple(layers)
+        made = {ir for layer in layers for _, ir in layer.irreps_out}
+        missing = [ir for _, ir in e3nn.Irreps(config.output_irreps) if ir not in made]
+        if missing:
+            raise ValueError(
+                f"no layer can make the output irrep {missing[0]} from atomic basis "
+                f"{config.atomic_basis_irreps}: raise max_ell or correlation, or set parity=True"
+            )
+
+    @property
+    def dtype(self):
+        return self.embedding.dtype
+
+    def __call__(
+        self,
+        graph: Graph,
+        edge_vectors: Float[Array, "n_edges 3"] | None = None,
+        node_inputs: e3nn.IrrepsArray | None = None,
+    ) -> e3nn.IrrepsArray:
+        """Per-node features.
+
+        **Arguments:**
+
+        - `graph`: a padded :class:`~zoo.graph.Graph`.
+        - `edge_vectors`: `(n_edges, 3)` Å; default ``graph.edge_vectors()``. Pass them to
+          differentiate with respect to positions or strain.
+        - `node_inputs`: `(n_nodes, config.node_input_irreps)` extra inputs, if configured.
+
+        **Returns:** `(n_nodes, config.output_irreps)`, the sum of every layer's readout;
+        zero on padding nodes.
+        """
+        cfg = self.config
+        if edge_vectors is None:
+            edge_vectors = graph.edge_vectors()
+        edge_vectors = edge_vectors.astype(self.dtype)
+        lengths, safe = edge_lengths_and_directions(edge_vectors, graph.edge_mask)
+        sh = e3nn.spherical_harmonics(
+            e3nn.Irreps.spherical_harmonics(cfg.max_ell), safe, normalize=True,
+            normalization="component",
+        )  # fmt: skip
+        radial = radial_embedding(lengths, cfg.num_basis, cfg.r_max, cfg.envelope_p)
+        radial = radial * graph.edge_mask[:, None]
+        species: Int[Array, " n_nodes"] = species_indices(graph.numbers, cfg.species)
+        h = e3nn.IrrepsArray(f"{cfg.channels}x0e", self.embedding[species])
+        expected = e3nn.Irreps(cfg.node_input_irreps)
+        if expected.dim:
+            if node_inputs is None or node_inputs.irreps != expected:
+                got = None if node_inputs is None else node_inputs.irreps
+                raise ValueError(f"node_inputs must have irreps {expected}, got {got}")
+            h = e3nn.concatenate([h, node_inputs.astype(self.dtype)]).regroup()
+        elif node_inputs is not None:
+            raise ValueError("this MACE has node_input_irreps='' but node_inputs were given")
+        total = None
+        for layer in self.layers:
+            h, y = layer(h, species, sh, radial, graph.senders, graph.receivers)
+            total = y if total is None else total + y
+        return total * graph.node_mask[:, None].astype(total.dtype)
