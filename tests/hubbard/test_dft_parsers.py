@@ -132,3 +132,15 @@ def test_hubbard_card_roundtrip_with_writer():
         parsers.parse_hubbard_card("HUBBARD {ortho-atomic}\nU Mn-3d 4.0\n")
     with pytest.raises(ValueError, match="header"):
         parsers.parse_hubbard_card(_read("parameters.out"))
+
+
+def test_q222_outputs_from_this_pipeline():
+    # Trimmed outputs of the p21 convergence job (MnO, q 2x2x2, conv_thr_chi 1e-4).
+    hp = parsers.parse_hp_output(_read("MnO_q222.hp.out"))
+    assert hp["converged"] and hp["last"] == (3, 4, 6)
+    dat = parsers.parse_hubbard_parameters_dat(_read("MnO_q222.Hubbard_parameters.dat"))
+    assert dat["U"][1] == dat["U"][2] == 4.1918
+    first = [v for i, j, d, v in dat["V"] if i == 1 and 0 < d < 4.3]
+    assert first == [0.6289] * 6
+    rows = parsers.parse_parameters_out(_read("MnO_q222.parameters.out"))
+    assert len(rows) == 14 and {j for i, j, _ in rows if i == 1} == {1, 12, 20, 23, 44, 47, 55}
