@@ -1,112 +1,435 @@
-"""The ``zoo`` command line: ``zoo list | info NAME | demo``.
+"""The ``zoo`` command line: ``list | info | demo | predict | train | finetune | evaluate``.
 
-Every subcommand has ``--help``; errors print one line to stderr and exit with status 1.
+Every subcommand has ``--help``; errors print one line to stderr and exit with status 1
+(usage errors: status 2). No existing file is overwritten without ``--overwrite``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 EXAMPLES = Path(__file__).parent / "examples"
+OUT_SUFFIXES = (".extxyz", ".xyz", ".npz", ".json")
 
 
+# ---- helpers ----
+def _is_pw_model(model) -> bool:
+    """Hubbard models answer for a pw.x output, the others for structures."""
+    return str(getattr(model, "config", {}).get("model_type", "")).startswith("hubbard")
+
+
+def _read_frames(path: Path) -> list:
+    from ase.io import read
+
+    if not path.is_file():
+        raise ValueError(f"no such input file {str(path)!r}")
+    try:
+        frames = read(path, index=":")
+    except Exception as err:  # ASE raises many types for unreadable files
+        raise ValueError(f"cannot read {str(path)!r} ({type(err).__name__}: {err})") from None
+    frames = frames if isinstance(frames, list) else [frames]
+    if not frames:
+        raise ValueError(f"{str(path)!r} holds no structure")
+    return frames
+
+
+def _sidecar(path: Path, suffix: str) -> Path | None:
+    for candidate in (path.with_suffix(suffix), path.parent / suffix.lstrip(".")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _predict_pw(model, path: Path, occup: str | None, labels: str | None) -> dict:
+    if not hasattr(model, "predict"):
+        raise ValueError(
+            f"{model.config['model_type']} predicts from occupation features only; for a pw.x "
+            "output use the combined model: zoo predict hubbard-uv FILE"
+        )
+    if not path.is_file():
+        raise ValueError(f"no such input file {str(path)!r}")
+    occ = Path(occup) if occup else _sidecar(path, ".occup.txt")
+    if labels is None and (side := _sidecar(path, ".labels.txt")) is not None:
+        labels = side.read_text()
+    kwargs = {"occup": occ} if occ is not None else {}
+    if labels is not None:
+        kwargs["labels"] = labels.replace(",", " ").split()
+    try:
+        result = model.predict(path, **kwargs)
+    except (UnicodeDecodeError, IndexError) as err:
+        raise ValueError(f"cannot read {str(path)!r} as a pw.x output ({err})") from None
+    return result.as_dict() if hasattr(result, "as_dict") else dict(result)
+
+
+def _summarise(value) -> str:
+    import numpy as np
+
+    arr = np.asarray(value)
+    if arr.dtype.kind in "fc" and arr.size > 1:
+        finite = arr[np.isfinite(arr)]
+        stats = f"  mean|x| = {np.abs(finite).mean():.4g}" if finite.size else "  (all NaN)"
+        return f"array{arr.shape}{stats}"
+    return f"{arr.item():.6g}" if arr.dtype.kind in "fc" else repr(value)
+
+
+def _print_prediction(out: dict, indent: str = "   ") -> None:
+    for key, value in out.items():
+        if isinstance(value, dict):  # Hubbard: {"U": {"1": eV}, ...}
+            shown = ", ".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}"
+                              for k, v in list(value.items())[:8])  # fmt: skip
+            more = f", ... ({len(value)} in all)" if len(value) > 8 else ""
+            print(f"{indent}{key}: {{{shown}{more}}}")
+        else:
+            print(f"{indent}{key}: {_summarise(value)}")
+
+
+def _split_frames(out: dict, sizes: list[int]) -> list[dict]:
+    """Per-structure dicts of a batched structure-model prediction."""
+    import numpy as np
+
+    n_total = sum(sizes)
+    idx = np.repeat(np.arange(len(sizes)), sizes)
+    frames = []
+    for g in range(len(sizes)):
+        part = {}
+        for key, value in out.items():
+            value = np.asarray(value)
+            if key == "structure_index":
+                continue
+            per_atom = value.ndim >= 1 and value.shape[0] == n_total and "structure_index" in out
+            part[key] = value[idx == g] if per_atom else value[g]
+        frames.append(part)
+    return frames
+
+
+def _check_output(path: Path, overwrite: bool) -> None:
+    if path.suffix not in OUT_SUFFIXES:
+        raise ValueError(
+            f"output {str(path)!r}: the suffix must be one of {', '.join(OUT_SUFFIXES)}"
+        )
+    if path.exists() and not overwrite:
+        raise ValueError(f"output {str(path)!r} exists; pass --overwrite to replace it")
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file beside `path`, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _write_predictions(path: Path, records: list[dict]) -> None:
+    """records: ``{"file", "frame", "atoms" (or None), "prediction"}``."""
+    import numpy as np
+
+    if path.suffix == ".json":
+
+        def plain(v):
+            return np.asarray(v).tolist() if hasattr(v, "shape") else v
+
+        rows = [{"file": r["file"], "frame": r["frame"],
+                 **{k: plain(v) for k, v in r["prediction"].items()}} for r in records]  # fmt: skip
+        _atomic_write(path, lambda p: p.write_text(json.dumps(rows, indent=1) + "\n"))
+        return
+    if any(r["atoms"] is None for r in records):
+        raise ValueError(f"output {str(path)!r}: Hubbard predictions are written as .json only")
+    if path.suffix == ".npz":
+        arrays = {}
+        for k, r in enumerate(records):
+            for key, value in r["prediction"].items():
+                arrays[f"{k}/{key}"] = np.asarray(value)
+            arrays[f"{k}/file"] = np.asarray(r["file"])
+        _atomic_write(path, lambda p: np.savez(p, **arrays))
+        return
+    from ase.io import write
+
+    frames = []
+    for r in records:
+        atoms = r["atoms"].copy()
+        atoms.calc = None
+        n = len(atoms)
+        for key, value in r["prediction"].items():
+            value = np.asarray(value)
+            if value.ndim >= 1 and value.shape[0] == n:
+                atoms.arrays[key] = value.reshape(n, -1) if value.ndim > 2 else value
+            else:
+                atoms.info[key] = value.reshape(-1) if value.ndim else value.item()
+        atoms.info["source_file"] = r["file"]
+        frames.append(atoms)
+    _atomic_write(path, lambda p: write(p, frames, format="extxyz"))
+
+
+def _predict_files(model, files: list[Path], args) -> list[dict]:
+    if _is_pw_model(model):
+        return [{"file": str(f), "frame": 0, "atoms": None,
+                 "prediction": _predict_pw(model, f, args.occup, args.labels)} for f in files]  # fmt: skip
+    frames = [(f, k, atoms) for f in files for k, atoms in enumerate(_read_frames(f))]
+    atoms_list = [a for _, _, a in frames]
+    out = model.predict(atoms_list, batch_size=args.batch_size)
+    parts = _split_frames(out, [len(a) for a in atoms_list])
+    return [{"file": str(f), "frame": k, "atoms": a, "prediction": p}
+            for (f, k, a), p in zip(frames, parts)]  # fmt: skip
+
+
+def _check_out_dir(path: Path, overwrite: bool) -> None:
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
+        raise ValueError(f"output folder {str(path)!r} is not empty; pass --overwrite to reuse it")
+
+
+# ---- commands ----
 def _cmd_list(args) -> int:
-    from .hub import list_models
+    from . import _registry as registry
 
-    rows = list_models()
-    if not rows:
-        print("no models are registered")
-        return 0
-    width = max(len(r["name"]) for r in rows)
-    for r in rows:
-        where = "embedded" if r.get("embedded") else "hub only"
-        print(f"{r['name']:<{width}}  {where:<9} {r.get('description', '')}")
+    pins = registry.read_registry()
+    width = max(len(n) for n in registry.SHIPPED)
+    print(f"{'name':<{width}}  {'status':<13}  description")
+    for name, entry in registry.SHIPPED.items():
+        if (registry.WEIGHTS_DIR / name / "config.json").is_file():
+            status = "installed"
+        elif {"config.json", "model.safetensors"} <= set(pins.get(name, {})):
+            status = "downloadable"
+        else:
+            status = "not installed"
+        print(f"{name:<{width}}  {status:<13}  {entry.description}")
+    print("\nzoo info NAME: details; zoo demo: predictions on bundled examples; in Python: "
+          "zoo.load(NAME)")  # fmt: skip
     return 0
 
 
 def _cmd_info(args) -> int:
-    import json
-
     from .hub import info
 
     print(json.dumps(info(args.name), indent=2, sort_keys=True, default=str))
     return 0
 
 
-def _example_inputs(name: str) -> list[Path]:
+def _example_inputs(name: str, pw: bool) -> list[Path]:
     folder = EXAMPLES / name
-    return (
-        sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-        if folder.exists()
-        else []
-    )
-
-
-def _summarise(value) -> str:
-    import numpy as np
-
-    if isinstance(value, dict):
-        return (
-            "{"
-            + ", ".join(f"{k}: {_summarise(v)}" for k, v in list(value.items())[:6])
-            + (", ..." if len(value) > 6 else "")
-            + "}"
-        )
-    arr = np.asarray(value)
-    if arr.dtype.kind in "fc" and arr.size:
-        finite = arr[np.isfinite(arr)]
-        stats = f" mean|x|={np.abs(finite).mean():.4g}" if finite.size else " all NaN"
-        return f"array{arr.shape}{stats}"
-    return repr(value)
+    if not folder.is_dir():
+        return []
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    return [p for p in files if p.suffix == ".out"] if pw else files
 
 
 def _cmd_demo(args) -> int:
-    from ase.io import read
+    from . import _registry as registry
+    from .hub import load
 
-    from .hub import list_models, load
-
-    shipped = [r["name"] for r in list_models() if r.get("embedded")]
-    if not shipped:
-        print("no embedded weights are installed: nothing to demonstrate")
-        return 1
-    for name in shipped:
+    ran = 0
+    for name in registry.SHIPPED:
+        if not (registry.WEIGHTS_DIR / name / "config.json").is_file():
+            print(f"== {name}: not installed, skipped")
+            continue
         model = load(name)
-        inputs = _example_inputs(name)
-        print(f"== {name}: {len(inputs)} example input(s) from {EXAMPLES / name}")
-        for path in inputs:
-            if getattr(model, "input_kind", "structure") == "structure":
-                out = model.predict(read(path))
-            else:
-                out = model.predict(path)
-            print(f"-- {path.name}")
-            for key, value in out.items():
-                print(f"   {key}: {_summarise(value)}")
+        pw = _is_pw_model(model)
+        if pw and not hasattr(model, "predict"):
+            print(f"== {name}: part of hubbard-uv (predicts from features), see hubbard-uv below")
+            continue
+        inputs = _example_inputs(name, pw)
+        print(f"== {name}: {len(inputs)} example input(s) in {EXAMPLES / name}")
+        ns = argparse.Namespace(occup=None, labels=None, batch_size=8)
+        for record in _predict_files(model, inputs, ns):
+            print(f"-- {Path(record['file']).name} (frame {record['frame']})")
+            _print_prediction(record["prediction"])
+        ran += 1
+    if not ran:
+        print("no shipped weights are installed: nothing to demonstrate")
+        return 1
     return 0
 
 
+def _cmd_predict(args) -> int:
+    from .hub import load
+
+    out = Path(args.output) if args.output else None
+    if out is not None:
+        _check_output(out, args.overwrite)
+    files = [Path(f) for f in args.files]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ValueError(f"no such input file {missing[0]!r}")
+    records = _predict_files(load(args.name), files, args)
+    if out is None:
+        for r in records:
+            print(f"-- {r['file']} (frame {r['frame']})")
+            _print_prediction(r["prediction"])
+    else:
+        _write_predictions(out, records)
+        print(f"wrote {len(records)} prediction(s) to {out}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    name = args.recipe.replace("-", "_").removesuffix(".py")
+    roots = [Path.cwd(), Path(__file__).resolve().parents[1]]
+    root = next((r for r in roots if (r / "recipes" / f"{name}.py").is_file()), None)
+    if root is None:
+        known = sorted({p.stem for r in roots for p in (r / "recipes").glob("[!_]*.py")})
+        raise ValueError(f"unknown recipe {args.recipe!r}; known recipes: "
+                         f"{', '.join(known) or '(none found: run from a clone of the repo)'}")  # fmt: skip
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    module = importlib.import_module(f"recipes.{name}")
+    module.main(args.recipe_args)
+    return 0
+
+
+def _train_config(args):
+    from .finetune import DEFAULT_TRAIN
+    from .train import TrainConfig
+
+    overrides = {"max_epochs": args.epochs, "learning_rate": args.lr, "seed": args.seed}
+    return TrainConfig.from_dict({**DEFAULT_TRAIN.to_dict(),
+                                  **{k: v for k, v in overrides.items() if v is not None}})  # fmt: skip
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return None if text is None else [t for t in text.replace(" ", ",").split(",") if t]
+
+
+def _cmd_finetune(args) -> int:
+    from .finetune import finetune
+
+    out = Path(args.output or f"finetune-{Path(args.name).name}")
+    _check_out_dir(out, args.overwrite)
+    result = finetune(
+        args.name, args.data, out_dir=out, train_config=_train_config(args),
+        freeze_trunk=args.freeze_trunk, heads=_csv(args.heads),
+        reset_heads=_csv(args.reset_heads) or (), new_species=_csv(args.new_species),
+        split=args.split, seed=args.seed or 0, batch_size=args.batch_size,
+        overwrite=args.overwrite, progress=True,
+    )  # fmt: skip
+    for stage in ("pretrained", "finetuned"):
+        split = "validation" if "validation" in (result.metrics[stage] or {}) else "train"
+        for target, m in result.metrics[stage][split].items():
+            if isinstance(m, dict) and "mae" in m:
+                print(f"{stage:>10} {split} {target}: MAE {m['mae']:.4g}  RMSE {m['rmse']:.4g}")
+    print(f"model written to {out / 'model'} (load it with zoo.load('{out / 'model'}'))")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    import numpy as np
+
+    from .finetune import read_labelled
+    from .hub import load
+    from .model import OUTPUTS
+    from .train import parity_plot, regression_metrics
+    from .train._checkpoint import atomic_write_json
+
+    out = Path(args.output or f"evaluate-{Path(args.name).name}")
+    _check_out_dir(out, args.overwrite)
+    model = load(args.name)
+    outputs = [n for n in getattr(model, "outputs", ()) if n in OUTPUTS]
+    if not outputs:  # a wrapper (e.g. shielding) exposes its response model's outputs
+        outputs = [n for n in getattr(getattr(model, "response", None), "outputs", ())]
+    if not outputs:
+        raise ValueError(f"{args.name}: evaluate needs a structure model with tensor outputs")
+    data = read_labelled(args.data, outputs)
+    pred = model.predict(data.structures, batch_size=args.batch_size)
+    metrics = {}
+    out.mkdir(parents=True, exist_ok=True)
+    for name, values in data.targets.items():
+        per_atom = OUTPUTS[name][1]
+        true = np.concatenate(values) if per_atom else np.stack(values)
+        p = np.asarray(pred[name]).reshape(true.shape)
+        mask = np.isfinite(true.reshape(len(true), -1)).all(axis=1)
+        metrics[name] = regression_metrics(p[mask], true[mask])
+        parity_plot(p[mask], true[mask], out / f"parity_{name}.png", f"{args.name}: {name}",
+                    OUTPUTS[name][2])  # fmt: skip
+        m = metrics[name]
+        print(f"{name}: MAE {m['mae']:.4g}  RMSE {m['rmse']:.4g}  R2 {m['r2']:.4f}  (n={m['n']})")
+    atomic_write_json(out / "metrics.json", {"model": args.name, "data": str(args.data),
+                                             "metrics": metrics})  # fmt: skip
+    print(f"metrics and parity plots written to {out}")
+    return 0
+
+
+# ---- parser ----
+def _add_model_and_out(p, what: str) -> None:
+    p.add_argument("name", help="shipped model name (zoo list), Hub repo id or model folder")
+    p.add_argument("data", help="labelled structures: extxyz (per-atom labels in arrays, "
+                   "global ones in info, named like the outputs)")  # fmt: skip
+    p.add_argument("-o", "--output", help=f"output folder (default: ./{what}-NAME)")
+    p.add_argument("--overwrite", action="store_true", help="reuse a non-empty output folder")
+    p.add_argument("--batch-size", type=int, default=4, help="structures per batch (default 4)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zoo", description="E(3)-equivariant model zoo")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="list the shipped and downloadable models").set_defaults(
-        func=_cmd_list
-    )
+    parser = argparse.ArgumentParser(
+        prog="zoo", description="E(3)-equivariant model zoo: Born charges, Raman tensors, "
+        "NMR shielding, Hubbard U/V. Errors exit with status 1.",
+    )  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("list", help="the shipped models and whether they are installed")
+    p.set_defaults(func=_cmd_list)
     p = sub.add_parser("info", help="model card metadata and config summary of a model")
     p.add_argument("name", help="shipped name, Hub repo id or local folder")
     p.set_defaults(func=_cmd_info)
-    sub.add_parser(
-        "demo", help="predict with every embedded model on its bundled examples"
-    ).set_defaults(func=_cmd_demo)
+    p = sub.add_parser("demo", help="predict with every installed model on its bundled examples")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("predict", help="predict on structure files (or pw.x outputs for Hubbard)",
+                       description="Predict with a model. Structure models read any "
+                       "ASE-readable file (every frame); Hubbard models read a pw.x output "
+                       "with its occup.txt. Without -o a summary is printed.")  # fmt: skip
+    p.add_argument("name", help="shipped model name (zoo list), Hub repo id or model folder")
+    p.add_argument("files", nargs="+", help="input files")
+    p.add_argument("-o", "--output", help="write all predictions to .extxyz/.xyz, .npz or .json")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--batch-size", type=int, default=8, help="structures per batch (default 8)")
+    p.add_argument("--occup", help="Hubbard: the run's occup.txt (default: FILE's "
+                   "<stem>.occup.txt or occup.txt beside it)")  # fmt: skip
+    p.add_argument("--labels", help="Hubbard: QE species label of every atom, e.g. "
+                   "'Mn1,Mn2,O,O' (default: <stem>.labels.txt beside FILE)")  # fmt: skip
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("train", help="run a training recipe (recipes/<RECIPE>.py of a clone)",
+                       description="Run recipes.<RECIPE>.main(ARGS) from a clone of the "
+                       "repository; ARGS go to the recipe (try: zoo train RECIPE --help).")  # fmt: skip
+    p.add_argument("recipe", help="recipe name, e.g. batio3_response, si29_shielding, hubbard_uv")
+    p.add_argument("recipe_args", nargs=argparse.REMAINDER, help="arguments for the recipe")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("finetune", help="fine-tune a model on your labelled structures",
+                       description="Fine-tune (zoo.finetune) and write model/, metrics.json "
+                       "and parity plots to the output folder.")  # fmt: skip
+    _add_model_and_out(p, "finetune")
+    p.add_argument("--epochs", type=int, help="training epochs (default 30)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 2e-3, cosine)")
+    p.add_argument("--freeze-trunk", action="store_true", help="train only the heads")
+    p.add_argument("--heads", help="outputs of the new model, e.g. born_charges,dielectric")
+    p.add_argument("--reset-heads", help="head modules to re-initialise")
+    p.add_argument("--new-species", help="elements to add, e.g. Sr,Ca")
+    p.add_argument("--split", type=float, default=0.2, help="validation fraction (default 0.2)")
+    p.add_argument("--seed", type=int, help="seed of the split and the training (default 0)")
+    p.set_defaults(func=_cmd_finetune)
+
+    p = sub.add_parser("evaluate", help="metrics and parity plots of a model on labelled data")
+    _add_model_and_out(p, "evaluate")
+    p.set_defaults(func=_cmd_evaluate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``zoo`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError, KeyError) as err:
-        print(f"zoo {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, OSError, KeyError, FloatingPointError) as err:
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"zoo {args.command}: error: {message}", file=sys.stderr)
         return 1
 
 

@@ -5,7 +5,8 @@ Labels live on ``ase.Atoms`` (or an extxyz file of them): per-atom tensors in
 ``atoms.info[name]`` (`(3, 3)` or `(9,)`). Names are the model outputs (``born_charges``,
 ``raman_tensors``, ``dielectric``, ``chi2``, ``shielding``; ASE's ``born_effective_charges``
 and ``dielectric_tensor`` are accepted too). A row of NaN means "not labelled" (e.g. only the
-Si atoms of a silicate carry a shielding); such rows are masked out of the loss and metrics.
+Si atoms of a silicate carry a shielding), and so does a False in a boolean per-atom array
+``has_<name>``; such rows are masked out of the loss and metrics.
 
 What can change: the trunk can be frozen (only heads train), heads can be added or replaced
 (normalised on the fine-tuning training split), and new species can be added: the species
@@ -120,7 +121,11 @@ def read_labelled(data, outputs: Sequence[str]) -> Labelled:
                 )
             if np.isinf(arr).any():
                 raise ValueError(f"structure {g}: label {name!r} contains infinite values")
-            values.append(arr.reshape(full))
+            arr = arr.reshape(full).copy()
+            labelled = atoms_list[g].arrays.get(f"has_{name}") if per_atom else None
+            if labelled is not None:  # e.g. data/si29: zeros on unlabelled atoms
+                arr[~np.asarray(labelled, bool)] = np.nan
+            values.append(arr)
         targets[name] = values
     if not targets:
         raise ValueError(
