@@ -32,7 +32,7 @@ import jax
 import numpy as np
 
 from zoo._registry import write_registry
-from zoo._serialization import make_model_card
+from zoo._serialization import FORMAT_VERSION, make_model_card
 from zoo.data.si29 import (
     DATA_DIR,
     load_si29,
@@ -182,7 +182,7 @@ def card_text(best: str, summaries: dict, split: dict, n_struct: dict, n_sites: 
         tags=["nmr", "shielding", "si29", "silicates", "gipaw"],
         datasets=["Venetos et al. 2023 (wengroup/matten datasets/si_nmr_data.json)"],
         metrics=metrics,
-        config={"model_type": "shielding", "zoo_version": "1.0"},
+        config={"model_type": "shielding", "zoo_version": FORMAT_VERSION},
     )
     rows = ["| metric (validation, ppm) | " + " | ".join(summaries) + " |"]
     rows.append("|---|" + "---|" * len(summaries))
@@ -226,8 +226,9 @@ absolute (GIPAW/PBE); fit sigma_ref to experiment for shifts.
 - Venetos, Wen, Persson, "Machine Learning Full NMR Chemical Shift Tensors of Silicon Oxides
   with Equivariant Graph Neural Networks", J. Phys. Chem. A 127, 2388 (2023),
   doi:10.1021/acs.jpca.2c07530: PBE/GIPAW tensors of Materials Project silicates, distributed
-  as `datasets/si_nmr_data.json` of github.com/wengroup/matten. Cite the paper when using
-  this model.
+  as `datasets/si_nmr_data.json` of github.com/wengroup/matten (no licence file found in that
+  repository; the structures come from the Materials Project, CC BY 4.0). Cite the paper
+  when using this model. Weights: MIT, like e3zoo.
 - This model saw 337 of the 421 structures (source index % 5 != 4; the rest is held out for
   independent evaluation), see `data/si29/README.md`.
 - Split **by structure** (`split.json` here; seed {split.get("seed", SEED)}):
