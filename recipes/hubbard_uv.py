@@ -165,7 +165,7 @@ def train_one(model, ds: dict, labels: np.ndarray, args, out: Path, batch_size: 
     )
     config = TrainConfig(
         seed=args.seed, max_epochs=args.epochs, optimizer="adamw", learning_rate=args.lr,
-        weight_decay=1e-4, schedule="exponential", final_lr_factor=0.05, grad_clip=10.0,
+        weight_decay=args.weight_decay, schedule="exponential", final_lr_factor=0.05, grad_clip=10.0,
         early_stopping_patience=args.patience if len(va) else None, eval_every=10,
         checkpoint_every=100,
     )  # fmt: skip
@@ -195,6 +195,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--epochs", type=int, default=2000)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--patience", type=int, default=50, help="evaluations (every 10 epochs)")
+    ap.add_argument("--weight-decay", type=float, default=1e-2)
+    ap.add_argument("--hidden-layers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--transfer", type=int, default=None, metavar="K")
     ap.add_argument(
@@ -215,8 +217,18 @@ def main(argv=None) -> dict:
     }
     models = {}
     for name, build, make, bs in [
-        ("U", u_dataset, lambda sp, k: OnsiteModel(sp, key=k), 16),
-        ("V", v_dataset, lambda sp, k: IntersiteModel(sp, key=k), 64),
+        (
+            "U",
+            u_dataset,
+            lambda sp, k: OnsiteModel(sp, hidden_layers=args.hidden_layers, key=k),
+            16,
+        ),
+        (
+            "V",
+            v_dataset,
+            lambda sp, k: IntersiteModel(sp, hidden_layers=args.hidden_layers, key=k),
+            64,
+        ),
     ]:
         ds = build(rows)
         if ds is None:

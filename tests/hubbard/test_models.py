@@ -162,7 +162,7 @@ def test_fit_scalers_uses_given_targets_only():
     elements, up, down, u_in, u_out = _u_data(rng)
     x = onsite_features(elements, up, down, u_in, species=U_SPECIES)
     model = OnsiteModel(U_SPECIES, key=jax.random.key(0))
-    fitted = fit_scalers(model, x, u_out)
+    fitted = fit_scalers(model, x, u_out, init_weights=False)
     assert fitted.config["target_mean"] == pytest.approx(u_out.mean())
     assert fitted.config["target_std"] == pytest.approx(u_out.std())
     stats = fitted.config["input_stats"]["x"]
@@ -173,8 +173,22 @@ def test_fit_scalers_uses_given_targets_only():
     assert stats["mean"] == [0.0] * 80
     for a, b in zip(jax.tree_util.tree_leaves(model), jax.tree_util.tree_leaves(fitted)):
         assert a is b  # same weights
-    half = fit_scalers(model, x[:8], u_out[:8])
+    half = fit_scalers(model, x[:8], u_out[:8], init_weights=False)
     assert half.config["target_mean"] == pytest.approx(u_out[:8].mean())
+
+
+def test_fit_scalers_data_dependent_init():
+    # raw init: a chain of tensor squares gives outputs far beyond the target spread;
+    # init_weights=True rescales each layer to unit pre-activation RMS on the training inputs
+    rng = np.random.default_rng(5)
+    elements, up, down, u_in, u_out = _u_data(rng, n=64)
+    x = onsite_features(elements, up, down, u_in, species=U_SPECIES).array
+    model = OnsiteModel(U_SPECIES, key=jax.random.key(0))
+    raw = fit_scalers(model, x, u_out, init_weights=False)
+    init = fit_scalers(model, x, u_out)
+    spread = lambda m: np.sqrt(np.mean((np.asarray(_predict_u(m, x)) - u_out.mean()) ** 2))  # noqa: E731
+    assert spread(raw) > 10 * u_out.std()
+    assert 0.2 * u_out.std() < spread(init) < 5 * u_out.std()
 
 
 def test_gradients_finite():

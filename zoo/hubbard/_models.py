@@ -183,10 +183,13 @@ class TensorSquare(eqx.Module):
         _, irreps_mid = _paths(self.irreps_in, self.irreps_in, out, square=True)
         self.linear = IrrepsLinear(irreps_mid, out, dtype, key=key)
 
-    def __call__(self, x: e3nn.IrrepsArray) -> e3nn.IrrepsArray:
+    def pre_gate(self, x: e3nn.IrrepsArray) -> e3nn.IrrepsArray:
         x = x.regroup()
         paths, irreps_mid = _paths(x.irreps, x.irreps, self.linear.irreps_out, square=True)
-        y = self.linear(_bilinear(x, x, paths, irreps_mid, self.normalization))
+        return self.linear(_bilinear(x, x, paths, irreps_mid, self.normalization))
+
+    def __call__(self, x: e3nn.IrrepsArray) -> e3nn.IrrepsArray:
+        y = self.pre_gate(x)
         return _gate(y) if self.gate else y
 
 
@@ -205,10 +208,13 @@ class TensorProduct(eqx.Module):
         _, irreps_mid = _paths(irreps_1, irreps_2, out, square=False)
         self.linear = IrrepsLinear(irreps_mid, out, dtype, key=key)
 
-    def __call__(self, x1: e3nn.IrrepsArray, x2: e3nn.IrrepsArray) -> e3nn.IrrepsArray:
+    def pre_gate(self, x1: e3nn.IrrepsArray, x2: e3nn.IrrepsArray) -> e3nn.IrrepsArray:
         x1, x2 = x1.regroup(), x2.regroup()
         paths, irreps_mid = _paths(x1.irreps, x2.irreps, self.linear.irreps_out, square=False)
-        y = self.linear(_bilinear(x1, x2, paths, irreps_mid, self.normalization))
+        return self.linear(_bilinear(x1, x2, paths, irreps_mid, self.normalization))
+
+    def __call__(self, x1: e3nn.IrrepsArray, x2: e3nn.IrrepsArray) -> e3nn.IrrepsArray:
+        y = self.pre_gate(x1, x2)
         return _gate(y) if self.gate else y
 
 
@@ -462,7 +468,7 @@ def _init_kwargs(config: dict, model_type: str) -> dict:
     return kwargs
 
 
-def fit_scalers(model, inputs, targets: Float[np.ndarray, " n"]):
+def fit_scalers(model, inputs, targets: Float[np.ndarray, " n"], *, init_weights: bool = True):
     """The same model (same weights) with its data statistics fit on the **training** split.
 
     **Arguments:**
@@ -471,6 +477,10 @@ def fit_scalers(model, inputs, targets: Float[np.ndarray, " n"]):
     - `inputs`: training features, `(n, dim)` for U (:func:`onsite_features`), or the tuple
       `(p_site, d_site, edge)` for V (:func:`intersite_features`); IrrepsArrays or arrays.
     - `targets`: the training targets (eV), shape `(n,)`.
+    - `init_weights`: also rescale every layer's weights (one factor per output irrep type) so
+      that its pre-activations have unit RMS on these inputs, layer after layer (a
+      data-dependent init, as LSUV). Without it a chain of tensor squares starts with outputs
+      ~100x the target spread and trains poorly. Call it before training.
 
     **Returns:** a new model whose config holds ``target_mean``/``target_std`` (mean and std of
     `targets`) and ``input_stats`` (:func:`input_statistics`).
@@ -500,9 +510,43 @@ def fit_scalers(model, inputs, targets: Float[np.ndarray, " n"]):
         "input_stats": stats,
     }
     skeleton = type(model).from_config(config)
-    return jax.tree_util.tree_unflatten(
+    model = jax.tree_util.tree_unflatten(
         jax.tree_util.tree_structure(skeleton), jax.tree_util.tree_leaves(model)
     )
+    if not init_weights:
+        return model
+    rows = np.random.default_rng(0).permutation(t.size)[:1024]
+    dtype = model.readout.linear.weights[0].dtype
+    xs = [
+        _standardize(_as_input(np.asarray(getattr(x, "array", x))[rows], ir, dtype, k), stats[k])
+        for (k, ir), x in zip(names.items(), inputs)
+    ]
+    if model.config["model_type"] == ONSITE_TYPE:
+        h, layers = xs[0], []
+    else:
+        sites, h = _unit_rms(model.sites, xs[0], xs[1])
+        edge, h = _unit_rms(model.edge, h, xs[2])
+        model = eqx.tree_at(lambda m: (m.sites, m.edge), model, (sites, edge))
+        layers = []
+    for layer in model.layers:
+        layer, h = _unit_rms(layer, h)
+        layers.append(layer)
+    readout, _ = _unit_rms(model.readout, h)
+    return eqx.tree_at(lambda m: (m.layers, m.readout), model, (tuple(layers), readout))
+
+
+@eqx.filter_jit
+def _pre_and_out(layer, *xs):
+    pre = layer.pre_gate(*xs)
+    rms = [jnp.sqrt(jnp.mean(c**2)) for c in pre.chunks]  # one per output irrep type
+    return rms, layer(*xs)
+
+
+def _unit_rms(layer, *xs):
+    rms, _ = _pre_and_out(layer, *xs)
+    weights = tuple(w / jnp.where(r > 1e-12, r, 1.0) for w, r in zip(layer.linear.weights, rms))
+    layer = eqx.tree_at(lambda m: m.linear.weights, layer, weights)
+    return layer, _pre_and_out(layer, *xs)[1]
 
 
 __all__ = [
