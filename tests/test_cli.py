@@ -1,0 +1,152 @@
+"""The ``zoo`` command line: every subcommand's --help, list/demo output, predict to each format,
+evaluate, and one-line errors with exit status 1 for bad input."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.io import read, write
+
+from zoo import _registry as registry
+from zoo.cli import main
+from zoo.model import ResponseModel, make_config
+
+BACKBONE = dict(channels=4, lmax=2, num_layers=2, radial_hidden=8, r_max=4.0)
+COMMANDS = ["list", "info", "demo", "predict", "train", "finetune", "evaluate"]
+
+
+def perovskite(seed=0):
+    atoms = Atoms(
+        "BaTiO3",
+        scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]],
+        cell=np.eye(3) * 4.0,
+        pbc=True,
+    )
+    atoms.rattle(0.1, seed=seed)
+    return atoms
+
+
+@pytest.fixture(scope="module")
+def model():
+    config = make_config([56, 22, 8], ["born_charges", "dielectric"], backbone=BACKBONE)
+    return ResponseModel(config, key=jax.random.key(0))
+
+
+@pytest.fixture(scope="module")
+def folder(model, tmp_path_factory):
+    return str(model.save_pretrained(tmp_path_factory.mktemp("m") / "tiny"))
+
+
+@pytest.fixture
+def structures(tmp_path):
+    path = tmp_path / "in.extxyz"
+    write(path, [perovskite(0), perovskite(1)])
+    return path
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    assert f"usage: zoo {command}" in capsys.readouterr().out
+
+
+def test_list_shows_every_shipped_model_with_status(capsys, tmp_path, monkeypatch, model):
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)
+    model.save_pretrained(tmp_path / "si29-shielding")
+    code, out, _ = run(capsys, "list")
+    assert code == 0
+    rows = {line.split()[0]: line for line in out.splitlines()[1:6]}
+    assert list(rows) == list(registry.SHIPPED)
+    assert "  installed" in rows["si29-shielding"]
+    assert "not installed" in rows["batio3-response"]
+
+
+def test_demo_predicts_on_bundled_examples(capsys, tmp_path, monkeypatch, model):
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)
+    code, out, _ = run(capsys, "demo")
+    assert code == 1 and "no shipped weights are installed" in out
+    model.save_pretrained(tmp_path / "batio3-response")
+    code, out, _ = run(capsys, "demo")
+    assert code == 0
+    assert "== batio3-response: 1 example input(s)" in out
+    assert "born_charges: array(135, 3, 3)" in out and "dielectric: array(3, 3)" in out
+    assert "== hubbard-uv: not installed, skipped" in out
+
+
+def test_predict_writes_each_format(capsys, tmp_path, folder, model, structures):
+    want = model.predict([perovskite(0), perovskite(1)])
+    code, out, _ = run(capsys, "predict", folder, structures, "-o", tmp_path / "p.extxyz")
+    assert code == 0 and "wrote 2 prediction(s)" in out
+    frames = read(tmp_path / "p.extxyz", index=":")
+    got = np.concatenate([f.arrays["born_charges"].reshape(-1, 3, 3) for f in frames])
+    np.testing.assert_allclose(got, want["born_charges"], atol=1e-5)
+    np.testing.assert_allclose(frames[1].info["dielectric"].reshape(3, 3), want["dielectric"][1],
+                               atol=1e-5)  # fmt: skip
+    assert run(capsys, "predict", folder, structures, "-o", tmp_path / "p.npz")[0] == 0
+    with np.load(tmp_path / "p.npz") as npz:
+        np.testing.assert_allclose(npz["1/dielectric"], want["dielectric"][1], atol=1e-5)
+    assert run(capsys, "predict", folder, structures, "-o", tmp_path / "p.json")[0] == 0
+    rows = json.loads((tmp_path / "p.json").read_text())
+    assert [r["frame"] for r in rows] == [0, 1] and np.shape(rows[0]["born_charges"]) == (5, 3, 3)
+    code, out, _ = run(capsys, "predict", folder, structures)  # no -o: a printed summary
+    assert code == 0 and "born_charges: array(5, 3, 3)" in out
+
+
+def test_predict_never_overwrites(capsys, tmp_path, folder, structures):
+    target = tmp_path / "p.json"
+    target.write_text("mine")
+    code, _, err = run(capsys, "predict", folder, structures, "-o", target)
+    assert code == 1
+    assert err.strip().endswith("exists; pass --overwrite to replace it")
+    assert target.read_text() == "mine"
+    code, _, err = run(capsys, "predict", folder, structures, "-o", tmp_path / "p.txt")
+    assert code == 1 and "suffix must be one of .extxyz, .xyz, .npz, .json" in err
+    assert run(capsys, "predict", folder, structures, "-o", target, "--overwrite")[0] == 0
+    assert target.read_text() != "mine"
+
+
+def test_bad_input_one_line_errors(capsys, tmp_path, folder, structures):
+    code, _, err = run(capsys, "predict", "no-such-model", structures)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "unknown model name 'no-such-model'; known names: batio3-response" in err
+    garbage = tmp_path / "garbage.cif"
+    garbage.write_text("not a cif at all\n\x00\x01")
+    code, _, err = run(capsys, "predict", folder, garbage)
+    assert code == 1 and f"cannot read '{garbage}'" in err
+    code, _, err = run(capsys, "predict", folder, tmp_path / "missing.xyz")
+    assert code == 1 and "no such input file" in err and "missing.xyz" in err
+    code, _, err = run(capsys, "train", "no_such_recipe")
+    assert code == 1 and "unknown recipe 'no_such_recipe'; known recipes:" in err
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("x")
+    code, _, err = run(capsys, "finetune", folder, structures, "-o", busy)
+    assert code == 1 and "is not empty; pass --overwrite" in err
+    assert (busy / "keep.txt").read_text() == "x"
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict"])
+    assert exit_.value.code == 2
+
+
+def test_evaluate_writes_metrics_and_parity_plot(capsys, tmp_path, folder, model):
+    frames = [perovskite(2), perovskite(3)]
+    pred = model.predict(frames)
+    for k, atoms in enumerate(frames):
+        atoms.arrays["born_charges"] = pred["born_charges"][5 * k : 5 * k + 5].reshape(5, 9) + 0.1
+    write(tmp_path / "lab.extxyz", frames)
+    code, out, _ = run(capsys, "evaluate", folder, tmp_path / "lab.extxyz", "-o", tmp_path / "ev")
+    assert code == 0 and "born_charges: MAE 0.1" in out
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())["metrics"]
+    assert metrics["born_charges"]["mae"] == pytest.approx(0.1, abs=1e-4)
+    assert "dielectric" not in metrics  # no labels, no metric
+    assert (tmp_path / "ev" / "parity_born_charges.png").is_file()
