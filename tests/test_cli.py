@@ -150,3 +150,31 @@ def test_evaluate_writes_metrics_and_parity_plot(capsys, tmp_path, folder, model
     assert metrics["born_charges"]["mae"] == pytest.approx(0.1, abs=1e-4)
     assert "dielectric" not in metrics  # no labels, no metric
     assert (tmp_path / "ev" / "parity_born_charges.png").is_file()
+
+
+def test_hubbard_prediction_from_a_pw_output(capsys, tmp_path):
+    """A pw.x output with its occup.txt and labels sidecars (zoo/examples/hubbard-uv), untrained
+    tiny models: the CLI plumbing, not the physics."""
+    import argparse
+
+    from zoo.cli import EXAMPLES, _predict_files, _print_prediction, _write_predictions
+    from zoo.hubbard._models import IntersiteModel, OnsiteModel
+    from zoo.hubbard._predict import HubbardUV
+
+    small = {"hidden_layers": 1, "key": jax.random.key(0)}
+    uv = HubbardUV(
+        OnsiteModel(["Mn"], feature_irreps="2x0e+2x2e", **small),
+        IntersiteModel(["Mn", "O"], feature_irreps="2x0e+2x1e+2x2e", **small),
+    )
+    args = argparse.Namespace(occup=None, labels=None, batch_size=8)
+    records = _predict_files(uv, [EXAMPLES / "hubbard-uv" / "MnO.out"], args)
+    _print_prediction(records[0]["prediction"])
+    assert "U (eV): {1: " in capsys.readouterr().out
+    _write_predictions(tmp_path / "h.json", records)
+    rows = json.loads((tmp_path / "h.json").read_text())
+    assert sorted(rows[0]["U"]) == ["1", "2"] and rows[0]["elements"]["3"] == "O"
+    with pytest.raises(ValueError, match="Hubbard predictions are written as .json only"):
+        _write_predictions(tmp_path / "h.npz", records)
+    args.labels = "Mn1,Mn2,O"  # one label short
+    with pytest.raises(ValueError, match="labels: need one species label per atom"):
+        _predict_files(uv, [EXAMPLES / "hubbard-uv" / "MnO.out"], args)

@@ -84,7 +84,8 @@ def _print_prediction(out: dict, indent: str = "   ") -> None:
             shown = ", ".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}"
                               for k, v in list(value.items())[:8])  # fmt: skip
             more = f", ... ({len(value)} in all)" if len(value) > 8 else ""
-            print(f"{indent}{key}: {{{shown}{more}}}")
+            unit = " (eV)" if key in ("U", "V") else ""
+            print(f"{indent}{key}{unit}: {{{shown}{more}}}")
         else:
             print(f"{indent}{key}: {_summarise(value)}")
 
@@ -259,7 +260,10 @@ def _cmd_predict(args) -> int:
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise ValueError(f"no such input file {missing[0]!r}")
-    records = _predict_files(load(args.name), files, args)
+    model = load(args.name)
+    if out is not None and _is_pw_model(model) and out.suffix != ".json":
+        raise ValueError(f"output {str(out)!r}: Hubbard predictions are written as .json only")
+    records = _predict_files(model, files, args)
     if out is None:
         for r in records:
             print(f"-- {r['file']} (frame {r['frame']})")
