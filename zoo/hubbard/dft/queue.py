@@ -59,11 +59,13 @@ def export(queue_dir: Path, commit: bool, message: str = "hubbard data: update")
 
 def run(queue_dir: Path, commit: bool, exit_when_idle: bool, idle_sleep: float = 120.0) -> None:
     queue_dir.mkdir(parents=True, exist_ok=True)
-    lock = open(queue_dir / "queue.lock", "w")
+    lock = open(queue_dir / "queue.lock", "a+")  # not "w": keep the owner's pid on failure
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        sys.exit(f"queue {queue_dir} is already being run by another process")
+        lock.seek(0)
+        sys.exit(f"queue {queue_dir} is already being run by process {lock.read().strip()}")
+    lock.truncate(0)
     lock.write(str(os.getpid()))
     lock.flush()
     while True:
