@@ -263,7 +263,8 @@ def spawn(name: str, repeat: int, runs: int, timeout: float) -> dict:
     for line in proc.stdout.splitlines()[::-1]:
         if line.startswith("{"):
             return json.loads(line)
-    return {"model": name, "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:200]}
+    errors = [l for l in proc.stderr.splitlines() if "Error" in l] or ["?"]
+    return {"model": name, "error": errors[-1][:200]}
 
 
 def table(results: list[dict]) -> str:

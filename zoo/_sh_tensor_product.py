@@ -1,12 +1,12 @@
-"""Channel-wise tensor products of per-edge features, unrolled on component slabs.
+"""Channel-wise tensor product of per-edge features with spherical harmonics, on slabs.
 
 ``e3nn.tensor_product`` contracts dense Clebsch-Gordan blocks with ``einsum`` in the
 ``(mul, dim)`` layout; for per-edge products that is slow on CPU. Here features are kept
 *component-major*, ``(batch, dim, mul)`` (:func:`to_components`), so every component is a
 contiguous ``(batch, channels)`` slab, and each path ``l1 x l2 -> l3`` is written as a sum of
 slab products with static indices over the non-zero CG entries, which XLA fuses into
-vectorised elementwise loops (no batched tiny matmuls, no gathers). With a channel-free second
-operand (spherical harmonics) it is first contracted with the CG block,
+vectorised elementwise loops (no batched tiny matmuls, no gathers). The channel-free second
+operand (spherical harmonics) is first contracted with the CG block,
 ``M[e, i, k] = sum_j C[i, j, k] y[e, j]``. Normalisation is e3nn's ``"component"`` (CG
 scaled by ``sqrt(2 l3 + 1)``).
 """
@@ -105,37 +105,4 @@ def channelwise_tensor_product(
                             m_ik = sum(float(cg[i, j, k]) * yc[:, j] for j in js)  # (batch,)
                             total = total + x_slabs[i] * m_ik[:, None]
                     comps.append(total if w is None else total * w)
-    return jnp.stack(comps, axis=1)
-
-
-def channelwise_tensor_product_pair(
-    x: Float[Array, "batch dim_x mul"],
-    irreps_x: e3nn.Irreps,
-    y: Float[Array, "batch dim_y mul"],
-    irreps_y: e3nn.Irreps,
-    keep: e3nn.Irreps,
-) -> Float[Array, "batch dim_out mul"]:
-    """``x (x) y`` channel by channel when both operands have channels (component-major).
-
-    **Returns** `(batch, paths(irreps_x, irreps_y, keep).dim // mul, mul)`.
-    """
-    keep_set = {ir for _, ir in e3nn.Irreps(keep)}
-    starts_y, s = [], 0
-    for _, ir2 in irreps_y:
-        starts_y.append(s)
-        s += ir2.dim
-    comps, start = [], 0
-    for _, ir1 in irreps_x:
-        for (_, ir2), s2 in zip(irreps_y, starts_y):
-            for ir3 in ir1 * ir2:
-                if ir3 not in keep_set:
-                    continue
-                cg = _cg(ir1.l, ir2.l, ir3.l)
-                for k in range(ir3.dim):
-                    total = jnp.zeros_like(x[:, 0, :])
-                    for i, j in zip(*np.nonzero(np.abs(cg[:, :, k]) > 1e-12)):
-                        term = x[:, start + i, :] * y[:, s2 + j, :]
-                        total = total + float(cg[i, j, k]) * term
-                    comps.append(total)
-        start += ir1.dim
     return jnp.stack(comps, axis=1)

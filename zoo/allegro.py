@@ -32,12 +32,7 @@ from ._blocks import (
     radial_embedding,
 )
 from ._dtype import resolve_float
-from ._sh_tensor_product import (
-    channelwise_tensor_product_pair,
-    from_components,
-    paths,
-    to_components,
-)
+from ._sh_tensor_product import from_components, paths, to_components
 from .graph import Graph, species_indices
 
 
@@ -148,9 +143,12 @@ class AllegroLayer(eqx.Module):
         k1, k2, k3 = jax.random.split(key, 3)
         self.irreps_in = e3nn.Irreps(irreps_in)
         self.irreps_sh = e3nn.Irreps.spherical_harmonics(cfg.lmax)
-        env_sh = e3nn.Irreps([(cfg.channels, ir) for _, ir in self.irreps_sh])
-        self.irreps_paths = paths(self.irreps_in, env_sh, cfg.tensor_irreps)
-        self.irreps_out = cfg.tensor_irreps.filter(keep=self.irreps_paths)
+        per_channel = e3nn.Irreps([(1, ir) for _, ir in self.irreps_in])
+        self.irreps_out = cfg.tensor_irreps.filter(
+            keep=paths(per_channel, self.irreps_sh, cfg.tensor_irreps)
+        )
+        tp = e3nn.tensor_product(per_channel, self.irreps_sh, filter_ir_out=self.irreps_out)
+        self.irreps_paths = e3nn.Irreps([(cfg.channels * mul, ir) for mul, ir in tp])
         self.avg_num_neighbors = float(cfg.avg_num_neighbors)
         self.env_weights = RadialMLP(
             (cfg.latent_dim, len(self.irreps_sh) * cfg.channels), cfg.activation,
@@ -174,11 +172,12 @@ class AllegroLayer(eqx.Module):
         env = sh[:, :, None] * per_comp  # (E, sh.dim, channels)
         env = jax.ops.segment_sum(env, receivers, num_segments=n_nodes)
         env = env / jnp.sqrt(self.avg_num_neighbors).astype(env.dtype)
-        env_sh = e3nn.Irreps([(channels, ir) for _, ir in self.irreps_sh])
-        tp = channelwise_tensor_product_pair(
-            v, self.irreps_in, env[receivers], env_sh, self.irreps_out
-        )  # (E, paths dim, channels)
-        tp = from_components(self.irreps_paths, tp)
+        # channel as a batch axis: e3nn's dense per-path products compile far faster here
+        # than the unrolled slab form (both operands carry channels, so no CG pre-contraction)
+        per_channel = e3nn.Irreps([(1, ir) for _, ir in self.irreps_in])
+        v_ax = e3nn.IrrepsArray(per_channel, v.transpose(0, 2, 1))
+        env_ax = e3nn.IrrepsArray(self.irreps_sh, env[receivers].transpose(0, 2, 1))
+        tp = e3nn.tensor_product(v_ax, env_ax, filter_ir_out=self.irreps_out).axis_to_mul()
         v_new = to_components(self.mix(tp))
         scalars = tp.filter(keep="0e").array
         x_new = self.latent_mlp(jnp.concatenate([x, scalars], axis=-1))

@@ -50,6 +50,9 @@ class MACEConfig:
         node_input_irreps: extra per-node inputs concatenated to the species embedding.
             Default "" (none).
         activation: activation of even scalars (odd ones use tanh). Default "silu".
+        edge_chunk: above this many edges, messages are summed in a loop over chunks of
+            this size, rematerialised in the backward pass (bounds memory on large
+            structures; results do not depend on it up to rounding). 0: never. Default 32768.
     """
 
     species: tuple[int, ...]
@@ -68,6 +71,7 @@ class MACEConfig:
     output_irreps: str = "1x0e"
     node_input_irreps: str = ""
     activation: str = "silu"
+    edge_chunk: int = 32768
 
     def __post_init__(self):
         species = tuple(int(z) for z in self.species)
@@ -85,6 +89,8 @@ class MACEConfig:
             raise ValueError(f"correlation must be in 1..3, got {self.correlation}")
         if not self.avg_num_neighbors > 0:
             raise ValueError(f"avg_num_neighbors must be > 0, got {self.avg_num_neighbors}")
+        if int(self.edge_chunk) < 0:
+            raise ValueError(f"edge_chunk must be >= 0, got {self.edge_chunk}")
         activation(self.activation)
         for name in ("hidden_irreps", "output_irreps", "node_input_irreps"):
             try:
@@ -171,6 +177,7 @@ class MACELayer(eqx.Module):
     irreps_out: e3nn.Irreps = eqx.field(static=True)
     avg_num_neighbors: float = eqx.field(static=True)
     act: str = eqx.field(static=True)
+    edge_chunk: int = eqx.field(static=True)
 
     def __init__(
         self, irreps_in, irreps_out, first: bool, last: bool, cfg: MACEConfig, *, dtype, key
@@ -180,6 +187,7 @@ class MACELayer(eqx.Module):
         self.irreps_in = e3nn.Irreps(irreps_in).regroup()
         self.avg_num_neighbors = float(cfg.avg_num_neighbors)
         self.act = cfg.activation
+        self.edge_chunk = int(cfg.edge_chunk)
         sh = e3nn.Irreps.spherical_harmonics(cfg.max_ell)
         # one multiplicity for the channel-wise product (node inputs may come as 1x1o)
         irreps_up = e3nn.Irreps([(cfg.channels, ir) for _, ir in self.irreps_in])
@@ -230,13 +238,40 @@ class MACELayer(eqx.Module):
                 linear(self.irreps_out, out, dtype=dtype, key=next(keys), force_irreps_out=True),
             )
 
+    def _atomic_basis(self, x, sh, radial, senders, receivers):
+        """Sum over neighbours of the weighted products, `(n_nodes, components, channels)`.
+
+        Above `edge_chunk` edges, a loop over chunks of edges, each rematerialised in the
+        backward pass: memory then grows with the atoms, not with edges x messages."""
+        xc, n_nodes = to_components(x), x.shape[0]
+
+        def partial_sum(sh_c, radial_c, snd_c, rcv_c):
+            w = self.radial_mlp(radial_c).reshape(radial_c.shape[0], -1, self.channels)
+            y = e3nn.IrrepsArray(sh.irreps, sh_c)
+            msg = channelwise_tensor_product(xc[snd_c], x.irreps, y, self.irreps_a, w)
+            return jax.ops.segment_sum(msg, rcv_c, num_segments=n_nodes)
+
+        n_edges, chunk = radial.shape[0], self.edge_chunk
+        if chunk <= 0 or n_edges <= chunk:
+            return partial_sum(sh.array, radial, senders, receivers)
+        n_chunks = -(-n_edges // chunk)
+        pad = n_chunks * chunk - n_edges  # padded edges have zero radial basis: no message
+
+        def split(v):
+            v = jnp.concatenate([v, jnp.zeros((pad,) + v.shape[1:], v.dtype)])
+            return v.reshape((n_chunks, chunk) + v.shape[1:])
+
+        def body(acc, xs):
+            return acc + jax.checkpoint(partial_sum)(*xs), None
+
+        xs = tuple(split(v) for v in (sh.array, radial, senders, receivers))
+        size = (n_nodes, self.irreps_messages.dim // self.channels, self.channels)
+        a, _ = jax.lax.scan(body, jnp.zeros(size, x.dtype), xs)
+        return a
+
     def __call__(self, h, species, sh, radial, senders, receivers):
         x = self.linear_up(h)
-        weights = self.radial_mlp(radial).reshape(radial.shape[0], -1, self.channels)
-        messages = channelwise_tensor_product(
-            to_components(x)[senders], x.irreps, sh, self.irreps_a, weights
-        )  # (n_edges, components, channels)
-        a = jax.ops.segment_sum(messages, receivers, num_segments=h.shape[0])
+        a = self._atomic_basis(x, sh, radial, senders, receivers)
         a = from_components(self.irreps_messages, a / jnp.asarray(self.avg_num_neighbors, a.dtype))
         a = self.linear_message(a)
         if self.species_skip is not None:
