@@ -28,6 +28,9 @@ REGISTRY_FORMAT = 1
 #      "response": "zoo.model:ResponseModel", "hubbard": "zoo.hubbard:HubbardModel". ----
 MODEL_TYPES: dict[str, str] = {
     "response": "zoo.model:ResponseModel",
+    "hubbard-onsite": "zoo.hubbard._models:OnsiteModel",
+    "hubbard-intersite": "zoo.hubbard._models:IntersiteModel",
+    "hubbard-uv": "zoo.hubbard._predict:HubbardUV",
 }
 
 #: A model_types override maps a type to a class with ``from_config``, a builder
