@@ -29,7 +29,9 @@ def small_bto(seed=0, rattle=0.1):
 def make_model(dtype, formulation, outputs, **kw):
     backbone = dict(BACKBONE)
     if formulation != "direct":
-        backbone["lmax"] = 2
+        backbone.update(lmax=2, parity=False)  # natural parity: a lighter 4-level autodiff
+    if formulation == "magnetic":
+        backbone.update(lmax=2, parity=True, num_layers=3)  # mu.B terms need both
     config = make_config([56, 22, 8], outputs, formulation=formulation, backbone=backbone,
                          dtype=np.dtype(dtype).name, **kw)  # fmt: skip
     for name, head in config["heads"].items():  # non-trivial shifts exercise the 0e path
@@ -73,7 +75,7 @@ def test_head_symmetries(dtype, formulation, outputs):
     model = make_model(dtype, formulation, outputs, acoustic_sum_rule=False)
     predict = predictor(model, dtype)
     errors = check_symmetries(predict, small_bto(), {n: spec(n) for n in outputs}, rtol=RTOL[dtype])
-    assert len(errors) >= 7 * len(outputs)
+    assert len(errors) >= 6 * len(outputs)
     out = predict(small_bto())
     for name in outputs:
         value = out[name]

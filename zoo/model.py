@@ -103,7 +103,14 @@ def make_config(
     if feature_irreps is None:
         feature_irreps = str(e3nn.Irreps([(8, ir) for _, ir in hidden]))
     bb["output_irreps"] = feature_irreps
-    NequIPConfig.from_dict(bb)  # validates
+    checked = NequIPConfig.from_dict(bb)  # validates
+    if formulation == "magnetic" and (not checked.parity or checked.num_layers < 3):
+        # B and mu (1e) only meet in a scalar through gates: mu.B-type terms first appear in
+        # the third layer, and only with odd-parity (axial) hidden features
+        raise ValueError(
+            "formulation 'magnetic' needs backbone parity=True and num_layers >= 3, got "
+            f"parity={checked.parity}, num_layers={checked.num_layers}: otherwise d2E/dB dmu = 0"
+        )
     heads = {
         name: {"kind": OUTPUTS[name][0], "unit": OUTPUTS[name][2], "scale": 1.0, "shift": None}
         for name in outputs
@@ -365,6 +372,8 @@ class ResponseModel(eqx.Module):
 
             batches = tqdm(batches, desc="predict", unit="batch")
         r_max = self.config["backbone"]["r_max"]
+        if acoustic_sum_rule is None:  # resolved here: one compiled function per setting
+            acoustic_sum_rule = bool(self.config["acoustic_sum_rule"])
         results: dict[int, dict[str, np.ndarray]] = {}
         for idx in batches:
             graph = build_graph([structures[i] for i in idx], r_max, dtype=self.dtype)

@@ -110,6 +110,7 @@ def mixed_derivatives(
     global_var: Float[Array, "n_graphs 3"],
     *,
     order: int = 2,
+    mode: str = "forward_over_reverse",
 ) -> dict[str, Array]:
     """Energy and its derivatives in a per-node and a per-graph vector variable.
 
@@ -121,6 +122,10 @@ def mixed_derivatives(
     - `global_var`: `(n_graphs, 3)` (usually zeros).
     - `order`: 1 returns the first mixed derivative; 2 also the second order in the global
       variable.
+    - `mode`: ``"forward_over_reverse"`` (default: one reverse pass over the node variable,
+      pushed forward along 3 or 6 global directions) or ``"reverse_over_forward"`` (field
+      derivatives of the energy first, then one reverse pass for each of them); same values,
+      different cost (the recipe's ``--benchmark-autodiff`` measures both).
 
     **Returns:** a dict with
 
@@ -133,6 +138,10 @@ def mixed_derivatives(
     """
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order!r}")
+    if mode not in ("forward_over_reverse", "reverse_over_forward"):
+        raise ValueError(
+            f"mode must be 'forward_over_reverse' or 'reverse_over_forward', got {mode!r}"
+        )
     if node_var.ndim != 2 or node_var.shape[-1] != 3:
         raise ValueError(f"node_var must have shape (n_nodes, 3), got {node_var.shape}")
     if global_var.ndim != 2 or global_var.shape[-1] != 3:
@@ -145,6 +154,8 @@ def mixed_derivatives(
         return e, d_node
 
     dirs = _directions(global_var.shape[0], global_var.dtype)
+    if mode == "reverse_over_forward":
+        return _reverse_over_forward(energy, node_var, global_var, dirs, order)
     if order == 1:
 
         def first(u):
@@ -177,3 +188,38 @@ def mixed_derivatives(
         "d_global_global": jnp.moveaxis(dde[sym], (0, 1), (-2, -1)),
         "d_node_global_global": jnp.moveaxis(ddd[sym], (0, 1), (-2, -1)),
     }
+
+
+def _reverse_over_forward(energy, node_var, global_var, dirs, order: int) -> dict[str, Array]:
+    """`mixed_derivatives` with the field derivatives taken first (forward), then one reverse
+    pass over the node variable per field derivative."""
+    pairs = _PAIRS if order == 2 else _PAIRS[:3]
+    us = jnp.stack([dirs[a] for a, _ in pairs])
+    vs = jnp.stack([dirs[b] for _, b in pairs])
+
+    def field_terms(x, u, v):
+        def inner(g):
+            return jax.jvp(lambda g_: energy(x, g_), (g,), (u,))
+
+        (e, de_u), (_, d2e) = jax.jvp(inner, (global_var,), (v,))
+        return jnp.stack([e, de_u, d2e])  # (3, n_graphs)
+
+    def with_grads(u, v):
+        terms, vjp = jax.vjp(lambda x: field_terms(x, u, v), node_var)
+        # one reverse pass per row (energy, first, second field derivative), summed over graphs
+        rows = jnp.broadcast_to(jnp.eye(3, dtype=terms.dtype)[:, :, None], (3, *terms.shape))
+        (grads,) = jax.vmap(vjp)(rows)  # (3, n_nodes, 3)
+        return terms, grads
+
+    terms, grads = jax.vmap(with_grads)(us, vs)  # (P, 3, G), (P, 3, N, 3)
+    out = {
+        "energy": terms[0, 0],
+        "d_node": grads[0, 0],
+        "d_global": jnp.moveaxis(terms[:3, 1], 0, -1),
+        "d_global_node": jnp.moveaxis(grads[:3, 1], 0, 1),
+    }
+    if order == 2:
+        sym = jnp.asarray([[0, 3, 4], [3, 1, 5], [4, 5, 2]])
+        out["d_global_global"] = jnp.moveaxis(terms[:, 2][sym], (0, 1), (-2, -1))
+        out["d_node_global_global"] = jnp.moveaxis(grads[:, 2][sym], (0, 1), (-2, -1))
+    return out
