@@ -75,7 +75,9 @@ def _summarise(value) -> str:
         finite = arr[np.isfinite(arr)]
         stats = f"  mean|x| = {np.abs(finite).mean():.4g}" if finite.size else "  (all NaN)"
         return f"array{arr.shape}{stats}"
-    return f"{arr.item():.6g}" if arr.dtype.kind in "fc" else repr(value)
+    if arr.size > 1:
+        return f"array{arr.shape} {arr.dtype}"
+    return f"{arr.item():.6g}" if arr.dtype.kind in "fc" else repr(arr.item())
 
 
 def _print_prediction(out: dict, indent: str = "   ") -> None:
