@@ -12,6 +12,8 @@ from . import testing as testing
 from . import train as train
 from ._serialization import make_model_card as make_model_card
 from ._serialization import save_pretrained as save_pretrained
+from .calculator import Calculator as Calculator
+from .finetune import finetune as finetune
 from .graph import Graph as Graph
 from .graph import bucket_size as bucket_size
 from .graph import build_graph as build_graph
