@@ -1,0 +1,229 @@
+"""The ML self-consistent loop with a fake pw.x replaying a committed QE 6.7 run (AFM MnO)."""
+
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import jax
+import pytest
+
+from zoo.hubbard._loop import (
+    HubbardLoopError,
+    run_pw_local,
+    self_consistent_hubbard,
+)
+from zoo.hubbard._models import IntersiteModel, OnsiteModel
+from zoo.hubbard._predict import HubbardUV
+from zoo.hubbard.dft import structures
+from zoo.hubbard.dft.parsers import parse_pw_output
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "qe"
+PSEUDOS = {"Mn": "Mn.UPF", "O": "O.UPF"}
+
+
+@pytest.fixture(scope="module")
+def uv():
+    small = {"hidden_layers": 1, "key": jax.random.key(0)}
+    return HubbardUV(
+        OnsiteModel(["Fe", "Mn", "Ni"], feature_irreps="2x0e+2x2e", **small),
+        IntersiteModel(["Fe", "Mn", "Ni", "O"], feature_irreps="2x0e+2x1e+2x2e", **small),
+    )
+
+
+@pytest.fixture
+def pseudo_dir(tmp_path):
+    d = tmp_path / "pseudo"
+    d.mkdir()
+    for name in PSEUDOS.values():
+        (d / name).write_text("fake\n")
+    return d
+
+
+class FakePw:
+    """Replays tests/data/qe/MnO.scf.out; writes occup.txt where pw.x would (outdir/pwscf.save)."""
+
+    def __init__(self, text=None, occup=True):
+        self.text = text or (DATA / "MnO.scf.out").read_text()
+        self.occup, self.inputs = occup, []
+
+    def __call__(self, input_file: Path, workdir: Path) -> Path:
+        self.inputs.append(input_file.read_text())
+        if self.occup:
+            save = workdir / "out" / "pwscf.save"
+            save.mkdir(parents=True, exist_ok=True)
+            shutil.copy(DATA / "MnO.occup.txt", save / "occup.txt")
+        (workdir / "pw.out").write_text(self.text)
+        return workdir / "pw.out"
+
+
+def run(uv, tmp_path, pseudo_dir, fake, **kw):
+    kw = {"tol": 1e-6, "max_iter": 5, "workdir": tmp_path / "loop", **kw}
+    return self_consistent_hubbard(
+        uv, structures.rocksalt_afm("Mn"), {"Mn": 4.0}, fake,
+        pseudos=PSEUDOS, pseudo_dir=pseudo_dir, **kw,
+    )  # fmt: skip
+
+
+def test_loop_converges_and_feeds_predictions_back(uv, tmp_path, pseudo_dir):
+    fake = FakePw()
+    res = run(uv, tmp_path, pseudo_dir, fake)
+    # the same replayed output twice predicts the same U/V: converged at the second run
+    assert res.converged and len(res.history) == 2 and len(fake.inputs) == 2
+    h0, h1 = res.history
+    assert h0["U_in"] == {"1": 4.0, "2": 4.0} and h0["max_change_ev"] > 1e-6
+    assert h1["max_change_ev"] < 1e-6 and h1["U_in"] == {k: v for k, v in h0["U"].items()}
+    assert f"Hubbard_V(1,1,1) = {res.U[1]:.10g}" in fake.inputs[1]
+    assert "Hubbard_V(1,1,1) = 4\n" in fake.inputs[0]
+    energy = parse_pw_output(fake.text)["energy_ry"]
+    assert h0["energy_ry"] == energy and h0["energy_ev"] == pytest.approx(energy * 13.6057, 1e-4)
+    assert h0["pw_wall_s"] >= 0 and h0["pw_scf_steps"] == 16 and not h0["reused"]
+    assert len(res.parameters) == 28 and len(res.V) == 24
+    # V(i, j, R) and V(j, i, -R) are written as one value
+    assert res.V[(1, 3, (0, 0, -1))] == res.V[(3, 1, (0, 0, 1))]
+    for k in ("iter00", "iter01"):
+        assert {"pw.in", "pw.out", "occup.txt", "result.json", "run.json"} <= {
+            p.name for p in (res.workdir / k).iterdir()
+        }
+        assert not (res.workdir / k / "out").exists()  # wavefunctions deleted
+    summary = json.loads((res.workdir / "loop.json").read_text())
+    assert summary["converged"] and summary["iterations"] == 2
+    assert "V Mn1-3d O-2p 1 12 " in res.hubbard_card("qe7")
+
+
+def test_not_converged_within_max_iter(uv, tmp_path, pseudo_dir):
+    res = run(uv, tmp_path, pseudo_dir, FakePw(), max_iter=1)
+    assert not res.converged and len(res.history) == 1
+    assert res.history[0]["max_change_ev"] >= 1e-6
+    assert res.U == {int(k): v for k, v in res.history[0]["U"].items()}
+
+
+def test_resume_reuses_finished_iterations(uv, tmp_path, pseudo_dir):
+    first = run(uv, tmp_path, pseudo_dir, FakePw(), max_iter=1)
+    fake = FakePw()
+    res = run(uv, tmp_path, pseudo_dir, fake)  # more iterations allowed: continues at iter01
+    assert len(fake.inputs) == 1 and res.converged
+    assert res.history[0]["reused"] and not res.history[1]["reused"]
+    assert res.history[0]["U"] == first.history[0]["U"]
+    again = FakePw()
+    res2 = run(uv, tmp_path, pseudo_dir, again)
+    assert again.inputs == [] and res2.parameters == res.parameters and res2.U == res.U
+    # killed after pw.x finished, before the prediction was saved: predicted again, not rerun
+    (res.workdir / "iter01" / "result.json").unlink()
+    res3 = run(uv, tmp_path, pseudo_dir, again)
+    assert again.inputs == [] and res3.parameters == res.parameters
+    # killed while pw.x ran: rerun
+    (res.workdir / "iter01" / "result.json").unlink()
+    (res.workdir / "iter01" / "run.json").unlink()
+    run(uv, tmp_path, pseudo_dir, again)
+    assert len(again.inputs) == 1
+
+
+def test_resume_refuses_other_inputs_or_model(uv, tmp_path, pseudo_dir):
+    run(uv, tmp_path, pseudo_dir, FakePw(), max_iter=1)
+    with pytest.raises(ValueError, match="another pw.x input"):
+        run(uv, tmp_path, pseudo_dir, FakePw(), pw_settings={"ecutwfc": 40.0})
+    other = HubbardUV(
+        OnsiteModel(["Mn"], feature_irreps="2x0e+2x2e", hidden_layers=1, key=jax.random.key(1)),
+        uv.v_model,
+    )
+    with pytest.raises(ValueError, match="another model"):
+        run(other, tmp_path, pseudo_dir, FakePw())
+
+
+def test_pw_not_converged_stops_with_iteration(uv, tmp_path, pseudo_dir):
+    text = (DATA / "MnO.scf.out").read_text()
+    bad = text.replace("convergence has been achieved in  16", "convergence NOT achieved after 16")
+    with pytest.raises(HubbardLoopError, match="iteration 0: pw.x SCF did not converge") as err:
+        run(uv, tmp_path, pseudo_dir, FakePw(bad))
+    assert err.value.iteration == 0 and err.value.path.name == "pw.out"
+    with pytest.raises(HubbardLoopError, match="iteration 0: pw.x failed: .*truncated"):
+        run(uv, tmp_path / "b", pseudo_dir, FakePw(text[: len(text) // 3]))
+
+
+def test_missing_occup(uv, tmp_path, pseudo_dir):
+    with pytest.raises(HubbardLoopError, match="iteration 0: pw.x wrote no occup.txt"):
+        run(uv, tmp_path, pseudo_dir, FakePw(occup=False))
+
+
+def test_unknown_element_fails_before_any_run(uv, tmp_path, pseudo_dir):
+    fake = FakePw()
+    with pytest.raises(ValueError, match="'Co' is not among the U model's species"):
+        self_consistent_hubbard(
+            uv, structures.rocksalt_afm("Co"), {"Co": 4.0}, fake, workdir=tmp_path / "w",
+            pseudos={"Co": "Co.UPF", "O": "O.UPF"}, pseudo_dir=pseudo_dir,
+        )  # fmt: skip
+    assert fake.inputs == []
+    no_o = HubbardUV(
+        uv.u_model,
+        IntersiteModel(
+            ["Mn", "S"], feature_irreps="2x0e+2x1e+2x2e", hidden_layers=1, key=jax.random.key(0)
+        ),
+    )
+    with pytest.raises(ValueError, match="'O' is not among the V model's species"):
+        run(no_o, tmp_path, pseudo_dir, fake)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"tol": 0.0}, "tol"),
+        ({"max_iter": 0}, "max_iter"),
+        ({"syntax": "qe5"}, "syntax"),
+        ({"pseudos": {"Mn": "Mn.UPF"}}, "pseudos"),
+    ],
+)
+def test_bad_arguments(uv, tmp_path, pseudo_dir, kw, match):
+    kw = {"pseudos": PSEUDOS, **kw}
+    with pytest.raises(ValueError, match=match):
+        self_consistent_hubbard(
+            uv, structures.rocksalt_afm("Mn"), {"Mn": 4.0}, FakePw(), workdir=tmp_path,
+            pseudo_dir=pseudo_dir, **kw,
+        )  # fmt: skip
+
+
+def test_bad_starting_guess(uv, tmp_path, pseudo_dir):
+    mno = structures.rocksalt_afm("Mn")
+    for guess, match in [({"Ni": 4.0}, "hubbard: element 'Ni'"), ([], "hubbard: empty")]:
+        with pytest.raises(ValueError, match=match):
+            self_consistent_hubbard(
+                uv, mno, guess, FakePw(), workdir=tmp_path, pseudos=PSEUDOS, pseudo_dir=pseudo_dir
+            )
+
+
+def test_explicit_parameters_and_qe7_syntax(uv, tmp_path, pseudo_dir):
+    fake = FakePw()
+    st = structures.rocksalt_afm("Mn")
+    params = [(1, 1, 5.0), (2, 2, 5.0), (3, 3, 1e-8), (4, 4, 1e-8), (1, 12, 1e-8)]
+    res = self_consistent_hubbard(
+        uv, st, params, fake, workdir=tmp_path / "w", pseudos=PSEUDOS, pseudo_dir=pseudo_dir,
+        syntax="qe7", max_iter=1,
+    )  # fmt: skip
+    assert "HUBBARD {ortho-atomic}" in fake.inputs[0] and "V Mn1-3d Mn1-3d 1 1 5" in fake.inputs[0]
+    assert res.history[0]["U_in"] == {"1": 5.0, "2": 5.0}
+    shuffled = {
+        **st,
+        **{k: [st[k][i] for i in (2, 0, 1, 3)] for k in ("symbols", "positions", "spins")},
+    }
+    with pytest.raises(ValueError, match="QE order"):
+        self_consistent_hubbard(
+            uv, shuffled, params, fake, workdir=tmp_path / "x", pseudos=PSEUDOS,
+            pseudo_dir=pseudo_dir,
+        )  # fmt: skip
+
+
+def test_run_pw_local(tmp_path):
+    with pytest.raises(ValueError, match="npool"):
+        run_pw_local(nprocs=2, npool=3)
+    with pytest.raises(ValueError, match="nprocs"):
+        run_pw_local(nprocs=0)
+    exe = tmp_path / "fake-pw.x"  # echoes its stdin and environment: checks the plumbing
+    exe.write_text("#!/bin/sh\ncat\necho OMP=$OMP_NUM_THREADS ROOT=$OMPI_ALLOW_RUN_AS_ROOT\n")
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    (tmp_path / "pw.in").write_text("&control\n/\n")
+    out = run_pw_local(nprocs=1, pw_exe=str(exe))(tmp_path / "pw.in", tmp_path)
+    assert out == tmp_path / "pw.out"
+    assert out.read_text() == "&control\n/\nOMP=1 ROOT=1\n"
+    with pytest.raises(FileNotFoundError, match="not found"):
+        run_pw_local(nprocs=1, pw_exe=os.fspath(tmp_path / "none"))(tmp_path / "pw.in", tmp_path)
