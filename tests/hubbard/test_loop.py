@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 
 from zoo.hubbard._loop import (
@@ -76,6 +77,11 @@ def test_loop_converges_and_feeds_predictions_back(uv, tmp_path, pseudo_dir):
     assert h1["max_change_ev"] < 1e-6 and h1["U_in"] == {k: v for k, v in h0["U"].items()}
     assert f"Hubbard_V(1,1,1) = {res.U[1]:.10g}" in fake.inputs[1]
     assert "Hubbard_V(1,1,1) = 4\n" in fake.inputs[0]
+    # O 2p U is not predicted: kept switched on (pw.x prints it as 0.0000)
+    assert (
+        "Hubbard_V(3,3,1) = 1d-08" in fake.inputs[0]
+        and "Hubbard_V(3,3,1) = 1d-08" in fake.inputs[1]
+    )
     energy = parse_pw_output(fake.text)["energy_ry"]
     assert h0["energy_ry"] == energy and h0["energy_ev"] == pytest.approx(energy * 13.6057, 1e-4)
     assert h0["pw_wall_s"] >= 0 and h0["pw_scf_steps"] == 16 and not h0["reused"]
@@ -142,6 +148,18 @@ def test_pw_not_converged_stops_with_iteration(uv, tmp_path, pseudo_dir):
         run(uv, tmp_path / "b", pseudo_dir, FakePw(text[: len(text) // 3]))
 
 
+def test_pw_error_message_and_absurd_prediction(uv, tmp_path, pseudo_dir):
+    text = (DATA / "MnO.scf.out").read_text()
+    crash = text[: len(text) // 3] + (
+        "\n %%%%%%%%%%\n     Error in routine c_bands (1):\n     too many bands are not converged\n"
+    )
+    with pytest.raises(HubbardLoopError, match="c_bands \\(1\\): too many bands"):
+        run(uv, tmp_path / "a", pseudo_dir, FakePw(crash))
+    with pytest.raises(HubbardLoopError, match="iteration 0: the model predicted .* outside"):
+        run(uv, tmp_path / "b", pseudo_dir, FakePw(), max_abs_ev=1e-3)
+    assert not (tmp_path / "b" / "loop" / "iter00" / "result.json").exists()
+
+
 def test_missing_occup(uv, tmp_path, pseudo_dir):
     with pytest.raises(HubbardLoopError, match="iteration 0: pw.x wrote no occup.txt"):
         run(uv, tmp_path, pseudo_dir, FakePw(occup=False))
@@ -171,6 +189,7 @@ def test_unknown_element_fails_before_any_run(uv, tmp_path, pseudo_dir):
         ({"tol": 0.0}, "tol"),
         ({"max_iter": 0}, "max_iter"),
         ({"syntax": "qe5"}, "syntax"),
+        ({"max_abs_ev": -1.0}, "max_abs_ev"),
         ({"pseudos": {"Mn": "Mn.UPF"}}, "pseudos"),
     ],
 )
@@ -227,3 +246,115 @@ def test_run_pw_local(tmp_path):
     assert out.read_text() == "&control\n/\nOMP=1 ROOT=1\n"
     with pytest.raises(FileNotFoundError, match="not found"):
         run_pw_local(nprocs=1, pw_exe=os.fspath(tmp_path / "none"))(tmp_path / "pw.in", tmp_path)
+
+
+# --- one real loop with pw.x: FM NiO (2 atoms), the settings of test_dft_qe.py -------------
+
+LD1 = DATA / "ld1"
+NIO_PSEUDOS = {"Ni": "Ni.pbe-n-rrkjus_psl.1.0.0.UPF", "O": "O.pbe-nl-rrkjus_psl.1.0.0.UPF"}
+LABELS = Path(__file__).resolve().parents[2] / "data" / "hubbard" / "labels.jsonl"
+
+
+def _train(model, inputs, y, steps=150):
+    """A few hundred Adam steps on all rows: a small real fit, not a production model."""
+    import equinox as eqx
+    import jax.numpy as jnp
+    import optax
+
+    from zoo.hubbard._models import fit_scalers
+
+    model = fit_scalers(model, inputs if len(inputs) > 1 else inputs[0], y)
+    opt = optax.adam(1e-2)
+    state = opt.init(eqx.filter(model, eqx.is_inexact_array))
+
+    @eqx.filter_jit
+    def step(model, state):
+        loss, grad = eqx.filter_value_and_grad(lambda m: jnp.mean((m(*inputs) - y) ** 2))(model)
+        updates, state = opt.update(grad, state, eqx.filter(model, eqx.is_inexact_array))
+        return eqx.apply_updates(model, updates), state, loss
+
+    for _ in range(steps):
+        model, state, loss = step(model, state)
+    return model, float(loss)
+
+
+def tiny_trained_uv() -> HubbardUV:
+    """U and V models fit in-test on the committed labels (data/hubbard/labels.jsonl).
+
+    V_in enters as pw.x prints it (4 decimals, what ``predict`` reads): the committed rows are
+    all iteration 0 with V_in = 1e-8, which the RMS input scaling would blow up by 1e8."""
+    import numpy as np
+
+    from zoo.hubbard._features import intersite_features, onsite_features
+
+    rows = [json.loads(line) for line in LABELS.read_text().splitlines() if line.strip()]
+    u_rows = [r for r in rows if r["param_type"] == "U" and r["atom_1_manifold"] == "3d"]
+    v_rows = [
+        r for r in rows if r["param_type"] == "V" and r["atom_1_manifold"] == "3d"
+        and r["atom_2_manifold"] == "2p"
+    ]  # fmt: skip
+    assert {r["atom_1_element"] for r in u_rows} >= {"Ni"} and v_rows
+    u_species, v_species = ["Mn", "Ni"], ["Mn", "Ni", "O"]
+    occ = np.array([r["atom_1_occs"] for r in u_rows])
+    x = onsite_features(
+        [r["atom_1_element"] for r in u_rows], occ[:, 0], occ[:, 1],
+        [r["param_in"] for r in u_rows], species=u_species,
+    )  # fmt: skip
+    u_model, u_loss = _train(
+        OnsiteModel(u_species, feature_irreps="4x0e+2x2e", hidden_layers=1, key=jax.random.key(0)),
+        (x.array,), np.array([r["param_out"] for r in u_rows]),
+    )  # fmt: skip
+    d, p = (
+        np.array([r["atom_1_occs"] for r in v_rows]),
+        np.array([r["atom_2_occs"] for r in v_rows]),
+    )
+    feats = intersite_features(
+        [r["atom_2_element"] for r in v_rows], p[:, 0], p[:, 1],
+        [r["atom_1_element"] for r in v_rows], d[:, 0], d[:, 1],
+        [r["dist_bohr"] for r in v_rows], [round(r["param_in"], 4) for r in v_rows],
+        species=v_species,
+    )  # fmt: skip
+    v_model, v_loss = _train(
+        IntersiteModel(v_species, feature_irreps="4x0e+2x1e+2x2e", hidden_layers=1,
+                       key=jax.random.key(1)),
+        tuple(f.array for f in feats), np.array([r["param_out"] for r in v_rows]),
+    )  # fmt: skip
+    return HubbardUV(u_model, v_model), (u_loss, v_loss)
+
+
+@pytest.mark.qe
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(
+    any(shutil.which(x) is None for x in ("pw.x", "ld1.x", "mpirun")),
+    reason="pw.x/ld1.x/mpirun not installed (apt-get install quantum-espresso)",
+)
+def test_real_loop_nio(tmp_path):
+    import subprocess
+
+    pdir = tmp_path / "pseudo"
+    pdir.mkdir()
+    for name in NIO_PSEUDOS.values():
+        with open(LD1 / name.replace(".UPF", ".ld1.in")) as fin:
+            subprocess.run(["ld1.x"], stdin=fin, cwd=pdir, capture_output=True, check=True)
+    uv, losses = tiny_trained_uv()
+    settings = {"ecutwfc": 30.0, "ecutrho": 240.0, "kpts": [2, 2, 2], "conv_thr": 1e-8,
+                "tot_magnetization": 2, "mixing_beta": 0.4}  # fmt: skip
+    tol, max_iter = 0.01, 4
+    res = self_consistent_hubbard(
+        uv, structures.rocksalt_fm("Ni"), {"Ni": 4.0}, run_pw_local(nprocs=2, npool=2),
+        workdir=tmp_path / "loop", pseudos=NIO_PSEUDOS, pseudo_dir=pdir, pw_settings=settings,
+        tol=tol, max_iter=max_iter,
+    )  # fmt: skip
+    print("losses", losses)
+    for h in res.history:
+        print(h["iteration"], h["U_in"], h["U"], h["max_change_ev"], h["energy_ev"],
+              round(h["pw_wall_s"], 1), round(h["predict_s"], 2))  # fmt: skip
+    changes = [h["max_change_ev"] for h in res.history]
+    if res.converged:
+        assert changes[-1] < tol and all(c >= tol for c in changes[:-1])
+    else:
+        assert len(res.history) == max_iter and min(changes) >= tol
+    for prev, cur in zip(res.history, res.history[1:]):
+        assert cur["U_in"] == pytest.approx(prev["U"])  # each run used the previous prediction
+    assert 0.0 < res.U[1] < 15.0 and len(res.V) == 12  # 6 Ni-O pairs, both directions
+    assert all(np.isfinite(h["energy_ev"]) for h in res.history)

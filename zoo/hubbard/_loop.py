@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -43,7 +44,8 @@ SYNTAX_QE = {"qe6": (6, 7), "qe7": (7, 1)}
 
 
 class HubbardLoopError(RuntimeError):
-    """A pw.x step of the loop failed; ``iteration`` and ``path`` say which and where."""
+    """A pw.x run of the loop failed or the model's prediction from it is unusable;
+    ``iteration`` and ``path`` say which and where."""
 
     def __init__(self, iteration: int, path: Path, message: str):
         super().__init__(f"iteration {iteration}: {message} ({path})")
@@ -121,6 +123,7 @@ def self_consistent_hubbard(
     syntax: str = "qe6",
     prefix: str = "pwscf",
     keep_outdir: bool = False,
+    max_abs_ev: float = 20.0,
 ) -> LoopResult:
     """Alternate pw.x runs and `model` predictions until U and V change by less than `tol`.
 
@@ -144,6 +147,8 @@ def self_consistent_hubbard(
     - `syntax`: ``"qe6"`` (``Hubbard_V`` in ``&system``, QE <= 7.0) or ``"qe7"`` (``HUBBARD``
       card, QE >= 7.1).
     - `keep_outdir`: keep each iteration's QE outdir (wavefunctions); deleted by default.
+    - `max_abs_ev`: a predicted U or V beyond +-this (eV) stops the loop (an extrapolating
+      model would otherwise hand pw.x an absurd Hamiltonian).
 
     **Returns:** a :class:`LoopResult`. Raises :class:`HubbardLoopError` when a pw.x run did not
     converge or left no readable output / occup.txt, ValueError on bad arguments (checked before
@@ -157,6 +162,8 @@ def self_consistent_hubbard(
         raise ValueError(f"tol: expected a positive number of eV, got {tol!r}")
     if not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter: expected an int >= 1, got {max_iter!r}")
+    if not (isinstance(max_abs_ev, int | float) and max_abs_ev > 0):
+        raise ValueError(f"max_abs_ev: expected a positive number of eV, got {max_abs_ev!r}")
     if syntax not in SYNTAX_QE:
         raise ValueError(f"syntax: expected 'qe6' (QE <= 7.0) or 'qe7' (QE >= 7.1), got {syntax!r}")
     st, params = _start(structure, hubbard)
@@ -180,11 +187,14 @@ def self_consistent_hubbard(
         text = pw_text(params, d)
         rec, pred = _finished(d, text, model_sha), None
         if rec is None:
-            rec, pred = _iteration(model, run_pw, d, k, text, params, labels, prefix, keep_outdir)
+            rec, pred = _iteration(
+                model, run_pw, d, k, text, params, labels, prefix, keep_outdir, max_abs_ev
+            )
             saved = {**rec, "model_sha256": model_sha}
             saved.pop("reused")
             atomic_write_json(d / "result.json", saved)
         history.append({key: v for key, v in rec.items() if key != "parameters_out"})
+        params_in = params
         params = [(int(i), int(j), float(v)) for i, j, v in rec["parameters_out"]]
         if rec["max_change_ev"] < tol:
             converged = True
@@ -193,7 +203,7 @@ def self_consistent_hubbard(
         out = Path(rec["output"])
         if not out.is_file():
             raise HubbardLoopError(k, out, "pw.x output of a finished iteration was removed")
-        pred = _symmetrized(model.predict(out, occup=d / "occup.txt", labels=labels))
+        pred = _finish(model.predict(out, occup=d / "occup.txt", labels=labels), params_in)
     result = LoopResult(
         converged=converged, parameters=params, U=dict(pred.U), V=dict(pred.V),
         history=history, prediction=pred, workdir=workdir,
@@ -278,7 +288,7 @@ def _finished(d: Path, text: str, model_sha: str) -> dict | None:
     return {**rec, "reused": True}
 
 
-def _iteration(model, run_pw, d, k, text, params, labels, prefix, keep_outdir):
+def _iteration(model, run_pw, d, k, text, params, labels, prefix, keep_outdir, max_abs_ev):
     d.mkdir(parents=True, exist_ok=True)
     atomic_write_text(d / "pw.in", text)
     run = _load_run(d, text)
@@ -294,10 +304,13 @@ def _iteration(model, run_pw, d, k, text, params, labels, prefix, keep_outdir):
     out = Path(run["output"])
     if not out.is_file():
         raise HubbardLoopError(k, out, "run_pw returned a pw.x output path that does not exist")
+    text_out = out.read_text(errors="replace")
     try:
-        pw = parse_pw_output(out.read_text(errors="replace"))
+        pw = parse_pw_output(text_out)
     except ValueError as err:
-        raise HubbardLoopError(k, out, f"pw.x failed: {err}") from None
+        m = re.search(r"Error in routine\s+(.+?):?\s*\n\s*(.+?)\n", text_out)
+        why = f"; {m.group(1).strip()}: {m.group(2).strip()}" if m else ""
+        raise HubbardLoopError(k, out, f"pw.x failed: {err}{why}") from None
     if not pw["converged"]:
         raise HubbardLoopError(
             k, out, f"pw.x SCF did not converge after {pw['n_iter']} steps; loop stopped "
@@ -318,9 +331,16 @@ def _iteration(model, run_pw, d, k, text, params, labels, prefix, keep_outdir):
             )  # fmt: skip
         atomic_write_text(occ, found.read_text())
     t0 = time.perf_counter()
-    pred = _symmetrized(model.predict(out, occup=occ, labels=labels))
+    pred = _finish(model.predict(out, occup=occ, labels=labels), params)
     predict_s = time.perf_counter() - t0
     used = {(i, j): v for i, j, v in params}
+    for name, values in (("U", pred.U), ("V", pred.V)):
+        for key, v in values.items():
+            if not (np.isfinite(v) and abs(v) <= max_abs_ev):
+                raise HubbardLoopError(
+                    k, out, f"the model predicted {name}{key} = {v:.4g} eV, outside "
+                    f"+-{max_abs_ev} eV (an extrapolation?); not passed on to pw.x",
+                )  # fmt: skip
     change = 0.0
     for key, j in pred.sc_index.items():
         new = pred.U.get(key[0]) if key[0] == key[1] and key[2] == (0, 0, 0) else pred.V.get(key)
@@ -334,7 +354,9 @@ def _iteration(model, run_pw, d, k, text, params, labels, prefix, keep_outdir):
         "pw_wall_s": run["wall_s"], "pw_scf_steps": pw["n_iter"], "predict_s": predict_s,
         "max_change_ev": change, "U_in": {str(i): v for i, v in u_in.items()},
         **{key: v for key, v in pred.as_dict().items() if key in ("U", "V")},
-        "parameters_out": [list(p) for p in pred.parameters()],
+        "parameters_out": [
+            [i, j, v if abs(v) >= 1e-6 else inputs.ACTIVATE] for i, j, v in pred.parameters()
+        ],
     }  # fmt: skip
     if not keep_outdir:
         shutil.rmtree(d / "out", ignore_errors=True)
@@ -352,17 +374,21 @@ def _load_run(d: Path, text: str) -> dict | None:
     return run
 
 
-def _symmetrized(pred: HubbardPrediction) -> HubbardPrediction:
-    """V(i, j, R) and V(j, i, -R) are one parameter: write both as their mean.
+def _finish(pred: HubbardPrediction, params: Params) -> HubbardPrediction:
+    """`pred` with V(i, j, R) and V(j, i, -R) both set to their mean, and the parameters it
+    does not predict (ligand U, d-d V) kept at the values the run used (`params`).
 
-    pw.x refuses two different values for the same pair, and the two directions reach the
-    model as separate rows (float noise)."""
+    pw.x refuses two different values for one pair, and the two directions reach the model
+    as separate rows (float noise). pw.x prints parameters to 4 decimals: 1e-8 (switched on)
+    reads 0.0, and carrying that over would switch the manifold off."""
+    used = {(i, j): v for i, j, v in params}
+    kept = {key: used.get((key[0], j), pred.param_in[key]) for key, j in pred.sc_index.items()}
     v = dict(pred.V)
     for (i, j, image), val in pred.V.items():
         back = (j, i, tuple(-x for x in image))
         if back in pred.V:
             v[(i, j, image)] = 0.5 * (val + pred.V[back])
-    return dataclasses.replace(pred, V=v)
+    return dataclasses.replace(pred, V=v, param_in=kept)
 
 
 __all__ = ["HubbardLoopError", "LoopResult", "run_pw_local", "self_consistent_hubbard"]
