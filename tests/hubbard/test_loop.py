@@ -85,6 +85,7 @@ def test_loop_converges_and_feeds_predictions_back(uv, tmp_path, pseudo_dir):
     energy = parse_pw_output(fake.text)["energy_ry"]
     assert h0["energy_ry"] == energy and h0["energy_ev"] == pytest.approx(energy * 13.6057, 1e-4)
     assert h0["pw_wall_s"] >= 0 and h0["pw_scf_steps"] == 16 and not h0["reused"]
+    assert h0["pw_reported_wall_s"] == parse_pw_output(fake.text)["wall_s"]
     assert len(res.parameters) == 28 and len(res.V) == 24
     # V(i, j, R) and V(j, i, -R) are written as one value
     assert res.V[(1, 3, (0, 0, -1))] == res.V[(3, 1, (0, 0, 1))]

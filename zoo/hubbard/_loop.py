@@ -58,8 +58,10 @@ class LoopResult:
 
     ``parameters``: ``[(i, j_supercell, eV)]`` predicted from the last pw.x run (the input of
     the next run); ``U``/``V`` the predicted values (eV) by site / ``(i, j, image)`` pair;
-    ``history``: one dict per iteration (``U_in``, ``U``, ``V``, ``max_change_ev``,
-    ``energy_ev``, ``pw_wall_s``, ``predict_s``, ``reused``...); ``prediction``: the last one.
+    ``history``: one dict per iteration: ``U_in`` (used), ``U``/``V`` (predicted from that
+    run; keys ``"i"``/``"i-j-n1,n2,n3"``), ``max_change_ev``, ``energy_ry``/``energy_ev``,
+    ``pw_wall_s`` (around `run_pw`), ``pw_reported_wall_s``, ``pw_scf_steps``, ``predict_s``,
+    ``reused`` (True: read back from a finished iteration); ``prediction``: the last one.
     """
 
     converged: bool
@@ -278,7 +280,7 @@ def _finished(d: Path, text: str, model_sha: str) -> dict | None:
     if rec.get("pw_in_sha256") != _sha(text):
         raise ValueError(
             f"workdir: {d} holds a finished iteration with another pw.x input (other structure, "
-            "settings or parameters); use a fresh workdir"
+            "settings, parameters or a moved workdir); use a fresh workdir"
         )
     if rec.get("model_sha256") != model_sha:
         raise ValueError(
@@ -351,7 +353,8 @@ def _iteration(model, run_pw, d, k, text, params, labels, prefix, keep_outdir, m
         "iteration": k, "dir": d.name, "pw_in_sha256": _sha(text), "output": str(out),
         "energy_ry": pw["energy_ry"],
         "energy_ev": None if pw["energy_ry"] is None else pw["energy_ry"] * RY_TO_EV,
-        "pw_wall_s": run["wall_s"], "pw_scf_steps": pw["n_iter"], "predict_s": predict_s,
+        "pw_wall_s": run["wall_s"], "pw_scf_steps": pw["n_iter"],
+        "pw_reported_wall_s": pw["wall_s"], "predict_s": predict_s,
         "max_change_ev": change, "U_in": {str(i): v for i, v in u_in.items()},
         **{key: v for key, v in pred.as_dict().items() if key in ("U", "V")},
         "parameters_out": [
