@@ -39,6 +39,8 @@ def make_model(dtype, formulation, outputs, **kw):
             head["shift"] = [1.0, -2.0, 0.5] if OUTPUTS[name][1] else 3.0
     if formulation == "electric":
         config["field_scale"] = 0.7
+    if formulation == "magnetic":  # B and mu meet only through gates: tiny at init, scale up
+        config["field_scale"], config["energy_scale"] = 10.0, 1e5
     return ResponseModel(config, key=jax.random.key(3))
 
 
