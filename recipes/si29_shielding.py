@@ -59,6 +59,9 @@ SETTINGS = {
         "backbone": {"r_max": 4.0, "channels": 8, "num_layers": 3, "lmax": 2},
         "feature_irreps": None,
         "train": {"max_epochs": 20, "learning_rate": 5e-3, "warmup": 0.5},
+        # second stage from the best weights: lower rate, isotropic part weighted more
+        "finetune": {"max_epochs": 10, "learning_rate": 1e-3},
+        "finetune_0e_weight": 10.0,
     },
     "magnetic": {
         "backbone": {"r_max": 4.0, "channels": 8, "num_layers": 3, "lmax": 2},
@@ -99,7 +102,7 @@ def model_config(formulation: str, species, train_recs, train_batches) -> dict:
     return cfg
 
 
-def make_fns(scale: float):
+def make_fns(scale: float, weight_0e: float = IRREPS_WEIGHTS["shielding"]["0e"]):
     def predict_fn(model, batch):
         out = model(batch["graph"])
         return {"shielding": (out["shielding"], batch["shielding"], batch["mask"])}
@@ -109,7 +112,7 @@ def make_fns(scale: float):
             predict_fn(model, batch),
             {"shielding": 1.0 / scale**2},
             tensor_kinds={"shielding": "rank2_axial"},
-            irreps_weights=IRREPS_WEIGHTS,
+            irreps_weights={"shielding": {"0e": weight_0e}},
         )
 
     return loss_fn, predict_fn
@@ -140,14 +143,24 @@ def train(formulation: str, runs: Path, data: dict) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "model_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
     result = fit(model, loss_fn, train_b, val_b, tc, out_dir=out, progress=False)
+    history = list(result.history)
+    stage1 = shielding_metrics(*predict_labelled(result.model, val_b))
+    settings = SETTINGS[formulation]
+    if "finetune" in settings:
+        loss_fn, _ = make_fns(cfg["heads"]["shielding"]["scale"], settings["finetune_0e_weight"])
+        tc = TrainConfig(seed=SEED, schedule="cosine", grad_clip=10.0, **settings["finetune"])
+        result = fit(result.model, loss_fn, train_b, val_b, tc, out_dir=out / "finetune",
+                     progress=False)  # fmt: skip
+        history += result.history
     pred, true = predict_labelled(result.model, val_b)
     metrics = shielding_metrics(pred, true)
-    wall = sum(h["time_s"] for h in result.history)
+    wall = sum(h["time_s"] for h in history)
     summary = {
         "formulation": formulation,
         "validation": metrics,
+        "stage1_validation": stage1,
         "best_epoch": result.best_epoch,
-        "epochs": len(result.history),
+        "epochs": len(history),
         "train_wall_time_s": wall,
         "recipe_wall_time_s": time.perf_counter() - t0,
         "n_parameters": int(
@@ -165,7 +178,8 @@ def load_trained(formulation: str, runs: Path) -> ResponseModel:
     out = runs / formulation
     cfg = json.loads((out / "model_config.json").read_text())
     skeleton = ResponseModel(cfg, key=jax.random.key(SEED))
-    return load_weights(skeleton, out / "best_model.safetensors")
+    best = out / "finetune" / "best_model.safetensors"
+    return load_weights(skeleton, best if best.is_file() else out / "best_model.safetensors")
 
 
 def card_text(best: str, summaries: dict, split: dict, n_struct: dict, n_sites: dict) -> str:
@@ -199,7 +213,7 @@ def card_text(best: str, summaries: dict, split: dict, n_struct: dict, n_sites: 
         + " |"
     )
     rows.append(
-        "| epochs (best) | "
+        "| epochs (best epoch of the last stage) | "
         + " | ".join(f"{s['epochs']} ({s['best_epoch']})" for s in summaries.values())
         + " |"
     )
@@ -217,7 +231,9 @@ model.predict(atoms, reference=sigma_ref)["chemical_shift"]   # delta = sigma_re
 x, y = model.spectrum(atoms, kind="isotropic", fwhm=1.0, plot=True)
 ```
 
-Structures without Si are refused; elements outside {{{", ".join(str(z) for z in summaries[best]["species"])}}}
+Structures without Si are refused; elements outside {{{
+        ", ".join(str(z) for z in summaries[best]["species"])
+    }}}
 give a warning (predictions still returned). No shift reference is stored: shieldings are
 absolute (GIPAW/PBE); fit sigma_ref to experiment for shifts.
 
@@ -246,6 +262,18 @@ absolute (GIPAW/PBE); fit sigma_ref to experiment for shifts.
 1e = antisymmetric, 2e = symmetric traceless part). Span/skew: Herzfeld-Berger convention
 (skew dimensionless). The shipped weights are the **{best}** formulation (lower full-tensor MAE);
 `metrics.json` has both. Parity plots: `parity_isotropic.png`, `parity_tensor.png`.
+
+Targets of the issue: isotropic MAE <= 1.5 ppm ({
+        "met" if m["isotropic_mae"] <= 1.5 else "**not met**"
+    }:
+{m["isotropic_mae"]:.2f}), full-tensor component MAE <= 3 ppm ({
+        "met" if m["tensor_mae"] <= 3 else "**not met**"
+    }: {m["tensor_mae"]:.2f}). Training: `direct` = 20 epochs (Adam, cosine from 5e-3)
+then 10 fine-tuning epochs (1e-3, isotropic part weighted 10x); `magnetic` = 2 epochs only
+(each epoch costs ~10x a direct one), so it is budget-limited, not converged. The weights of
+the epoch with the lowest validation loss are kept (the validation split also selects the
+epoch, so its metrics are slightly optimistic). The 84 held-out structures (source index % 5
+== 4) were never used.
 
 ## Reproduce
 
