@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
 
 import e3nn_jax as e3nn
 import equinox as eqx
@@ -35,166 +34,18 @@ import numpy as np
 
 from . import heads as H
 from ._dtype import resolve_float
+from ._response_config import ASR_OUTPUTS as ASR_OUTPUTS
+from ._response_config import FORMULATIONS as FORMULATIONS
+from ._response_config import MODEL_TYPE as MODEL_TYPE
+from ._response_config import NEEDS_CELL as NEEDS_CELL
+from ._response_config import OUTPUTS as OUTPUTS
+from ._response_config import _min_distance
+from ._response_config import fit_normalization as fit_normalization
+from ._response_config import make_config as make_config
 from .graph import Graph, build_graph, check_species, species_indices
-from .irreps import irreps_of
 from .nequip import NequIP, NequIPConfig
 from .response import broadcast_to_nodes, graph_sum, mixed_derivatives
 from .structure import Structure, as_structures
-
-MODEL_TYPE = "response"
-FORMULATIONS = ("direct", "electric", "magnetic")
-#: output name -> (tensor kind, per atom, unit, formulations that can produce it)
-OUTPUTS: dict[str, tuple[str, bool, str, tuple[str, ...]]] = {
-    "born_charges": ("rank2", True, "e", ("direct", "electric")),
-    "raman_tensors": ("raman", True, "Å^2", ("direct", "electric")),
-    "dielectric": ("symmetric2", False, "1", ("direct", "electric")),
-    "chi2": ("chi2", False, "pm/V", ("direct",)),
-    "shielding": ("rank2_axial", True, "ppm", ("direct", "magnetic")),
-}
-#: outputs that are bulk properties: they need a periodic cell.
-NEEDS_CELL = ("dielectric", "chi2")
-ASR_OUTPUTS = ("born_charges", "raman_tensors")
-
-
-def _version() -> str:
-    from ._serialization import FORMAT_VERSION
-
-    return FORMAT_VERSION
-
-
-def make_config(
-    species,
-    outputs,
-    *,
-    formulation: str = "direct",
-    backbone: Mapping | None = None,
-    feature_irreps: str | None = None,
-    acoustic_sum_rule: bool = True,
-    born_order: str = "field_first",
-    raman_convention: str = "qe",
-    dtype: str = "float32",
-) -> dict:
-    """A JSON-safe config with unit normalisation (refit it with `fit_normalization`).
-
-    **Arguments:** `species` (atomic numbers), `outputs` (names from :data:`OUTPUTS`),
-    `formulation`, `backbone` (NequIPConfig fields; ``species`` and the irreps are filled in),
-    `feature_irreps` (node features fed to the heads; default: every hidden irrep x8),
-    `acoustic_sum_rule` (subtract the per-structure mean over atoms of Born and Raman tensors),
-    `born_order`, `raman_convention` (see `zoo.heads.derivative`), `dtype`.
-    """
-    if formulation not in FORMULATIONS:
-        raise ValueError(f"formulation must be one of {FORMULATIONS}, got {formulation!r}")
-    outputs = list(outputs)
-    for name in outputs:
-        if name not in OUTPUTS:
-            raise ValueError(f"unknown output {name!r}; known: {sorted(OUTPUTS)}")
-        if formulation not in OUTPUTS[name][3]:
-            raise ValueError(f"output {name!r} is not available with formulation {formulation!r}")
-    if not outputs:
-        raise ValueError("outputs must name at least one output")
-    if born_order not in H.derivative.BORN_ORDERS:
-        raise ValueError(f"born_order must be one of {H.derivative.BORN_ORDERS}")
-    if raman_convention not in H.derivative.RAMAN_CONVENTIONS:
-        raise ValueError(f"raman_convention must be one of {H.derivative.RAMAN_CONVENTIONS}")
-    bb = dict(backbone or {})
-    bb["species"] = [int(z) for z in species]
-    bb["node_input_irreps"] = {"direct": "", "electric": "1x1o", "magnetic": "2x1e"}[formulation]
-    hidden = NequIPConfig.from_dict({**bb, "output_irreps": "1x0e"}).hidden_irreps
-    if feature_irreps is None:
-        feature_irreps = str(e3nn.Irreps([(8, ir) for _, ir in hidden]))
-    bb["output_irreps"] = feature_irreps
-    checked = NequIPConfig.from_dict(bb)  # validates
-    if formulation == "magnetic" and (not checked.parity or checked.num_layers < 3):
-        # B and mu (1e) only meet in a scalar through gates: mu.B-type terms first appear in
-        # the third layer, and only with odd-parity (axial) hidden features
-        raise ValueError(
-            "formulation 'magnetic' needs backbone parity=True and num_layers >= 3, got "
-            f"parity={checked.parity}, num_layers={checked.num_layers}: otherwise d2E/dB dmu = 0"
-        )
-    heads = {
-        name: {"kind": OUTPUTS[name][0], "unit": OUTPUTS[name][2], "scale": 1.0, "shift": None}
-        for name in outputs
-    }
-    return {
-        "model_type": MODEL_TYPE,
-        "zoo_version": _version(),
-        "dtype": str(jnp.dtype(dtype)),
-        "formulation": formulation,
-        "backbone": bb,
-        "heads": heads,
-        "field_scale": 1.0,
-        "energy_scale": 1.0,
-        "acoustic_sum_rule": bool(acoustic_sum_rule),
-        "born_order": born_order,
-        "raman_convention": raman_convention,
-        "domain": None,
-    }
-
-
-def _irreps_rows(kind: str, values: np.ndarray) -> np.ndarray:
-    from .irreps import to_irreps
-
-    with jax.default_device(jax.devices("cpu")[0]):
-        return np.asarray(to_irreps(kind, np.asarray(values, np.float64)).array, np.float64)
-
-
-def fit_normalization(config: dict, structures, targets: Mapping[str, list]) -> dict:
-    """Scales and shifts of every head from the *training* data; returns a new config.
-
-    `targets[name]` is a list (one entry per structure) of per-atom `(n, ...)` or global
-    arrays. Per-atom heads get a per-species shift of their 0e part and one scale (RMS of the
-    rest); global heads a scalar shift. The derivative formulations also get ``field_scale``
-    and ``energy_scale`` so the first and second field derivatives start at the targets' size.
-    Also records the training domain (volume per atom, shortest distance) for OOD warnings.
-    """
-    structures = as_structures(structures)
-    config = {**config, "heads": {k: dict(v) for k, v in config["heads"].items()}}
-    species = config["backbone"]["species"]
-    numbers = np.concatenate([s.numbers for s in structures])
-    rms = {}
-    for name, head in config["heads"].items():
-        if name not in targets:
-            raise ValueError(f"targets has no {name!r}: every head needs training data")
-        per_atom = OUTPUTS[name][1]
-        values = [np.asarray(t) if per_atom else np.asarray(t)[None] for t in targets[name]]
-        rows = _irreps_rows(head["kind"], np.concatenate(values)).copy()
-        has_scalar = e3nn.Irrep("0e") in [mul_ir.ir for mul_ir in irreps_of(head["kind"])]
-        shift = None
-        if has_scalar and per_atom:
-            shift = [float(rows[numbers == z, 0].mean()) if np.any(numbers == z) else 0.0
-                     for z in species]  # fmt: skip
-            rows[:, 0] -= np.asarray([shift[species.index(int(z))] for z in numbers])
-        elif has_scalar:
-            shift = float(rows[:, 0].mean())
-            rows[:, 0] -= shift
-        scale = float(np.sqrt(np.mean(rows**2)))
-        head["scale"] = scale if scale > 0 and math.isfinite(scale) else 1.0
-        head["shift"] = shift
-        rms[name] = head["scale"]
-    if config["formulation"] == "electric":
-        z = rms.get("born_charges", 1.0)
-        if "raman_tensors" in rms:
-            config["field_scale"] = rms["raman_tensors"] / (H.COULOMB * z)
-        config["energy_scale"] = z / config["field_scale"]
-    elif config["formulation"] == "magnetic":
-        config["energy_scale"] = rms.get("shielding", 1.0)
-    vpa = [s.volume / len(s) for s in structures if s.pbc.all()]
-    config["domain"] = {
-        "volume_per_atom": [min(vpa), max(vpa)] if vpa else None,
-        "min_distance": float(min(_min_distance(s) for s in structures)),
-        "periodic": bool(all(s.pbc.all() for s in structures)),
-    }
-    return config
-
-
-def _min_distance(s: Structure, r: float = 6.0) -> float:
-    from ._neighbors import neighbor_pairs
-
-    i, j, shifts = neighbor_pairs(s, r)
-    if len(i) == 0:
-        return r
-    d = s.positions[j] - s.positions[i] + shifts @ s.cell
-    return float(np.linalg.norm(d, axis=1).min())
 
 
 class ResponseModel(eqx.Module):
