@@ -99,6 +99,17 @@ def test_loop_converges_and_feeds_predictions_back(uv, tmp_path, pseudo_dir):
     assert "V Mn1-3d O-2p 1 12 " in res.hubbard_card("qe7")
 
 
+def test_mixing(uv, tmp_path, pseudo_dir):
+    fake = FakePw()
+    res = run(uv, tmp_path, pseudo_dir, fake, mixing=0.5, max_iter=2)
+    u0 = res.history[0]["U"]["1"]
+    assert res.history[1]["U_in"]["1"] == pytest.approx(4.0 + 0.5 * (u0 - 4.0))
+    # the replayed output predicts u0 again: half the step is left
+    assert res.history[1]["max_change_ev"] == pytest.approx(res.history[0]["max_change_ev"] / 2)
+    assert "Hubbard_V(3,3,1) = 1d-08" in fake.inputs[1]  # switched-on values are not mixed
+    assert not res.converged and res.U[1] == pytest.approx(u0)
+
+
 def test_not_converged_within_max_iter(uv, tmp_path, pseudo_dir):
     res = run(uv, tmp_path, pseudo_dir, FakePw(), max_iter=1)
     assert not res.converged and len(res.history) == 1
@@ -191,6 +202,7 @@ def test_unknown_element_fails_before_any_run(uv, tmp_path, pseudo_dir):
         ({"max_iter": 0}, "max_iter"),
         ({"syntax": "qe5"}, "syntax"),
         ({"max_abs_ev": -1.0}, "max_abs_ev"),
+        ({"mixing": 0.0}, "mixing"),
         ({"pseudos": {"Mn": "Mn.UPF"}}, "pseudos"),
     ],
 )

@@ -126,6 +126,7 @@ def self_consistent_hubbard(
     prefix: str = "pwscf",
     keep_outdir: bool = False,
     max_abs_ev: float = 20.0,
+    mixing: float = 1.0,
 ) -> LoopResult:
     """Alternate pw.x runs and `model` predictions until U and V change by less than `tol`.
 
@@ -149,6 +150,10 @@ def self_consistent_hubbard(
     - `syntax`: ``"qe6"`` (``Hubbard_V`` in ``&system``, QE <= 7.0) or ``"qe7"`` (``HUBBARD``
       card, QE >= 7.1).
     - `keep_outdir`: keep each iteration's QE outdir (wavefunctions); deleted by default.
+    - `mixing`: the next run uses ``old + mixing * (predicted - old)`` (1: the prediction;
+      lower it when U/V oscillate between iterations; parameters that were only switched on
+      (1e-8) take the prediction). Convergence is judged on the
+      predicted change whatever the mixing.
     - `max_abs_ev`: a predicted U or V beyond +-this (eV) stops the loop (an extrapolating
       model would otherwise hand pw.x an absurd Hamiltonian).
 
@@ -166,6 +171,8 @@ def self_consistent_hubbard(
         raise ValueError(f"max_iter: expected an int >= 1, got {max_iter!r}")
     if not (isinstance(max_abs_ev, int | float) and max_abs_ev > 0):
         raise ValueError(f"max_abs_ev: expected a positive number of eV, got {max_abs_ev!r}")
+    if not (isinstance(mixing, int | float) and 0 < mixing <= 1):
+        raise ValueError(f"mixing: expected a number in (0, 1], got {mixing!r}")
     if syntax not in SYNTAX_QE:
         raise ValueError(f"syntax: expected 'qe6' (QE <= 7.0) or 'qe7' (QE >= 7.1), got {syntax!r}")
     st, params = _start(structure, hubbard)
@@ -197,25 +204,38 @@ def self_consistent_hubbard(
             atomic_write_json(d / "result.json", saved)
         history.append({key: v for key, v in rec.items() if key != "parameters_out"})
         params_in = params
-        params = [(int(i), int(j), float(v)) for i, j, v in rec["parameters_out"]]
+        predicted = [(int(i), int(j), float(v)) for i, j, v in rec["parameters_out"]]
         if rec["max_change_ev"] < tol:
             converged = True
             break
+        params = _mix(params_in, predicted, mixing)
     if pred is None:  # last iteration reused: its prediction again from the kept files
         out = Path(rec["output"])
         if not out.is_file():
             raise HubbardLoopError(k, out, "pw.x output of a finished iteration was removed")
         pred = _finish(model.predict(out, occup=d / "occup.txt", labels=labels), params_in)
     result = LoopResult(
-        converged=converged, parameters=params, U=dict(pred.U), V=dict(pred.V),
+        converged=converged, parameters=predicted, U=dict(pred.U), V=dict(pred.V),
         history=history, prediction=pred, workdir=workdir,
     )  # fmt: skip
     atomic_write_json(
         workdir / "loop.json",
         {"converged": converged, "tol_ev": tol, "max_iter": max_iter, "iterations": len(history),
-         "parameters": [list(p) for p in params], "history": history},
+         "parameters": [list(p) for p in predicted], "history": history},
     )  # fmt: skip
     return result
+
+
+def _mix(old: Params, new: Params, mixing: float) -> Params:
+    # linear mixing of each parameter present in both runs; new pairs enter as predicted
+    prev = {(i, j): v for i, j, v in old}
+    if mixing == 1:
+        return new
+    out = []
+    for i, j, v in new:
+        u = prev.get((i, j), v)
+        out.append((i, j, u + mixing * (v - u) if abs(u) >= 1e-6 else v))
+    return out
 
 
 def _start(structure, hubbard) -> tuple[dict, Params]:
