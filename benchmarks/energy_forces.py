@@ -252,8 +252,8 @@ def worker(name: str, repeat: int, runs: int) -> dict:
     }  # fmt: skip
 
 
-def spawn(name: str, repeat: int, runs: int, timeout: float) -> dict:
-    cmd = ["taskset", "-c", "0", sys.executable, __file__, "--worker", name]
+def spawn(name: str, repeat: int, runs: int, timeout: float, cpu: int = 0) -> dict:
+    cmd = ["taskset", "-c", str(cpu), sys.executable, __file__, "--worker", name]
     cmd += ["--repeats", str(repeat), "--runs", str(runs)]
     env = {**os.environ, **ENV}
     try:
@@ -293,6 +293,7 @@ def main():
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--timeout", type=float, default=3600.0, help="per (model, size), seconds")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--cpu", type=int, default=0, help="core every worker is pinned to")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -301,7 +302,7 @@ def main():
     results = []
     for repeat in args.repeats:
         for name in args.models:
-            r = spawn(name, repeat, args.runs, args.timeout)
+            r = spawn(name, repeat, args.runs, args.timeout, args.cpu)
             r.setdefault("atoms", 135 * repeat**3)
             print(json.dumps(r), flush=True)
             results.append(r)

@@ -151,6 +151,7 @@ def test_config_round_trip_and_validation():
         model(g, node_inputs=jnp.zeros((16, 3)))
 
 
+@pytest.mark.slow
 def test_learns_born_charges():
     model = make_model(
         np.float32, channels=8, latent_dim=16, two_body_hidden=16, r_max=4.0,

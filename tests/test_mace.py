@@ -212,6 +212,7 @@ def learn_born_charges(model, n_structures=3, epochs=60, lr=1e-2):
     return final, mean_mse, species_mse
 
 
+@pytest.mark.slow
 def test_learns_born_charges():
     model = make_model(
         np.float32, hidden_irreps="8x0e+8x1o+8x1e+8x2e", max_ell=2, correlation=2,
