@@ -269,19 +269,22 @@ def spawn(name: str, repeat: int, runs: int, timeout: float, cpu: int = 0) -> di
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| atoms | model | edges | median (s) | first call (s) | peak RSS (MB) | speed-up vs zoo |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "| atoms | model | edges | median (s) | build (s) | first call (s) | peak RSS (MB) | "
+        "peer / zoo |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     by_key = {(r.get("atoms"), r["model"]): r for r in results if "error" not in r}
     for r in results:
         if "error" in r:
-            lines.append(f"| {r.get('atoms', '?')} | {r['model']} | | error: {r['error']} | | | |")
+            lines.append(
+                f"| {r.get('atoms', '?')} | {r['model']} | | error: {r['error']} | | | | |"
+            )
             continue
         zoo = by_key.get((r["atoms"], PEERS.get(r["model"], "")))
         speed = f"{r['median_s'] / zoo['median_s']:.2f}x" if zoo else ""
         lines.append(
-            f"| {r['atoms']} | {r['model']} | {r['edges']} | {r['median_s']:.3f} | "
-            f"{r['first_call_s']:.1f} | {r['peak_rss_mb']:.0f} | {speed} |"
+            f"| {r['atoms']} | {r['model']} | {r['edges']} | {r['median_s']:.2f} | "
+            f"{r['build_s']:.0f} | {r['first_call_s']:.0f} | {r['peak_rss_mb']:.0f} | {speed} |"
         )
     return "\n".join(lines)
 
