@@ -261,7 +261,8 @@ absolute (GIPAW/PBE); fit sigma_ref to experiment for shifts.
 0e/1e/2e: MAE of the irreps components of the error tensor (orthonormal basis: 0e = trace/sqrt3,
 1e = antisymmetric, 2e = symmetric traceless part). Span/skew: Herzfeld-Berger convention
 (skew dimensionless). The shipped weights are the **{best}** formulation (lower full-tensor MAE);
-`metrics.json` has both. Parity plots: `parity_isotropic.png`, `parity_tensor.png`.
+`metrics.json` has both. Parity plots: `parity_isotropic.png` (sigma_iso) and `parity_tensor.png` (the 9
+components of sigma - sigma_iso * 1).
 
 Targets of the issue: isotropic MAE <= 1.5 ppm ({
         "met" if m["isotropic_mae"] <= 1.5 else "**not met**"
@@ -304,9 +305,13 @@ def ship(runs: Path, data: dict, split: dict, weights_dir: Path) -> None:
     pred, true = np.load(runs / best / "validation_predictions.npz").values()
     iso_p, iso_t = np.trace(pred, axis1=1, axis2=2) / 3, np.trace(true, axis1=1, axis2=2) / 3
     parity_plot(iso_p[:, None], iso_t[:, None], tmp / "parity_isotropic.png",
-                f"Si-29 isotropic shielding, validation ({best})", "ppm")  # fmt: skip
-    parity_plot(pred, true, tmp / "parity_tensor.png",
-                f"Si-29 shielding tensor components, validation ({best})", "ppm")  # fmt: skip
+                f"Si-29 sigma_iso, validation ({best})", "ppm")  # fmt: skip
+    # components of sigma - sigma_iso * 1 (the isotropic part is the plot above; keeping it
+    # here would put everything near 400 ppm and hide the anisotropic errors)
+    eye = np.eye(3)
+    parity_plot(pred - iso_p[:, None, None] * eye, true - iso_t[:, None, None] * eye,
+                tmp / "parity_tensor.png", f"Si-29 sigma - sigma_iso*1, validation ({best})",
+                "ppm")  # fmt: skip
     metrics = {
         "shipped": best,
         "split": {"file": "split.json", "by": "structure", **n_struct, "sites": n_sites},
