@@ -145,6 +145,16 @@ def _column(x, n: int, *, name: str) -> np.ndarray:
     return x
 
 
+#: |U_in| or |V_in| below this (eV) is QE's switch-on placeholder (1e-8), not a value: pw.x
+#: prints it as 0.0000, so training rows and predictions must both see 0.
+ACTIVATION_EV = 1e-4
+
+
+def _param_in(x, n: int, *, name: str) -> np.ndarray:
+    x = _column(x, n, name=name)
+    return np.where(np.abs(x) < ACTIVATION_EV, 0.0, x)
+
+
 def _as_batch(elements) -> tuple[list[str], bool]:
     if isinstance(elements, str):
         return [elements], True
@@ -239,7 +249,7 @@ def onsite_features(
     if u_in is None:
         return x
     batch = x.shape[:-1]
-    u = _column(u_in, int(np.prod(batch)), name="u_in").reshape(batch + (1,))
+    u = _param_in(u_in, int(np.prod(batch)), name="u_in").reshape(batch + (1,))
     arr = np.concatenate([np.asarray(x.array), u], axis=-1)
     return e3nn.IrrepsArray(x.irreps + e3nn.Irreps("1x0e"), arr)
 
@@ -276,7 +286,7 @@ def intersite_features(
     dist = _column(distance, n, name="distance (Bohr)")
     if (dist <= 0).any():
         raise ValueError("distance (Bohr): pair distances must be > 0")
-    edge = np.stack([dist, _column(v_in, n, name="v_in")], axis=-1).reshape(batch + (2,))
+    edge = np.stack([dist, _param_in(v_in, n, name="v_in")], axis=-1).reshape(batch + (2,))
     return p, d, e3nn.IrrepsArray("2x0e", edge)
 
 

@@ -241,7 +241,7 @@ def input_statistics(x: Float[np.ndarray, "n dim"], irreps) -> dict[str, list[fl
     """Equivariant input scaling from training inputs: ``x -> (x - mean) * scale``.
 
     ``mean`` is 0 and ``scale`` is, per irrep copy (scalar column or l > 0 block), the inverse
-    root-mean-square component over the rows (1 if that is ~0). Scaling by the RMS, not by
+    root-mean-square component over the rows (1 if that is below 1e-4). Scaling by the RMS, not by
     the standard deviation, brings every input to O(1) without blowing up the tiny spreads of
     a narrow training set (a degree-8 polynomial network extrapolates those violently).
     JSON-safe lists of length ``irreps.dim``.
@@ -253,7 +253,9 @@ def input_statistics(x: Float[np.ndarray, "n dim"], irreps) -> dict[str, list[fl
     scale = np.ones(irreps.dim)
     for (mul, ir), sl in zip(irreps, irreps.slices()):
         rms = np.sqrt((x[:, sl].reshape(len(x), mul, ir.dim) ** 2).mean(axis=(0, 2)))
-        scale[sl] = np.repeat(np.where(rms > 1e-8, 1.0 / np.maximum(rms, 1e-8), 1.0), ir.dim)
+        # an (almost) constant-zero column keeps scale 1: scaling it up turns placeholders
+        # such as V_in = 1e-8 eV into O(1) inputs and predictions into nonsense
+        scale[sl] = np.repeat(np.where(rms > 1e-4, 1.0 / np.maximum(rms, 1e-4), 1.0), ir.dim)
     return {"mean": np.zeros(irreps.dim).tolist(), "scale": scale.tolist()}
 
 
