@@ -221,7 +221,11 @@ def ship(out_root: Path, split: dict) -> None:
             if png.is_file():
                 extra[f"parity_{f}_{name}.png"] = png
     extra["split.json"] = DATA / "split.json"
-    for name in ("born_order_experiment.json", "autodiff_benchmark.json"):
+    for name in (
+        "born_order_experiment.json",
+        "born_order_experiment_long.json",
+        "autodiff_benchmark.json",
+    ):
         if (out_root / name).is_file():
             extra[name] = out_root / name
     model.save_pretrained(WEIGHTS, card=card, overwrite=True, extra_files=extra)
@@ -269,8 +273,10 @@ two formulations trained concurrently, so the table's times overlap).
 - Which index of the stored Z* is the field is not stated by the source. A direct model
   reproduces the stored order whatever it is. For the derivative model (Z = -d2E/deps dr) a
   Born-only fit of both orders (8 structures, 4 epochs, `--born-order-experiment`) was
-  inconclusive (antisymmetric 1e block R2 0.03 field-first vs -0.04 displacement-first);
-  field-first (`[atom, field, displacement]`, the QE/phonopy print order) is assumed.
+  inconclusive (antisymmetric 1e block R2 0.03 field-first vs -0.04 displacement-first), and
+  so was a longer one (16 structures, 10 epochs: -0.08 vs 0.04; `born_order_experiment_long.json`):
+  neither order's 1e block is learned within these budgets. Field-first
+  (`[atom, field, displacement]`, the QE print order) is assumed; the question stays open.
 - Raman: every cell has the same volume (1728.07 Å³), so a 1/Ω factor is only a constant and
   the data cannot tell the conventions apart; the magnitudes (mean |R| 1.55, ε∞ ≈ 5.1) match
   the QE convention R = -(e²/4πε0) d3E/dr deps deps (Å²), used by the derivative model.
