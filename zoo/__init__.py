@@ -27,6 +27,7 @@ from .hub import push_to_hub as push_to_hub
 from .irreps import irreps_of as irreps_of
 from .irreps import to_cartesian as to_cartesian
 from .irreps import to_irreps as to_irreps
+from .model import ResponseModel as ResponseModel
 from .nequip import NequIP as NequIP
 from .nequip import NequIPConfig as NequIPConfig
 from .nmr import chemical_shift as chemical_shift
@@ -34,6 +35,7 @@ from .nmr import haeberlen as haeberlen
 from .nmr import herzfeld_berger as herzfeld_berger
 from .response import energy_forces_stress as energy_forces_stress
 from .response import total_energy as total_energy
+from .shielding import ShieldingModel as ShieldingModel
 from .structure import Structure as Structure
 from .structure import as_structure as as_structure
 
