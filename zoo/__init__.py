@@ -34,6 +34,7 @@ from .nmr import chemical_shift as chemical_shift
 from .nmr import haeberlen as haeberlen
 from .nmr import herzfeld_berger as herzfeld_berger
 from .response import energy_forces_stress as energy_forces_stress
+from .response import mixed_derivatives as mixed_derivatives
 from .response import total_energy as total_energy
 from .shielding import ShieldingModel as ShieldingModel
 from .structure import Structure as Structure
