@@ -185,3 +185,20 @@ def test_bad_previous_output_is_recorded_not_crashing(fake):
     assert cycle.run_step(jobdir, np=1, nice=0, pw_exe=exes["pw"], hp_exe=exes["hp"]) == "scf1"
     status = read_json(jobdir / "status.json")
     assert status["state"] == "failed" and "parameters.out" in status["reason"]
+
+
+def test_queue_run_end_to_end(fake, monkeypatch):
+    from zoo.hubbard.dft import queue
+
+    tmp, exes = fake
+    bindir = tmp / "bin"
+    bindir.mkdir()
+    for name in ("pw", "hp"):
+        (bindir / f"{name}.x").symlink_to(exes[name])
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    jobdir = _make_job_with_pseudos(tmp, n_iter=1)
+    args = ["run", str(jobdir.parent), "--exit-when-idle", "--np", "1"]
+    queue.main(args + ["--data-dir", str(tmp / "data")])
+    assert read_json(jobdir / "status.json")["state"] == "done"
+    assert len((tmp / "data" / "labels.jsonl").read_text().splitlines()) == 10
+    assert (jobdir.parent / "queue.lock").read_text().strip() == str(os.getpid())

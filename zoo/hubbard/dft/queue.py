@@ -9,7 +9,8 @@
 ``run`` takes a lock on ``<queue_dir>/queue.lock`` (one runner per queue), picks the runnable job
 with the lowest (priority, id) and runs its next step in a fresh interpreter, so code fixes apply
 to the next step without restarting the queue. Jobs added while it runs are picked up. After a
-job finishes it exports ``data/hubbard/`` and, with ``--commit``, commits that folder only.
+job finishes and after every finished hp.x step it exports ``data/hubbard/`` and, with
+``--commit``, commits that folder only.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from .runner import now, read_json
 
 REPO = Path(__file__).resolve().parents[3]
+DATA = REPO / "data" / "hubbard"
 
 
 def list_jobs(queue_dir: Path) -> list[tuple[dict, dict]]:
@@ -48,16 +50,25 @@ def _git_commit(paths: list[str], message: str) -> None:
     subprocess.run(["git", "commit", "-q", "-m", message, "--", *paths], cwd=REPO, check=False)
 
 
-def export(queue_dir: Path, commit: bool, message: str = "hubbard data: update") -> None:
+def export(
+    queue_dir: Path, commit: bool, message: str = "hubbard data: update", out: Path | None = None
+) -> None:
     from .dataset import write_dataset
 
-    out = REPO / "data" / "hubbard"
+    out = DATA if out is None else out
     write_dataset(queue_dir, out)
     if commit:
         _git_commit(["data/hubbard"], message)
 
 
-def run(queue_dir: Path, commit: bool, exit_when_idle: bool, idle_sleep: float = 120.0) -> None:
+def run(
+    queue_dir: Path,
+    commit: bool,
+    exit_when_idle: bool,
+    idle_sleep: float = 120.0,
+    np: int = 2,
+    data_dir: Path = DATA,
+) -> None:
     queue_dir.mkdir(parents=True, exist_ok=True)
     lock = open(queue_dir / "queue.lock", "a+")  # not "w": keep the owner's pid on failure
     try:
@@ -68,6 +79,13 @@ def run(queue_dir: Path, commit: bool, exit_when_idle: bool, idle_sleep: float =
     lock.truncate(0)
     lock.write(str(os.getpid()))
     lock.flush()
+    n_hp_before: dict[str, int] = {}
+    for job, status in list_jobs(queue_dir):
+        n_hp_before[job["id"]] = sum(
+            1
+            for k, v in status.get("steps", {}).items()
+            if k.startswith("hp") and v["state"] == "done"
+        )
     while True:
         runnable = [(j, s) for j, s in list_jobs(queue_dir) if s["state"] not in ("done", "failed")]
         if not runnable:
@@ -79,16 +97,23 @@ def run(queue_dir: Path, commit: bool, exit_when_idle: bool, idle_sleep: float =
         jobdir = queue_dir / job["id"]
         print(f"{now()} step {job['id']}", flush=True)
         rc = subprocess.run(
-            [sys.executable, "-m", "zoo.hubbard.dft.queue", "step", str(jobdir)], cwd=REPO
+            [sys.executable, "-m", "zoo.hubbard.dft.queue", "step", str(jobdir), "--np", str(np)],
+            cwd=REPO,
         ).returncode
         status = read_json(jobdir / "status.json") if (jobdir / "status.json").exists() else {}
         print(f"{now()} -> rc={rc} state={status.get('state')}", flush=True)
         if rc != 0:
             time.sleep(30)  # a crash of the step code itself: do not spin
-        if status.get("state") in ("done", "failed"):
-            msg = f"hubbard data: {job['id']} {status['state']}"
+        steps = status.get("steps", {})
+        hp_done = [k for k, v in steps.items() if k.startswith("hp") and v["state"] == "done"]
+        new_rows = len(hp_done) > n_hp_before.get(job["id"], 0)
+        n_hp_before[job["id"]] = len(hp_done)
+        if status.get("state") in ("done", "failed") or new_rows:
+            # every finished (scf, hp) pair is a label set: export and commit it right away
+            msg = f"hubbard data: {job['id']} {status['state']} ({len(hp_done)} sc steps)"
             subprocess.run(
                 [sys.executable, "-m", "zoo.hubbard.dft.queue", "export", str(queue_dir)]
+                + ["--data-dir", str(data_dir)]
                 + (["--commit", "--message", msg] if commit else []),
                 cwd=REPO,
             )
@@ -110,13 +135,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--exit-when-idle", action="store_true")
     ap.add_argument("--message", default="hubbard data: update")
     ap.add_argument("--np", type=int, default=2)
+    ap.add_argument("--data-dir", type=Path, default=DATA)
     args = ap.parse_args(argv)
     if args.command == "seed":
         from .plan import seed
 
         seed(args.path)
     elif args.command == "run":
-        run(args.path.resolve(), args.commit, args.exit_when_idle)
+        run(
+            args.path.resolve(),
+            args.commit,
+            args.exit_when_idle,
+            np=args.np,
+            data_dir=args.data_dir,
+        )
     elif args.command == "step":
         from .cycle import run_step
 
@@ -124,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "status":
         print_status(args.path)
     else:
-        export(args.path.resolve(), args.commit, args.message)
+        export(args.path.resolve(), args.commit, args.message, args.data_dir)
 
 
 if __name__ == "__main__":
