@@ -12,6 +12,8 @@ from . import testing as testing
 from . import train as train
 from ._serialization import make_model_card as make_model_card
 from ._serialization import save_pretrained as save_pretrained
+from .allegro import Allegro as Allegro
+from .allegro import AllegroConfig as AllegroConfig
 from .calculator import Calculator as Calculator
 from .finetune import finetune as finetune
 from .graph import Graph as Graph
@@ -27,6 +29,8 @@ from .hub import push_to_hub as push_to_hub
 from .irreps import irreps_of as irreps_of
 from .irreps import to_cartesian as to_cartesian
 from .irreps import to_irreps as to_irreps
+from .mace import MACE as MACE
+from .mace import MACEConfig as MACEConfig
 from .model import ResponseModel as ResponseModel
 from .nequip import NequIP as NequIP
 from .nequip import NequIPConfig as NequIPConfig
