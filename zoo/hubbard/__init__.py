@@ -1,1 +1,25 @@
-"""Hubbard U/V: data pipeline (``zoo.hubbard.dft``) and models."""
+"""Hubbard U/V: data pipeline (``zoo.hubbard.dft``) and models.
+
+Occupation matrices (QE basis) -> spin-flip-invariant irreps features -> on-site (U) and
+inter-site (V) models; ``HubbardUV`` answers for a whole pw.x output and
+``self_consistent_hubbard`` alternates pw.x runs and predictions.
+"""
+
+from ._basis import occupations_qe_to_e3nn as occupations_qe_to_e3nn
+from ._basis import qe_to_e3nn as qe_to_e3nn
+from ._basis import wigner_d_qe as wigner_d_qe
+from ._features import intersite_features as intersite_features
+from ._features import onsite_features as onsite_features
+from ._loop import HubbardLoopError as HubbardLoopError
+from ._loop import LoopResult as LoopResult
+from ._loop import run_pw_local as run_pw_local
+from ._loop import self_consistent_hubbard as self_consistent_hubbard
+from ._models import IntersiteModel as IntersiteModel
+from ._models import OnsiteModel as OnsiteModel
+from ._models import fit_scalers as fit_scalers
+from ._predict import HubbardPrediction as HubbardPrediction
+from ._predict import HubbardUV as HubbardUV
+from ._split import baseline_metrics as baseline_metrics
+from ._split import duplicate_clusters as duplicate_clusters
+from ._split import regression_metrics as regression_metrics
+from ._split import split_by_clusters as split_by_clusters
