@@ -22,3 +22,15 @@ def x64():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_code():
+    """Drop compiled executables after each test module. A long pytest process otherwise keeps
+    thousands of XLA executables mapped and can exhaust vm.max_map_count (65530 by default),
+    which shows up as a segfault inside a later compilation."""
+    yield
+    jax.clear_caches()
+    import gc
+
+    gc.collect()
