@@ -138,6 +138,25 @@ def test_rows_from_finished_job(fake):
     assert len((tmp / "data" / "labels.jsonl").read_text().splitlines()) == 10
 
 
+def test_implausible_linear_response_is_rejected_with_its_reason(fake, monkeypatch):
+    tmp, exes = fake
+    jobdir = _make_job_with_pseudos(tmp, n_iter=1)
+    _run_all(jobdir, exes)
+    good = dataset.rows_for_step(read_json(jobdir / "job.json"), jobdir, 0)
+    assert dataset.step_problem(good) is None
+
+    def bad(job, jd, k):  # what a metallic CoO run gave: U(Co) ~ 0.07 eV
+        return [{**r, "param_out": 0.07} if r["param_type"] == "U" else r for r in good]
+
+    monkeypatch.setattr(dataset, "rows_for_step", bad)
+    assert "outside" in dataset.step_problem(bad(None, None, 0))
+    assert dataset.rows_for_job(jobdir) == []
+    out = dataset.write_dataset(tmp / "queue", tmp / "data")
+    (job,) = [j for j in out["jobs"].values() if j.get("rejected_steps")]
+    assert job["rejected_steps"]["it0"].startswith("U(Mn1 3d) = 0.07 eV")
+    assert (tmp / "data" / "labels.jsonl").read_text() == ""
+
+
 def test_pw_not_converged_is_recorded_and_capped(fake, monkeypatch):
     tmp, exes = fake
     monkeypatch.setenv("FAKE_PW_MODE", "notconverged")

@@ -301,13 +301,17 @@ def tiny_trained_uv() -> HubbardUV:
     from zoo.hubbard._features import intersite_features, onsite_features
 
     rows = [json.loads(line) for line in LABELS.read_text().splitlines() if line.strip()]
-    u_rows = [r for r in rows if r["param_type"] == "U" and r["atom_1_manifold"] == "3d"]
+    # the queue keeps adding materials to the file: fit only the oxides of the elements below
+    u_species, v_species = ["Mn", "Ni"], ["Mn", "Ni", "O"]
+    u_rows = [
+        r for r in rows if r["param_type"] == "U" and r["atom_1_manifold"] == "3d"
+        and r["atom_1_element"] in u_species
+    ]  # fmt: skip
     v_rows = [
         r for r in rows if r["param_type"] == "V" and r["atom_1_manifold"] == "3d"
-        and r["atom_2_manifold"] == "2p"
+        and r["atom_2_manifold"] == "2p" and r["atom_1_element"] in u_species
     ]  # fmt: skip
     assert {r["atom_1_element"] for r in u_rows} >= {"Ni"} and v_rows
-    u_species, v_species = ["Mn", "Ni"], ["Mn", "Ni", "O"]
     occ = np.array([r["atom_1_occs"] for r in u_rows])
     x = onsite_features(
         [r["atom_1_element"] for r in u_rows], occ[:, 0], occ[:, 1],

@@ -149,18 +149,48 @@ def rows_for_step(job: dict, jobdir: Path, k: int) -> list[dict]:
     return rows
 
 
-def rows_for_job(jobdir: str | Path) -> list[dict]:
-    """Rows of every finished (scf<k>, hp<k>) pair of the job in ``jobdir``."""
-    jobdir = Path(jobdir)
+# Linear response that converged numerically can still be unphysical (e.g. CoO with a
+# metallic starting point gave U(Co 3d) = 0.07 eV and V(Co-O) = -3.2 eV): such steps are not
+# labels. Bounds are generous: published TM 3d U are 2-10 eV, first-shell TM-O V 0.3-2 eV.
+U_TM_RANGE = (0.5, 15.0)
+V_TM_O_RANGE = (0.0, 5.0)
+
+
+def step_problem(rows: list[dict]) -> str | None:
+    """Why the labels of one (scf, hp) step are implausible, or None if they are fine."""
+    for r in rows:
+        e1, e2, v = r["atom_1_element"], r["atom_2_element"], r["param_out"]
+        if r["param_type"] == "U" and e1 in TRANSITION_METALS:
+            lo, hi = U_TM_RANGE
+            if not lo <= v <= hi:
+                return f"U({e1}{r['atom_1_idx']} 3d) = {v} eV outside [{lo}, {hi}]"
+        if r["param_type"] == "V" and r.get("first_shell") and e2 == "O":
+            lo, hi = V_TM_O_RANGE
+            if not lo <= v <= hi:
+                return f"V({e1}{r['atom_1_idx']}-O) = {v} eV outside [{lo}, {hi}]"
+    return None
+
+
+def _job_rows(jobdir: Path) -> tuple[list[dict], dict[str, str]]:
+    """(accepted rows, {"it<k>": reason} of rejected steps) of the job in ``jobdir``."""
     job = read_json(jobdir / "job.json")
     if job["kind"] != "sc" or not (jobdir / "status.json").exists():
-        return []
+        return [], {}
     steps = read_json(jobdir / "status.json")["steps"]
-    rows = []
+    rows, rejected = [], {}
     for k in range(job["n_iter"]):
         if all(steps.get(f"{s}{k}", {}).get("state") == "done" for s in ("scf", "hp")):
-            rows += rows_for_step(job, jobdir, k)
-    return rows
+            step_rows = rows_for_step(job, jobdir, k)
+            if (why := step_problem(step_rows)) is not None:
+                rejected[f"it{k}"] = why
+            else:
+                rows += step_rows
+    return rows, rejected
+
+
+def rows_for_job(jobdir: str | Path) -> list[dict]:
+    """Rows of every finished, physically plausible (scf<k>, hp<k>) pair of a job."""
+    return _job_rows(Path(jobdir))[0]
 
 
 def _job_summary(job: dict, status: dict) -> dict:
@@ -211,11 +241,15 @@ def write_dataset(queue_dir: str | Path, out_dir: str | Path) -> dict:
         job = read_json(jp)
         sp = jp.parent / "status.json"
         status = read_json(sp) if sp.exists() else {}
-        manifest["jobs"][job["id"]] = _job_summary(job, status)
+        summary = _job_summary(job, status)
         # The queue holds this job's outputs: its rows are regenerated, stale ones dropped.
         rows = {k: r for k, r in rows.items() if r["sc_path"] != job["id"]}
-        for r in rows_for_job(jp.parent):
+        job_rows, rejected = _job_rows(jp.parent)
+        for r in job_rows:
             rows[r["id"]] = r
+        if rejected:
+            summary["rejected_steps"] = rejected
+        manifest["jobs"][job["id"]] = summary
     tmp = lab.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(json.dumps(rows[k], sort_keys=True) + "\n" for k in sorted(rows)))
     tmp.replace(lab)
@@ -330,6 +364,8 @@ def stats_markdown(rows: list[dict], jobs: dict) -> str:
     lines.append("|---|---|---|---|---|")
     for jid, j in sorted(jobs.items()):
         fail = j["failures"][-1]["reason"][:90] if j["failures"] else ""
+        if j.get("rejected_steps"):  # finished but implausible: not labels
+            fail = "; ".join(f"{k} rejected: {v}" for k, v in j["rejected_steps"].items())
         lines.append(f"| {jid} | {j['purpose']} | {j['state']} | {j['wall_s'] / 60:.1f} | {fail} |")
     return "\n".join(lines + ["", STATS_END])
 
