@@ -131,6 +131,7 @@ PROD_HP = {"nq": [2, 2, 2], "conv_thr_chi": 1e-4, "alpha_mix": 0.3, "niter_max":
 PROD_HP_FALLBACK = [{"alpha_mix": 0.15}]
 ROCKSALT_ORDER = ("Mn", "Ni", "Co", "Fe")  # most robust SCF first
 STRAINS = (0.0, -0.03, 0.03, -0.015, 0.015, -0.04, 0.04)
+CO_LATE = 800  # priority offset of the rock-salt CoO jobs
 
 
 def production_jobs(rounds: int = 7) -> list[dict]:
@@ -146,12 +147,14 @@ def production_jobs(rounds: int = 7) -> list[dict]:
         for n, m in enumerate(ROCKSALT_ORDER):
             base = S.rocksalt_afm(m)
             st = S.perturb(base, seed=0, sigma=0.0, strain=STRAINS[r])
+            # CoO from these settings: hp.x gave U(Co) = 0.07 eV (p102, rejected): run it last
+            late = CO_LATE if m == "Co" else 0
             prio = 100 + 10 * r + n
             name = f"p{prio}-{m}O-sym-e{STRAINS[r]:+.3f}"
-            jobs.append(_prod_job(name, f"{m}O", st, prio, {}))
+            jobs.append(_prod_job(name, f"{m}O", st, prio + late, {}))
             st = S.perturb(base, seed=r, sigma=0.04, strain=STRAINS[r] / 2)
             prio = 100 + 10 * r + 4 + n
-            jobs.append(_prod_job(f"p{prio}-{m}O-rat-s{r}", f"{m}O", st, prio, {}))
+            jobs.append(_prod_job(f"p{prio}-{m}O-rat-s{r}", f"{m}O", st, prio + late, {}))
         if r >= 1:
             for n, (m, mag) in enumerate((("Co", 0), ("Fe", 5))):
                 st = S.perturb(S.layered_limo2(m), seed=r, sigma=0.04, strain=STRAINS[r] / 2)
