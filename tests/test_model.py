@@ -136,3 +136,23 @@ def test_load_batio3_validates_shapes(tmp_path):
         load_batio3(root)
     with pytest.raises(ValueError, match="no structures/qe"):
         load_batio3(tmp_path)
+
+
+def test_shipped_batio3_predicts_all_four_tensors_on_a_validation_structure():
+    import zoo
+    from recipes.batio3_global import physical
+
+    records = load_batio3(DATA)
+    assert sorted(r["id"] for r in records if not physical(r)) == [
+        "00010", "00017", "00020", "00023", "00048",
+    ]  # fmt: skip
+    split = json.loads((DATA / "split.json").read_text())
+    rec = next(r for r in records if r["id"] == split["validation"][0])
+    model = zoo.load("batio3-response")
+    out = model.predict(rec["structure"])
+    assert out["born_charges"].shape == (135, 3, 3) and out["raman_tensors"].shape == (135, 3, 3, 3)
+    eps, chi = out["dielectric"], out["chi2"]
+    np.testing.assert_allclose(eps, eps.T, atol=1e-6)
+    np.testing.assert_allclose(chi, chi.transpose(1, 0, 2), atol=1e-5)
+    assert np.abs(eps - rec["dielectric"]).max() < 0.1  # eps_inf ~ 5.1 on the diagonal
+    assert np.abs(out["born_charges"] - rec["born_charges"]).mean() < 0.05

@@ -42,14 +42,24 @@ class GlobalTensorHead(eqx.Module):
 
     def __call__(self, features: e3nn.IrrepsArray, graph: Graph) -> Float[Array, "n_graphs ..."]:
         """`features` `(n_nodes, irreps_in)` -> `(n_graphs, 3, 3)` or `(n_graphs, 3, 3, 3)`."""
-        mask = graph.node_mask[:, None]
-        summed = jax.ops.segment_sum(
-            jnp.where(mask, features.array, 0), graph.node_graph, num_segments=graph.n_graphs
-        )
-        count = jnp.maximum(graph.n_node, 1).astype(summed.dtype)[:, None]
-        y = self.linear(e3nn.IrrepsArray(features.irreps, summed / count))
+        return self.readout(mean_pool(features, graph))
+
+    def readout(self, pooled: e3nn.IrrepsArray) -> Float[Array, "n_graphs ..."]:
+        """Mean-pooled features `(n_graphs, irreps_in)` -> Cartesian tensors. Split from
+        `__call__` so heads on a frozen trunk can be fit on cached pooled features."""
+        y = self.linear(pooled)
         arr = self.scale * y.array
         if self.shift is not None:
-            shift = jnp.full((graph.n_graphs,), self.shift, arr.dtype)
+            shift = jnp.full(arr.shape[:1], self.shift, arr.dtype)
             arr = arr + scalar_shift(y.irreps, shift, arr.dtype)
         return to_cartesian(self.kind, arr)
+
+
+def mean_pool(features: e3nn.IrrepsArray, graph: Graph) -> e3nn.IrrepsArray:
+    """Average of `features` `(n_nodes, irreps)` over each graph's real atoms `(n_graphs, irreps)`."""
+    mask = graph.node_mask[:, None]
+    summed = jax.ops.segment_sum(
+        jnp.where(mask, features.array, 0), graph.node_graph, num_segments=graph.n_graphs
+    )
+    count = jnp.maximum(graph.n_node, 1).astype(summed.dtype)[:, None]
+    return e3nn.IrrepsArray(features.irreps, summed / count)
