@@ -78,6 +78,9 @@ def test_change_of_basis_orthogonal_and_exact(l):
     np.testing.assert_allclose(c @ c.T, np.eye(2 * l + 1), atol=1e-13)
     r = _directions(seed=7)
     np.testing.assert_allclose(qe_real_harmonics(l, r) @ c.T, e3nn_real_harmonics(l, r), atol=1e-13)
+    from zoo.hubbard._basis import _fit_change_of_basis
+
+    np.testing.assert_allclose(c, _fit_change_of_basis(l), atol=1e-12)  # tabulated == fitted
 
 
 def test_change_of_basis_p_is_signed_permutation():

@@ -96,8 +96,30 @@ def _random_directions(n: int, seed: int) -> np.ndarray:
     return r / np.linalg.norm(r, axis=1, keepdims=True)
 
 
+_S3, _S15, _S38, _S58 = np.sqrt(3) / 2, np.sqrt(15) / 4, np.sqrt(3 / 8), np.sqrt(5 / 8)
+#: C for each l, written out: fitting it needs e3nn.sh under jit (~1 s of XLA compiles on
+#: the first prediction). `_fit_change_of_basis` derives it; tests check the two agree.
+_TABULATED = {
+    0: [[1.0]],
+    1: [[0, -1, 0], [0, 0, -1], [1, 0, 0]],
+    2: [
+        [0, -1, 0, 0, 0], [0, 0, 0, 0, 1], [-0.5, 0, 0, -_S3, 0], [0, 0, -1, 0, 0],
+        [_S3, 0, 0, -0.5, 0],
+    ],
+    3: [
+        [0, -_S15, 0, 0, 0, 0.25, 0], [0, 0, 0, 0, 1, 0, 0], [0, 0.25, 0, 0, 0, _S15, 0],
+        [0, 0, _S38, 0, 0, 0, _S58], [-_S38, 0, 0, -_S58, 0, 0, 0],
+        [0, 0, -_S58, 0, 0, 0, _S38], [_S58, 0, 0, -_S38, 0, 0, 0],
+    ],
+}  # fmt: skip
+
+
 @functools.cache
 def _change_of_basis(l: int) -> np.ndarray:
+    return np.asarray(_TABULATED[l], dtype=np.float64)
+
+
+def _fit_change_of_basis(l: int) -> np.ndarray:
     r = _random_directions(200, seed=l)
     y_qe = qe_real_harmonics(l, r)
     y_e3 = e3nn_real_harmonics(l, r)

@@ -7,6 +7,8 @@ manifolds, d-d V) is reported in ``not_predicted`` and carried over unchanged in
 """
 
 import dataclasses
+import functools
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -118,14 +120,34 @@ def _manifold(element: str, site: int) -> str:
     return MANIFOLD[element]
 
 
-@eqx.filter_jit
-def _u_batch(model, x):
-    return model(x)
+#: the models are small MLPs run on a handful of rows: XLA's optimisation passes cost more
+#: compile time (about half of the first prediction) than they save at run time
+_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
-@eqx.filter_jit
-def _v_batch(model, p, d, e):
-    return model(p, d, e)
+class _Static:
+    """The non-array part of a Hubbard model as a jit static argument: equal (same compiled
+    code) when the model class and config are, since the config fixes the whole structure."""
+
+    def __init__(self, static: eqx.Module):
+        self.static = static
+        self.key = (type(static), json.dumps(static.config, sort_keys=True, default=str))
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Static) and self.key == other.key
+
+
+@functools.partial(jax.jit, static_argnums=0, compiler_options=_FAST_COMPILE)
+def _apply(static: _Static, params, *inputs):
+    return eqx.combine(params, static.static)(*inputs)
+
+
+def _run(model: eqx.Module, *inputs) -> jax.Array:
+    params, static = eqx.partition(model, eqx.is_array)
+    return _apply(_Static(static), params, *inputs)
 
 
 class HubbardUV(eqx.Module):
@@ -263,7 +285,7 @@ class HubbardUV(eqx.Module):
             species=self.u_model.config["species"],
             labels=[f"site {i} ({labels[i - 1]})" for i in sites],
         )  # fmt: skip
-        y = np.asarray(_u_batch(self.u_model, _pad(x.array)))[: len(sites)]
+        y = np.asarray(_run(self.u_model, _pad(x.array)))[: len(sites)]
         return {i: float(u) for i, u in zip(sites, np.asarray(y))}
 
     def _predict_v(self, keys, elements, onsite, keyed, labels) -> dict[PairKey, float]:
@@ -282,7 +304,7 @@ class HubbardUV(eqx.Module):
             [keyed[k][1] for k in keys], [keyed[k][2] for k in keys],
             species=self.v_model.config["species"], labels=[f"pair {k}" for k in keys],
         )  # fmt: skip
-        y = np.asarray(_v_batch(self.v_model, *(_pad(f.array) for f in feats)))[: len(keys)]
+        y = np.asarray(_run(self.v_model, *(_pad(f.array) for f in feats)))[: len(keys)]
         return {k: float(v) for k, v in zip(keys, np.asarray(y))}
 
     def hubbard_card(self, pw_output: str | Path, syntax: str = "qe7", **kwargs) -> str:
