@@ -154,6 +154,41 @@ def test_coupling_table_reproduces_dense_contraction(rng):
         assert k > 0
 
 
+def test_symmetric_contraction_equals_dense_coupling_tensors():
+    """The gathered-monomial evaluation equals sum_k w[z, k, c] U[i.., k, m] x_i x_j .. per
+    channel, with U the dense e3nn-jax basis (f64)."""
+    from zoo._symmetric_contraction import SymmetricContraction
+
+    with jax.enable_x64(True):
+        irreps_in, per_channel = "2x0e+2x1o+2x2e", e3nn.Irreps("0e+1o+2e")
+        sc = SymmetricContraction(irreps_in, "2x0e+2x1o+2x2e", 3, 2, dtype=jnp.float64,
+                                  key=jax.random.key(0))  # fmt: skip
+        a = e3nn.normal(irreps_in, jax.random.key(1), (3,)).astype(jnp.float64)
+        species = jnp.array([0, 1, 1])
+        out = np.asarray(sc(a, species).array)
+        x = np.concatenate(
+            [a.array[:, sl].reshape(3, 2, ir.dim) for sl, (_, ir) in zip(a.irreps.slices(), a.irreps)],
+            axis=2,
+        )  # fmt: skip
+        expected = {}
+        for (degree, ir), w in zip(sc.keys, sc.weights):
+            u = np.asarray(e3nn.reduced_symmetric_tensor_product_basis(
+                per_channel, degree, keep_ir=[ir]).array)  # fmt: skip
+            k_count, dim = w.shape[1], e3nn.Irrep(ir).dim
+            u = u.reshape(u.shape[:-1] + (k_count, dim))
+            letters = "pqr"[:degree]
+            operands = [x] * degree
+            basis = np.einsum(
+                f"{letters}km,{','.join('nc' + l for l in letters)}->nckm", u, *operands
+            )
+            wz = np.asarray(w)[np.asarray(species)] / np.sqrt(k_count)
+            expected.setdefault(ir, []).append(np.einsum("nkc,nckm->ncm", wz, basis))
+        for (_, ir), sl in zip(sc.irreps_out, sc.irreps_out.slices()):
+            terms = expected[str(ir)]
+            ref = sum(terms) / np.sqrt(len(terms))
+            np.testing.assert_allclose(out[:, sl].reshape(ref.shape), ref, atol=1e-10)
+
+
 def test_config_round_trip_and_validation():
     cfg = MACEConfig(species=(8, 22), hidden_irreps="8x0e+8x1o")
     assert MACEConfig.from_dict(cfg.to_dict()) == cfg
