@@ -1,14 +1,14 @@
-"""Channel-wise tensor product of per-edge features with spherical harmonics.
+"""Channel-wise tensor product of per-edge features with spherical harmonics, on slabs.
 
-``e3nn.tensor_product`` contracts dense Clebsch-Gordan blocks path by path with ``einsum`` in
-the ``(mul, dim)`` layout; for per-edge products that is slow on CPU. Here features are kept
-*component-major*, ``(batch, dim, mul)`` (:func:`to_components`), and all paths are done at
-once: the channel-free operand (spherical harmonics) is contracted with every CG block in one
-product, ``M[e, i, k] = sum_j C[i, j, k] y[e, j]`` (``C`` holds all paths, built once per
-irreps), then ``out[e, k, c] = sum_i x[e, i, c] M[e, i, k]`` is a short sum over the input
-components that XLA fuses into one loop. A few large ops instead of one per CG entry keeps the
-compile time in seconds. Normalisation is e3nn's ``"component"`` (CG scaled by
-``sqrt(2 l3 + 1)``).
+``e3nn.tensor_product`` contracts dense Clebsch-Gordan blocks with ``einsum`` in the
+``(mul, dim)`` layout; for per-edge products that is slow on CPU. Here features are kept
+*component-major*, ``(batch, dim, mul)`` (:func:`to_components`), so every component is a
+contiguous ``(batch, channels)`` slab, and each path ``l1 x l2 -> l3`` is written as a sum of
+slab products with static indices over the non-zero CG entries, which XLA fuses into
+vectorised elementwise loops (no batched tiny matmuls, no gathers). The channel-free second
+operand (spherical harmonics) is first contracted with the CG block,
+``M[e, i, k] = sum_j C[i, j, k] y[e, j]``. Normalisation is e3nn's ``"component"`` (CG
+scaled by ``sqrt(2 l3 + 1)``).
 """
 
 from __future__ import annotations
@@ -83,39 +83,26 @@ def channelwise_tensor_product(
     """
     if any(mul != 1 for mul, _ in y.irreps):
         raise ValueError(f"y must have multiplicity-1 irreps, got {y.irreps}")
-    cg, path_of = _path_tables(
-        tuple(ir for _, ir in irreps_x), tuple(ir for _, ir in y.irreps),
-        tuple(sorted({ir for _, ir in e3nn.Irreps(keep)})),
-    )  # fmt: skip
-    # m[b, i, k] = sum_j C[i, j, k] y[b, j]: the channel-free operand meets all paths at once
-    m = jnp.einsum("bj,ijk->bik", y.array, jnp.asarray(cg, x.dtype))
-    # out[b, k, c] = sum_i x[b, i, c] m[b, i, k]: dim_x terms, fused into one loop by XLA
-    out = sum(x[:, i, None, :] * m[:, i, :, None] for i in range(cg.shape[0]))
-    if weights is not None:
-        out = out * weights[:, path_of, :]
-    return out
-
-
-@functools.lru_cache(maxsize=64)
-def _path_tables(irs_x: tuple, irs_y: tuple, keep: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """The CG blocks of every path ``ir1 x ir2 -> ir3`` (``ir3`` in `keep`) in one array
-    `(dim_x, dim_y, dim_out)`, and the path index of every output component `(dim_out,)`."""
-    keep_set = set(keep)
-    blocks = []  # (x offset, y offset, out offset, cg)
-    dx, dy = sum(ir.dim for ir in irs_x), sum(ir.dim for ir in irs_y)
-    out_dim, path_of, x0, n_paths = 0, [], 0, 0
-    for ir1 in irs_x:
-        y0 = 0
-        for ir2 in irs_y:
+    keep_set = {ir for _, ir in e3nn.Irreps(keep)}
+    y_cols = {ir: y.array[:, sl] for sl, (_, ir) in zip(y.irreps.slices(), y.irreps)}
+    comps, start, path = [], 0, 0
+    for _, ir1 in irreps_x:
+        x_slabs = [x[:, start + i, :] for i in range(ir1.dim)]
+        start += ir1.dim
+        for _, ir2 in y.irreps:
+            yc = y_cols[ir2]
             for ir3 in ir1 * ir2:
-                if ir3 in keep_set:
-                    blocks.append((x0, y0, out_dim, _cg(ir1.l, ir2.l, ir3.l)))
-                    path_of += [n_paths] * ir3.dim
-                    n_paths += 1
-                    out_dim += ir3.dim
-            y0 += ir2.dim
-        x0 += ir1.dim
-    cg = np.zeros((dx, dy, out_dim))
-    for a, b, c, block in blocks:
-        cg[a : a + block.shape[0], b : b + block.shape[1], c : c + block.shape[2]] = block
-    return cg, np.asarray(path_of, np.int32)
+                if ir3 not in keep_set:
+                    continue
+                cg = _cg(ir1.l, ir2.l, ir3.l)  # (d1, d2, d3)
+                w = None if weights is None else weights[:, path, :]
+                path += 1
+                for k in range(ir3.dim):
+                    total = jnp.zeros_like(x_slabs[0])
+                    for i in range(ir1.dim):
+                        js = np.flatnonzero(np.abs(cg[i, :, k]) > 1e-12)
+                        if len(js):
+                            m_ik = sum(float(cg[i, j, k]) * yc[:, j] for j in js)  # (batch,)
+                            total = total + x_slabs[i] * m_ik[:, None]
+                    comps.append(total if w is None else total * w)
+    return jnp.stack(comps, axis=1)

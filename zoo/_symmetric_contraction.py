@@ -6,12 +6,10 @@ For every channel ``c`` independently, with ``A`` the per-channel irreps of the 
 
 where ``U_nu`` are the generalised Clebsch-Gordan coupling tensors of the symmetric power of
 order ``nu`` (e3nn-jax's ``reduced_symmetric_tensor_product_basis``). They are computed once
-at construction and folded over the permutations of their (symmetric) indices: each coupled
-output component is a short sum of monomials ``A_i A_j A_k`` (``i <= j <= k``). At run time
-the monomials that occur are built by two gathers (pairs, then pairs x components) and mapped
-to all coupled components by one matrix product per order. A dense ``d**nu`` tensor (4,096 x
-44 entries for ``0e+1o+2e+3o`` at order 3, ~1 % non-zero) is never contracted, and the
-program stays a handful of large ops (an unrolled sum of monomials compiled for minutes).
+at construction and folded over the permutations of their (symmetric) indices into a sparse
+table: for each coupled output component, the few monomials ``A_i A_j A_k`` (``i <= j <= k``)
+that feed it and their coefficients. A dense ``d**nu`` tensor (4,096 x 44 entries for
+``0e+1o+2e+3o`` at order 3, ~1 % non-zero) is never contracted at run time.
 """
 
 from __future__ import annotations
@@ -93,7 +91,8 @@ class SymmetricContraction(eqx.Module):
     """
 
     weights: tuple[Float[Array, "n_species k channels"], ...]
-    plan: tuple[_Table, ...] = eqx.field(static=True)  # pairs, triples, c1, c2, c3
+    index: tuple[_Table, ...]
+    value: tuple[_Table, ...]
     keys: tuple[tuple[int, str], ...] = eqx.field(static=True)
     irreps_in: e3nn.Irreps = eqx.field(static=True)
     irreps_out: e3nn.Irreps = eqx.field(static=True)
@@ -116,8 +115,8 @@ class SymmetricContraction(eqx.Module):
                 if k == 0:
                     continue
                 keys.append((degree, str(ir)))
-                index.append(idx)
-                value.append(val)
+                index.append(_Table(idx))
+                value.append(_Table(val))
                 shapes.append((n_species, k, self.channels))
             if any(name == str(ir) for _, name in keys):
                 found.append(ir)  # irreps no symmetric power can make are left out
@@ -126,73 +125,47 @@ class SymmetricContraction(eqx.Module):
         cuts = np.cumsum([0] + sizes)
         weights = [flat[a:b].reshape(s) for a, b, s in zip(cuts[:-1], cuts[1:], shapes)]
         self.keys = tuple(keys)
-        self.weights = tuple(weights)
-        dim = e3nn.Irreps(per_channel).dim
-        self.plan = tuple(_Table(t) for t in _monomial_plan(index, value, dim))
+        self.index, self.value, self.weights = tuple(index), tuple(value), tuple(weights)
         self.irreps_in = irreps_in
         self.irreps_out = e3nn.Irreps([(self.channels, ir) for ir in found])
 
     def __call__(self, a: e3nn.IrrepsArray, species: Int[Array, " n_nodes"]) -> e3nn.IrrepsArray:
         if a.irreps != self.irreps_in:
             raise ValueError(f"expected irreps {self.irreps_in}, got {a.irreps}")
-        n, dtype = a.shape[0], a.dtype
-        pairs, triples, c1, c2, c3 = (t.array for t in self.plan)
-        x = to_components(a).transpose(0, 2, 1)  # (n, channels, d)
-        basis = x @ jnp.asarray(c1, dtype)  # (n, channels, rows): every coupled component
-        if len(pairs):
-            m2 = x[..., pairs[:, 0]] * x[..., pairs[:, 1]]  # monomials A_i A_j
-            basis = basis + m2 @ jnp.asarray(c2, dtype)
-            if len(triples):
-                m3 = m2[..., triples[:, 0]] * x[..., triples[:, 1]]  # A_i A_j A_k
-                basis = basis + m3 @ jnp.asarray(c3, dtype)
-        outputs, start = {}, 0
-        for (_, ir), w in zip(self.keys, self.weights):
-            dim, k_count = e3nn.Irrep(ir).dim, w.shape[1]
-            b = basis[..., start : start + k_count * dim].reshape(n, self.channels, k_count, dim)
-            start += k_count * dim
+        n = a.shape[0]
+        # one (n, channels) slab per component of A; the polynomial is unrolled on slabs with
+        # static slices, so XLA fuses it into elementwise loops (no gather / scatter-add)
+        comp = to_components(a)  # (n, d, channels)
+        slabs = [comp[:, i, :] for i in range(comp.shape[1])]
+        monomials: dict[tuple[int, ...], Array] = {}
+
+        def monomial(combo: tuple[int, ...]) -> Array:
+            if combo not in monomials:
+                head = slabs[combo[0]] if len(combo) == 1 else monomial(combo[:-1])
+                monomials[combo] = head if len(combo) == 1 else head * slabs[combo[-1]]
+            return monomials[combo]
+
+        outputs = {}
+        for (_, ir), idx, val, w in zip(self.keys, self.index, self.value, self.weights):
+            dim = e3nn.Irrep(ir).dim
+            k_count = w.shape[1]
             wz = w[species] / np.sqrt(k_count)  # (n, K, channels)
-            outputs.setdefault(ir, []).append(jnp.einsum("nkc,nckm->ncm", wz, b))
-        chunks = [
-            sum(outputs[str(ir)]) / np.sqrt(len(outputs[str(ir)])) for _, ir in self.irreps_out
-        ]
-        return e3nn.from_chunks(self.irreps_out, chunks, (n,), dtype)
-
-
-def _monomial_plan(index, value, dim: int) -> tuple[np.ndarray, ...]:
-    """Gather indices and coefficient matrices for :meth:`SymmetricContraction.__call__`.
-
-    From the coupling tables of every (order, output irrep), in order: ``pairs`` `(P, 2)` and
-    ``triples`` `(T, 2)` (a pair row and a component) of the monomials that occur, and the
-    coefficients ``c1`` `(dim, R)`, ``c2`` `(P, R)`, ``c3`` `(T, R)` mapping the monomials of
-    each order to all ``R`` coupled components (the tables' rows, concatenated)."""
-    entries = []  # (row, monomial, coefficient) over all tables
-    pairs: dict[tuple[int, int], int] = {}
-    triples: dict[tuple[int, int, int], int] = {}
-    start = 0
-    for idx, val in zip(index, value):
-        for r in range(idx.shape[0]):
-            for combo, v in zip(idx[r], val[r]):
-                if v == 0.0:
-                    continue  # zero padding of the table
-                combo = tuple(int(i) for i in combo)
-                if len(combo) >= 2:
-                    pairs.setdefault(combo[:2], len(pairs))
-                if len(combo) == 3:
-                    triples.setdefault(combo, len(triples))
-                entries.append((start + r, combo, float(v)))
-        start += idx.shape[0]
-    c1, c2, c3 = (
-        np.zeros((dim, start)),
-        np.zeros((len(pairs), start)),
-        np.zeros((len(triples), start)),
-    )
-    for row, combo, v in entries:
-        if len(combo) == 1:
-            c1[combo[0], row] += v
-        elif len(combo) == 2:
-            c2[pairs[combo], row] += v
-        else:
-            c3[triples[combo], row] += v
-    pair_idx = np.asarray(list(pairs), np.int32).reshape(-1, 2)
-    triple_idx = np.asarray([(pairs[t[:2]], t[2]) for t in triples], np.int32).reshape(-1, 2)
-    return pair_idx, triple_idx, c1, c2, c3
+            comps = []
+            for m in range(dim):
+                total = 0.0
+                for k in range(k_count):
+                    row = k * dim + m
+                    basis = sum(
+                        float(v) * monomial(tuple(int(i) for i in combo))
+                        for combo, v in zip(idx.array[row], val.array[row])
+                        if v != 0.0
+                    )
+                    total = total + wz[:, k, :] * basis
+                comps.append(total)
+            outputs.setdefault(ir, []).append(jnp.stack(comps, axis=1))  # (n, dim, channels)
+        chunks = []
+        for _, ir in self.irreps_out:
+            terms = outputs[str(ir)]
+            total = sum(terms) / np.sqrt(len(terms))
+            chunks.append(total.transpose(0, 2, 1))  # (n, channels, dim)
+        return e3nn.from_chunks(self.irreps_out, chunks, (n,), a.dtype)
