@@ -256,6 +256,8 @@ def spawn(name: str, repeat: int, runs: int, timeout: float, cpu: int = 0) -> di
     cmd = ["taskset", "-c", str(cpu), sys.executable, __file__, "--worker", name]
     cmd += ["--repeats", str(repeat), "--runs", str(runs)]
     env = {**os.environ, **ENV}
+    if os.environ.get("ZOO_BENCH_EXTRA_XLA_FLAGS"):  # e.g. compile-time experiments
+        env["XLA_FLAGS"] += " " + os.environ["ZOO_BENCH_EXTRA_XLA_FLAGS"]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
