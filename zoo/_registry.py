@@ -57,7 +57,9 @@ def _shipped(name: str, description: str) -> Pretrained:
 SHIPPED: dict[str, Pretrained] = {
     p.name: p
     for p in (
-        _shipped("batio3-response", "BaTiO3: Born charges, Raman tensors, dielectric tensor, chi(2)"),
+        _shipped(
+            "batio3-response", "BaTiO3: Born charges, Raman tensors, dielectric tensor, chi(2)"
+        ),
         _shipped("si29-shielding", "29Si NMR chemical shielding tensors"),
         _shipped("hubbard-u", "Hubbard U (on-site) from DFT+U occupations"),
         _shipped("hubbard-v", "Hubbard V (inter-site) from DFT+U+V occupations"),
