@@ -116,6 +116,22 @@ def test_occupation_blocks_match_pair_table():
         parsers.occupation_blocks(occ[:, :, :3], pw["pairs"])
 
 
+def test_onsite_block_follows_lower_index_home_cell_partners():
+    """pw.x orders atom i's blocks by the partner's supercell index, i itself included: in a
+    rattled MnO run O4 pairs with Mn1 (index 1), so O4's on-site block is the second one."""
+    nat, n_neigh = 4, 3
+    occ = np.zeros((2, nat, n_neigh, 5, 5))
+    for i in range(nat):
+        for v in range(n_neigh):
+            occ[:, i, v] = 10 * (i + 1) + v  # block id: 10 * atom + slot
+    pairs = [(1, 1, 0.0, 4.0), (1, 4, 4.1, 0.7), (4, 4, 0.0, 1e-8), (4, 1, 4.1, 0.7),
+             (4, 30, 4.2, 0.6)]  # fmt: skip
+    blocks = parsers.occupation_blocks(occ, pairs)
+    assert blocks["onsite"][1][0, 0, 0] == 10 and blocks["intersite"][(1, 4)][0, 0, 0] == 11
+    assert blocks["intersite"][(4, 1)][0, 0, 0] == 40  # partner 1 < 4 comes first
+    assert blocks["onsite"][4][0, 0, 0] == 41 and blocks["intersite"][(4, 30)][0, 0, 0] == 42
+
+
 def test_hubbard_card_roundtrip_with_writer():
     from zoo.hubbard.dft import inputs, structures
     from zoo.hubbard.dft.plan import PSEUDOS

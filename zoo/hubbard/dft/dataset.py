@@ -29,8 +29,9 @@ def _manifold(symbol: str) -> str | None:
     return inputs.MANIFOLD.get(symbol)
 
 
-def _block(occ: np.ndarray, i: int, viz: int, m1: int, m2: int) -> list:
-    return occ[:, i, viz, :m1, :m2].tolist()
+def _block(onsite: dict, site: int, dim: int) -> list:
+    """On-site occupations ``[nspin, dim, dim]`` of 1-based `site` (leading block)."""
+    return onsite[site][:, :dim, :dim].tolist()
 
 
 def rows_for_step(job: dict, jobdir: Path, k: int) -> list[dict]:
@@ -56,7 +57,8 @@ def rows_for_step(job: dict, jobdir: Path, k: int) -> list[dict]:
     p_in = {(i, j): v for i, j, v in read_json(scf / "hubbard_in.json")}
     for i, j, _, v in pw["pairs"]:  # pairs pw.x added by symmetry carry the same V
         p_in.setdefault((i, j), v)
-    blocks = parsers.occupation_blocks(occ, pw["pairs"])["intersite"]
+    split = parsers.occupation_blocks(occ, pw["pairs"])
+    blocks, onsite = split["intersite"], split["onsite"]
     status = read_json(jobdir / "status.json")
     hp_settings = status["steps"][f"hp{k}"].get("hp_settings", job["hp"])
     common = {
@@ -103,8 +105,8 @@ def rows_for_step(job: dict, jobdir: Path, k: int) -> list[dict]:
                 "dist_bohr": 0.0,
                 "param_in": float(p_in.get((i, i), 0.0)),
                 "param_out": u,
-                "atom_1_occs": _block(occ, i - 1, 0, d, d),
-                "atom_2_occs": _block(occ, i - 1, 0, d, d),
+                "atom_1_occs": _block(onsite, i, d),
+                "atom_2_occs": _block(onsite, i, d),
                 "intersite_occs": None,
             }
         )
@@ -141,8 +143,8 @@ def rows_for_step(job: dict, jobdir: Path, k: int) -> list[dict]:
                 "first_shell": (i, j) in first_shell,
                 "param_in": float(p_in.get((i, j), 0.0)),
                 "param_out": v,
-                "atom_1_occs": _block(occ, i - 1, 0, d1, d1),
-                "atom_2_occs": _block(occ, a, 0, d2, d2),
+                "atom_1_occs": _block(onsite, i, d1),
+                "atom_2_occs": _block(onsite, a + 1, d2),
                 "intersite_occs": inter,
             }
         )
@@ -159,6 +161,10 @@ V_TM_O_RANGE = (0.0, 5.0)
 def step_problem(rows: list[dict]) -> str | None:
     """Why the labels of one (scf, hp) step are implausible, or None if they are fine."""
     for r in rows:
+        for key in ("atom_1_occs", "atom_2_occs"):
+            n = np.asarray(r[key])
+            if np.abs(n - n.transpose(0, 2, 1)).max() > 1e-4:  # an on-site block must be
+                return f"{r['id']}: {key} not symmetric (occupation blocks misread?)"
         e1, e2, v = r["atom_1_element"], r["atom_2_element"], r["param_out"]
         if r["param_type"] == "U" and e1 in TRANSITION_METALS:
             lo, hi = U_TM_RANGE

@@ -179,16 +179,22 @@ def occupation_blocks(occ: np.ndarray, pairs: list[tuple]) -> dict:
     supercell ``j``; p atoms use the leading 3x3 sub-blocks).
     """
     nspin, nat, n_neigh = occ.shape[:3]
-    out: dict = {"onsite": {i + 1: occ[:, i, 0] for i in range(nat)}, "intersite": {}}
+    out: dict = {"onsite": {}, "intersite": {}}
     for i in range(1, nat + 1):
-        neigh = sorted({j for a, j, *_ in pairs if a == i and j != i})
-        if len(neigh) > n_neigh - 1:
+        # pw.x stores atom i's blocks in increasing supercell index of the partner, the atom
+        # itself included: a home-cell neighbour j < i comes *before* the on-site block (seen
+        # in rattled cells, where pairs like O4-Mn1 are listed; checked: symmetric, trace 2.66)
+        partners = sorted({j for a, j, *_ in pairs if a == i} | {i})
+        if len(partners) > n_neigh:
             raise ValueError(
-                f"occup.txt: atom {i} has {len(neigh)} pairs in pw.x output but only "
+                f"occup.txt: atom {i} has {len(partners) - 1} pairs in pw.x output but only "
                 f"{n_neigh - 1} neighbour blocks"
             )
-        for v, j in enumerate(neigh, start=1):
-            out["intersite"][(i, j)] = occ[:, i - 1, v]
+        for v, j in enumerate(partners):
+            if j == i:
+                out["onsite"][i] = occ[:, i - 1, v]
+            else:
+                out["intersite"][(i, j)] = occ[:, i - 1, v]
     return out
 
 
