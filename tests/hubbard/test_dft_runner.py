@@ -6,6 +6,7 @@ import stat
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from zoo.hubbard.dft import cycle, dataset, structures
@@ -144,6 +145,11 @@ def test_implausible_linear_response_is_rejected_with_its_reason(fake, monkeypat
     _run_all(jobdir, exes)
     good = dataset.rows_for_step(read_json(jobdir / "job.json"), jobdir, 0)
     assert dataset.step_problem(good) is None
+    skewed = [dict(r) for r in good]
+    occ = np.array(skewed[0]["atom_2_occs"])
+    occ[0, 0, 1] += 0.01  # a misread (non-symmetric) on-site block
+    skewed[0]["atom_2_occs"] = occ.tolist()
+    assert "not symmetric" in dataset.step_problem(skewed)
 
     def bad(job, jd, k):  # what a metallic CoO run gave: U(Co) ~ 0.07 eV
         return [{**r, "param_out": 0.07} if r["param_type"] == "U" else r for r in good]

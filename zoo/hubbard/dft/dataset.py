@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._features import check_occupations
 from . import inputs, parsers
 from .cycle import PREFIX
 from .runner import read_json, write_json_atomic
@@ -161,10 +162,13 @@ V_TM_O_RANGE = (0.0, 5.0)
 def step_problem(rows: list[dict]) -> str | None:
     """Why the labels of one (scf, hp) step are implausible, or None if they are fine."""
     for r in rows:
-        for key in ("atom_1_occs", "atom_2_occs"):
+        for key in ("atom_1_occs", "atom_2_occs"):  # what the features will demand of them
             n = np.asarray(r[key])
-            if np.abs(n - n.transpose(0, 2, 1)).max() > 1e-4:  # an on-site block must be
-                return f"{r['id']}: {key} not symmetric (occupation blocks misread?)"
+            try:
+                check_occupations(n, (n.shape[-1] - 1) // 2, name=f"{r['id']} {key}",
+                                  labels=["spin 1", "spin 2"])  # fmt: skip
+            except ValueError as err:
+                return str(err)
         e1, e2, v = r["atom_1_element"], r["atom_2_element"], r["param_out"]
         if r["param_type"] == "U" and e1 in TRANSITION_METALS:
             lo, hi = U_TM_RANGE
