@@ -5,16 +5,11 @@ Pseudopotentials are regenerated with ld1.x from the committed pslibrary inputs
 """
 
 import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 
 from zoo.hubbard.dft import cycle, dataset, structures
 from zoo.hubbard.dft.runner import read_json
-
-LD1 = Path(__file__).resolve().parents[1] / "data" / "qe" / "ld1"
-PSEUDOS = {"Ni": "Ni.pbe-n-rrkjus_psl.1.0.0.UPF", "O": "O.pbe-nl-rrkjus_psl.1.0.0.UPF"}
 
 pytestmark = [
     pytest.mark.qe,
@@ -26,18 +21,13 @@ pytestmark = [
 
 
 @pytest.mark.timeout(900)
-def test_real_cycle_nio(tmp_path):
-    pdir = tmp_path / "pseudo"
-    pdir.mkdir()
-    for name in PSEUDOS.values():
-        with open(LD1 / name.replace(".UPF", ".ld1.in")) as fin:
-            subprocess.run(["ld1.x"], stdin=fin, cwd=pdir, capture_output=True, check=True)
-        assert (pdir / name).exists()
+def test_real_cycle_nio(tmp_path, nio_pseudos):
+    pseudos, pdir = nio_pseudos
     job = cycle.make_job(
         "nio-test",
         material="NiO",
         structure=structures.rocksalt_fm("Ni"),
-        pseudos=PSEUDOS,
+        pseudos=pseudos,
         pseudo_dir=str(pdir),
         pw={"ecutwfc": 30.0, "ecutrho": 240.0, "kpts": [2, 2, 2], "conv_thr": 1e-8,
             "tot_magnetization": 2, "mixing_beta": 0.4},

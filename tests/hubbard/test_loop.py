@@ -24,15 +24,6 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "qe"
 PSEUDOS = {"Mn": "Mn.UPF", "O": "O.UPF"}
 
 
-@pytest.fixture(scope="module")
-def uv():
-    small = {"hidden_layers": 1, "key": jax.random.key(0)}
-    return HubbardUV(
-        OnsiteModel(["Fe", "Mn", "Ni"], feature_irreps="2x0e+2x2e", **small),
-        IntersiteModel(["Fe", "Mn", "Ni", "O"], feature_irreps="2x0e+2x1e+2x2e", **small),
-    )
-
-
 @pytest.fixture
 def pseudo_dir(tmp_path):
     d = tmp_path / "pseudo"
@@ -263,8 +254,6 @@ def test_run_pw_local(tmp_path):
 
 # --- one real loop with pw.x: FM NiO (2 atoms), the settings of test_dft_qe.py -------------
 
-LD1 = DATA / "ld1"
-NIO_PSEUDOS = {"Ni": "Ni.pbe-n-rrkjus_psl.1.0.0.UPF", "O": "O.pbe-nl-rrkjus_psl.1.0.0.UPF"}
 LABELS = Path(__file__).resolve().parents[2] / "data" / "hubbard" / "labels.jsonl"
 
 
@@ -345,21 +334,15 @@ def tiny_trained_uv() -> HubbardUV:
     any(shutil.which(x) is None for x in ("pw.x", "ld1.x", "mpirun")),
     reason="pw.x/ld1.x/mpirun not installed (apt-get install quantum-espresso)",
 )
-def test_real_loop_nio(tmp_path):
-    import subprocess
-
-    pdir = tmp_path / "pseudo"
-    pdir.mkdir()
-    for name in NIO_PSEUDOS.values():
-        with open(LD1 / name.replace(".UPF", ".ld1.in")) as fin:
-            subprocess.run(["ld1.x"], stdin=fin, cwd=pdir, capture_output=True, check=True)
+def test_real_loop_nio(tmp_path, nio_pseudos):
+    pseudos, pdir = nio_pseudos
     uv, losses = tiny_trained_uv()
     settings = {"ecutwfc": 30.0, "ecutrho": 240.0, "kpts": [2, 2, 2], "conv_thr": 1e-8,
                 "tot_magnetization": 2, "mixing_beta": 0.4}  # fmt: skip
     tol, max_iter = 0.01, 4
     res = self_consistent_hubbard(
         uv, structures.rocksalt_fm("Ni"), {"Ni": 4.0}, run_pw_local(nprocs=2, npool=2),
-        workdir=tmp_path / "loop", pseudos=NIO_PSEUDOS, pseudo_dir=pdir, pw_settings=settings,
+        workdir=tmp_path / "loop", pseudos=pseudos, pseudo_dir=pdir, pw_settings=settings,
         tol=tol, max_iter=max_iter,
     )  # fmt: skip
     print("losses", losses)

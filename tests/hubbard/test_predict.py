@@ -7,21 +7,11 @@ from pathlib import Path
 import jax
 import pytest
 
-from zoo.hubbard._models import IntersiteModel, OnsiteModel
 from zoo.hubbard._predict import HubbardUV, element_of
 from zoo.hubbard.dft.parsers import parse_hubbard_card
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "qe"
 LABELS = ["Mn1", "Mn2", "O", "O"]
-
-
-@pytest.fixture(scope="module")
-def uv():
-    small = {"hidden_layers": 1, "key": jax.random.key(0)}
-    return HubbardUV(
-        OnsiteModel(["Fe", "Mn", "Ni"], feature_irreps="2x0e+2x2e", **small),
-        IntersiteModel(["Fe", "Mn", "Ni", "O"], feature_irreps="2x0e+2x1e+2x2e", **small),
-    )
 
 
 @pytest.fixture(scope="module")
