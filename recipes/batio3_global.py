@@ -28,7 +28,7 @@ from zoo.graph import build_graph
 from zoo.heads import GlobalTensorHead
 from zoo.heads.global_tensor import mean_pool
 from zoo.hub import from_pretrained
-from zoo.model import ResponseModel, fit_normalization
+from zoo.model import ResponseModel, fit_normalization, head_entries
 from zoo.train import regression_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,11 +36,15 @@ GLOBAL = ("dielectric", "chi2")
 STEPS, LEARNING_RATE, SEED = 3000, 1e-2, 0
 
 
+@eqx.filter_jit
+def _pooled(model: ResponseModel, graph) -> jax.Array:
+    return mean_pool(model.backbone(graph), graph).array[0]
+
+
 def pooled_features(model: ResponseModel, structures) -> e3nn.IrrepsArray:
     """Mean-pooled backbone features `(n_structures, irreps)` (one compiled shape: 135 atoms)."""
     r_max = model.config["backbone"]["r_max"]
-    run = eqx.filter_jit(lambda m, g: mean_pool(m.backbone(g), g).array[0])
-    rows = [np.asarray(run(model, build_graph([s], r_max))) for s in structures]
+    rows = [np.asarray(_pooled(model, build_graph([s], r_max))) for s in structures]
     irreps = model.backbone.readout.irreps_out
     return e3nn.IrrepsArray(irreps, jnp.asarray(np.stack(rows)))
 
@@ -71,7 +75,7 @@ def add_global_heads(model: ResponseModel, train_recs, val_recs) -> tuple[Respon
         raise ValueError("global heads on a frozen trunk need a direct-formulation model")
     structures = [r["structure"] for r in train_recs]
     norm = fit_normalization(
-        {**model.config, "heads": {n: _head_entry(n) for n in GLOBAL}},
+        {**model.config, "heads": head_entries(GLOBAL)},
         structures, {n: [r[n] for r in train_recs] for n in GLOBAL},
     )["heads"]  # fmt: skip
     x_train = pooled_features(model, structures)
@@ -93,13 +97,6 @@ def add_global_heads(model: ResponseModel, train_recs, val_recs) -> tuple[Respon
     grown = ResponseModel(config, key=jax.random.key(SEED))
     grown = eqx.tree_at(lambda m: (m.backbone, m.heads), grown, (model.backbone, heads))
     return grown, metrics
-
-
-def _head_entry(name: str) -> dict:
-    from zoo.model import OUTPUTS
-
-    kind, _, unit, _ = OUTPUTS[name]
-    return {"kind": kind, "unit": unit, "scale": 1.0, "shift": None}
 
 
 def physical(record: dict) -> bool:

@@ -189,7 +189,7 @@ def _summary(m: dict) -> tuple[float, float]:
     return v["born_charges"]["asr"]["mae"], v["raman_tensors"]["asr"]["r2"]
 
 
-def ship(out_root: Path, split: dict) -> None:
+def ship(out_root: Path, split: dict, records: list[dict]) -> None:
     """Pick the better finished run (lower Born MAE, then higher Raman R2) and ship it."""
     runs = {}
     for form in SETTINGS:
@@ -202,7 +202,7 @@ def ship(out_root: Path, split: dict) -> None:
     if best == "direct":  # + the dielectric and chi(2) heads on its frozen trunk (stage 2)
         from recipes.batio3_global import run as add_global
 
-        glob = add_global(out_root, best, load_batio3(DATA), split)
+        glob = add_global(out_root, best, records, split)
         model = from_pretrained(out_root / "global" / "model")
     else:
         glob, model = None, from_pretrained(out_root / best / "model")
@@ -400,7 +400,7 @@ def main(argv=None) -> None:
             m = train(form, args.out, records, split)
             print(json.dumps({form: _summary(m)}), flush=True)
     if not args.no_ship:
-        ship(args.out, split)
+        ship(args.out, split, records)
 
 
 def born_order_experiment(out_root: Path, records, split, n_train=8, n_val=4, epochs=4) -> dict:

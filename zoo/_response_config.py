@@ -40,6 +40,15 @@ def _version() -> str:
     return FORMAT_VERSION
 
 
+def head_entries(outputs) -> dict:
+    """Config entries of the heads `outputs`, unnormalised (scale 1, no shift): refit them with
+    :func:`fit_normalization`."""
+    return {
+        name: {"kind": OUTPUTS[name][0], "unit": OUTPUTS[name][2], "scale": 1.0, "shift": None}
+        for name in outputs
+    }
+
+
 def make_config(
     species,
     outputs,
@@ -89,10 +98,7 @@ def make_config(
             "formulation 'magnetic' needs backbone parity=True and num_layers >= 3, got "
             f"parity={checked.parity}, num_layers={checked.num_layers}: otherwise d2E/dB dmu = 0"
         )
-    heads = {
-        name: {"kind": OUTPUTS[name][0], "unit": OUTPUTS[name][2], "scale": 1.0, "shift": None}
-        for name in outputs
-    }
+    heads = head_entries(outputs)
     return {
         "model_type": MODEL_TYPE,
         "zoo_version": _version(),

@@ -41,6 +41,7 @@ from ._response_config import NEEDS_CELL as NEEDS_CELL
 from ._response_config import OUTPUTS as OUTPUTS
 from ._response_config import _min_distance
 from ._response_config import fit_normalization as fit_normalization
+from ._response_config import head_entries as head_entries
 from ._response_config import make_config as make_config
 from .graph import Graph, build_graph, check_species, species_indices
 from .nequip import NequIP, NequIPConfig
