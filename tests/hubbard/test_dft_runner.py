@@ -227,3 +227,48 @@ def test_queue_run_end_to_end(fake, monkeypatch):
     assert read_json(jobdir / "status.json")["state"] == "done"
     assert len((tmp / "data" / "labels.jsonl").read_text().splitlines()) == 10
     assert (jobdir.parent / "queue.lock").read_text().strip() == str(os.getpid())
+
+
+def test_lost_queue_resumes_from_the_committed_rows(fake):
+    """A wiped scratch: the job continues at scf1 with hp0's parameters rebuilt from its rows."""
+    from zoo.hubbard.dft.restore import restore_job
+
+    tmp, exes = fake
+    jobdir = _make_job_with_pseudos(tmp, n_iter=2)
+    for _ in range(2):  # scf0, hp0; then the machine dies
+        cycle.run_step(jobdir, np=1, nice=0, pw_exe=exes["pw"], hp_exe=exes["hp"])
+    data = tmp / "data"
+    dataset.write_dataset(tmp / "queue", data)
+    committed = (data / "labels.jsonl").read_text()
+    record = read_json(data / "manifest.json")["jobs"]["mno"]
+    assert record["state"] == "running" and committed
+    rows = [json.loads(x) for x in committed.splitlines()]
+
+    fresh = cycle.add_job(tmp / "queue2", read_json(jobdir / "job.json"))
+    assert restore_job(fresh, record, rows) == [0]
+    assert restore_job(fresh, record, rows) == []  # a live queue entry is never touched
+    got = cycle.parsers.parse_parameters_out((fresh / "hp0" / "parameters.out").read_text())
+    want = cycle.parsers.parse_parameters_out((jobdir / "hp0" / "parameters.out").read_text())
+    assert sorted(got) == sorted(want)
+    n_pw = _count(tmp, "pw")
+    assert _run_all(fresh, exes) == ["scf1", "hp1"] and _count(tmp, "pw") == n_pw + 1
+    # Same iteration-1 input as an uninterrupted run, and the committed it0 rows are kept.
+    assert _run_all(jobdir, exes) == ["scf1", "hp1"]
+    assert sorted(read_json(fresh / "scf1" / "hubbard_in.json")) == sorted(
+        read_json(jobdir / "scf1" / "hubbard_in.json")
+    )
+    dataset.write_dataset(tmp / "queue2", data)
+    ids = [json.loads(x)["id"] for x in (data / "labels.jsonl").read_text().splitlines()]
+    assert sum("/it0/" in i for i in ids) == len(rows) and any("/it1/" in i for i in ids)
+    assert read_json(data / "manifest.json")["jobs"]["mno"]["state"] == "done"
+
+
+def test_restore_ignores_a_job_whose_settings_changed(fake):
+    from zoo.hubbard.dft.restore import parameters_out_text, restore_job
+
+    tmp, exes = fake
+    jobdir = _make_job_with_pseudos(tmp, n_iter=2)
+    record = {"settings_hash": "something-else", "steps": {}}
+    assert restore_job(jobdir, record, []) == []
+    with pytest.raises(ValueError, match="no TM rows"):
+        parameters_out_text([])

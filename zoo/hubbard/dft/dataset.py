@@ -189,6 +189,8 @@ def _job_rows(jobdir: Path) -> tuple[list[dict], dict[str, str]]:
     steps = read_json(jobdir / "status.json")["steps"]
     rows, rejected = [], {}
     for k in range(job["n_iter"]):
+        if steps.get(f"hp{k}", {}).get("restored"):
+            continue  # outputs are gone; its committed rows are kept (restore.py)
         if all(steps.get(f"{s}{k}", {}).get("state") == "done" for s in ("scf", "hp")):
             step_rows = rows_for_step(job, jobdir, k)
             if (why := step_problem(step_rows)) is not None:
@@ -201,6 +203,11 @@ def _job_rows(jobdir: Path) -> tuple[list[dict], dict[str, str]]:
 def rows_for_job(jobdir: str | Path) -> list[dict]:
     """Rows of every finished, physically plausible (scf<k>, hp<k>) pair of a job."""
     return _job_rows(Path(jobdir))[0]
+
+
+def _restored_iterations(status: dict) -> set[int]:
+    steps = status.get("steps", {})
+    return {int(k[2:]) for k, v in steps.items() if k.startswith("hp") and v.get("restored")}
 
 
 def _job_summary(job: dict, status: dict) -> dict:
@@ -252,8 +259,12 @@ def write_dataset(queue_dir: str | Path, out_dir: str | Path) -> dict:
         sp = jp.parent / "status.json"
         status = read_json(sp) if sp.exists() else {}
         summary = _job_summary(job, status)
-        # The queue holds this job's outputs: its rows are regenerated, stale ones dropped.
-        rows = {k: r for k, r in rows.items() if r["sc_path"] != job["id"]}
+        # The queue holds this job's outputs: its rows are regenerated, stale ones dropped,
+        # except those of iterations restored from the committed data (restore.py).
+        kept = _restored_iterations(status)
+        rows = {
+            k: r for k, r in rows.items() if r["sc_path"] != job["id"] or r["iteration"] in kept
+        }
         job_rows, rejected = _job_rows(jp.parent)
         for r in job_rows:
             rows[r["id"]] = r

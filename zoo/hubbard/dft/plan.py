@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import structures as S
 from .cycle import add_job, make_job
+from .restore import restore_job
 
 PSEUDO_DIR = "/work/shared/qe/pseudo"
 PSEUDOS = {
@@ -60,7 +61,7 @@ def pseudo_tests() -> list[dict]:
     return jobs
 
 
-PRIORITY = {"p26": 108, "p28": 26}  # the k 4x4x4 check runs after production round 0
+PRIORITY = {"p26": 250, "p28": 26}  # the k 4x4x4 check runs after a cost-ordered round
 
 
 def convergence_jobs() -> list[dict]:
@@ -116,11 +117,21 @@ def seed(queue_dir: str | Path, manifest: str | Path | None = None) -> list[Path
         finished = {k for k, v in jobs_done.items() if v["state"] in ("done", "failed")}
     jobs = pseudo_tests() + convergence_jobs() + production_jobs()
     queue = Path(queue_dir)
-    return [
+    added = [
         add_job(queue, j)
         for j in jobs
         if j["id"] not in finished or (queue / j["id"] / "job.json").exists()
     ]
+    # Jobs that were running when an earlier queue died resume after their committed steps.
+    records = json.loads(Path(manifest).read_text())["jobs"] if Path(manifest).exists() else {}
+    lab = Path(manifest).with_name("labels.jsonl")
+    rows = (
+        [json.loads(x) for x in lab.read_text().splitlines() if x.strip()] if lab.exists() else []
+    )
+    for jobdir in added:
+        if (rec := records.get(jobdir.name)) and rec["state"] not in ("done", "failed"):
+            restore_job(jobdir, rec, rows)
+    return added
 
 
 # Production (decided from the convergence jobs, table in data/hubbard/README.md): q 2x2x2
@@ -140,28 +151,54 @@ def production_jobs(rounds: int = 7) -> list[dict]:
     Symmetric strained cells are cheap for hp.x (2 perturbations, 4 q) and give one new U(TM)
     per run; rattled cells cost ~4x more but give 2 U(TM) and 12 distinct V(TM-O) per run.
     Round r: for each TM one symmetric cell at strain STRAINS[r] and one rattled cell (seed r,
-    sigma 0.04 A, strain STRAINS[r] / 2); LiCoO2 and LiFeO2 rattled from round 1.
+    sigma 0.04 A, strain STRAINS[r] / 2); LiCoO2 and LiFeO2 symmetric, then rattled from round 1.
+    Job ids keep the round numbering; the run order is ``_cost_priority``.
     """
     jobs = []
     for r in range(rounds):
         for n, m in enumerate(ROCKSALT_ORDER):
             base = S.rocksalt_afm(m)
             st = S.perturb(base, seed=0, sigma=0.0, strain=STRAINS[r])
-            # CoO from these settings: hp.x gave U(Co) = 0.07 eV (p102, rejected): run it last
-            late = CO_LATE if m == "Co" else 0
-            prio = 100 + 10 * r + n
-            name = f"p{prio}-{m}O-sym-e{STRAINS[r]:+.3f}"
-            jobs.append(_prod_job(name, f"{m}O", st, prio + late, {}))
+            name = f"p{100 + 10 * r + n}-{m}O-sym-e{STRAINS[r]:+.3f}"
+            jobs.append(_prod_job(name, f"{m}O", st, _cost_priority(m, "sym", r), {}))
             st = S.perturb(base, seed=r, sigma=0.04, strain=STRAINS[r] / 2)
-            prio = 100 + 10 * r + 4 + n
-            jobs.append(_prod_job(f"p{prio}-{m}O-rat-s{r}", f"{m}O", st, prio + late, {}))
+            name = f"p{100 + 10 * r + 4 + n}-{m}O-rat-s{r}"
+            jobs.append(_prod_job(name, f"{m}O", st, _cost_priority(m, "rat", r), {}))
         if r >= 1:
-            for n, (m, mag) in enumerate((("Co", 0), ("Fe", 5))):
+            for n, (m, mag) in enumerate(LI_MAG):
                 st = S.perturb(S.layered_limo2(m), seed=r, sigma=0.04, strain=STRAINS[r] / 2)
-                prio = 100 + 10 * r + 8 + n
                 pw = {"tot_magnetization": mag}
-                jobs.append(_prod_job(f"p{prio}-Li{m}O2-rat-s{r}", f"Li{m}O2", st, prio, pw))
+                name = f"p{100 + 10 * r + 8 + n}-Li{m}O2-rat-s{r}"
+                jobs.append(_prod_job(name, f"Li{m}O2", st, _cost_priority(m, "li", r), pw))
+    for n, (m, mag) in enumerate(LI_MAG):  # the symmetric layered cells: cheap, a 4th material
+        pw = {"tot_magnetization": mag}
+        st = S.layered_limo2(m)
+        name = f"p{170 + n}-Li{m}O2-sym-e+0.000"
+        jobs.append(_prod_job(name, f"Li{m}O2", st, _cost_priority(m, "lisym", 0), pw))
     return jobs
+
+
+LI_MAG = (("Co", 0), ("Fe", 5))  # layered LiMO2: low-spin Co3+, high-spin Fe3+ (tot_magnetization)
+
+
+def _cost_priority(metal: str, kind: str, r: int) -> int:
+    """Run order from the measured cost per label set (data/hubbard/manifest.json, session 2).
+
+    Ni and Fe (``n`` pseudopotentials) cost 7-9 min for a symmetric job and ~20 min per hp.x
+    step of a rattled one; Mn (semicore ``spn``) rattled costs ~65 min per step. So: the
+    symmetric layered cells first (4th material), then per round Ni/Fe symmetric, Ni/Fe
+    rattled, Mn symmetric; rattled Mn and LiMO2 after all Ni/Fe rounds; rock-salt CoO last
+    (its linear response was rejected, p102).
+    """
+    if metal == "Co" and kind in ("sym", "rat"):
+        return CO_LATE + 100 + 10 * r + (0 if kind == "sym" else 4)
+    if kind == "lisym":
+        return 200 + (0 if metal == "Co" else 3)
+    if kind == "li":
+        return 300 + 10 * r + (0 if metal == "Co" else 1)
+    if metal == "Mn":
+        return 200 + 10 * r + 8 if kind == "sym" else 400 + 10 * r
+    return 200 + 10 * r + {"Ni": 1, "Fe": 2}[metal] + (0 if kind == "sym" else 4)
 
 
 def _prod_job(jid: str, material: str, st: dict, prio: int, pw: dict) -> dict:
