@@ -272,3 +272,29 @@ def test_restore_ignores_a_job_whose_settings_changed(fake):
     assert restore_job(jobdir, record, []) == []
     with pytest.raises(ValueError, match="no TM rows"):
         parameters_out_text([])
+
+
+def test_seed_extends_finished_jobs_from_the_committed_data(tmp_path):
+    """A job done with 2 iterations, planned with 3, continues at scf2 (nothing is redone)."""
+    from zoo.hubbard.dft import plan
+
+    repo = Path(__file__).resolve().parents[2] / "data" / "hubbard"
+    jid = "p101-NiO-sym-e+0.000"
+    man = read_json(repo / "manifest.json")
+    rec = man["jobs"][jid]  # as it was committed after 2 iterations (the queue may add a 3rd)
+    rec["steps"] = {k: v for k, v in rec["steps"].items() if k[-1] in "01"}
+    assert rec["state"] == "done" and len(rec["steps"]) == 4
+    write_json_atomic(tmp_path / "manifest.json", man)
+    rows = (repo / "labels.jsonl").read_text().splitlines()
+    keep = [r for r in rows if not json.loads(r)["id"].startswith(f"{jid}/it2/")]
+    (tmp_path / "labels.jsonl").write_text("\n".join(keep) + "\n")
+    plan.seed(tmp_path / "queue", manifest=tmp_path / "manifest.json")
+    status = read_json(tmp_path / "queue" / jid / "status.json")
+    assert [k for k, v in sorted(status["steps"].items()) if v.get("restored")] == [
+        "hp0", "hp1", "scf0", "scf1"
+    ]  # fmt: skip
+    assert status["steps"]["scf2"]["state"] == "pending"
+    assert (tmp_path / "queue" / jid / "hp1" / "parameters.out").exists()
+    # Failed jobs and pseudopotential tests are not re-added.
+    assert not (tmp_path / "queue" / "p102-CoO-sym-e+0.000").exists()
+    assert not (tmp_path / "queue" / "p10-pptest-FeO-rattled").exists()
