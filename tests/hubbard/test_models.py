@@ -19,6 +19,7 @@ from zoo.hubbard._models import (
     TensorProduct,
     TensorSquare,
     fit_scalers,
+    intersite_input_irreps,
 )
 
 U_SPECIES = ["Fe", "Mn", "Ni"]
@@ -224,3 +225,16 @@ def test_bad_inputs_and_configs():
         fit_scalers(model, np.zeros((1, 80)), [1.0])
     with pytest.raises(ValueError, match=r"\(p_site, d_site, edge\)"):
         fit_scalers(IntersiteModel(V_SPECIES, key=jax.random.key(0)), np.zeros((2, 80)), [1, 2])
+
+
+@pytest.mark.parametrize("normalization", ["component", "norm"])
+def test_dense_form_equals_the_path_form(normalization, x64):
+    """The inference form (one bilinear contraction per layer) is the same function."""
+    rng = np.random.default_rng(4)
+    u = OnsiteModel(["Mn", "Ni"], irrep_normalization=normalization, key=jax.random.key(1))
+    x = rng.normal(size=(3, u.irreps_in.dim))
+    np.testing.assert_allclose(u(x, dense=u.dense_coefficients()), u(x), rtol=1e-10)
+    v = IntersiteModel(["Mn", "O"], irrep_normalization=normalization, key=jax.random.key(2))
+    irr = intersite_input_irreps(2)
+    xs = [rng.normal(size=(3, irr[k].dim)) for k in ("p_site", "d_site", "edge")]
+    np.testing.assert_allclose(v(*xs, dense=v.dense_coefficients()), v(*xs), rtol=1e-10)

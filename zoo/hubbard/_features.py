@@ -52,6 +52,7 @@ def occs_sum_irreps(l: int) -> e3nn.Irreps:
     return _symmetric_basis(l)[0]
 
 
+@functools.cache  # e3nn derives it by tracing (~0.1 s a call); a pure function of l
 def occs_prod_irreps(l: int) -> e3nn.Irreps:
     """Irreps of ``occs_prod`` (see module docstring): d ``3x0e+2x2e+2x4e+6e+8e``."""
     irreps = occs_sum_irreps(l)

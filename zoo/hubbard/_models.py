@@ -136,6 +136,46 @@ def _bilinear(x1: e3nn.IrrepsArray, x2: e3nn.IrrepsArray, paths, irreps_out, nor
     return e3nn.from_chunks(irreps_out, chunks, leading, x1.dtype)
 
 
+def _dense_coefficients(
+    irreps_1: e3nn.Irreps, irreps_2: e3nn.Irreps, linear: IrrepsLinear, normalization: str, square
+) -> Float[np.ndarray, "d1 d2 d_out"]:
+    """``W`` with ``linear(_bilinear(x1, x2)) == einsum("...i,...j,ijk->...k", x1, x2, W)``.
+
+    Built in numpy (float64) from the path list and the linear weights: the same bilinear map
+    as the path-by-path form, but one contraction to compile instead of a few ops per path,
+    which is what makes the first prediction fast (compile time ~ graph size).
+    """
+    paths, _ = _paths(irreps_1, irreps_2, linear.irreps_out, square=square)
+    sl_1, sl_2 = irreps_1.slices(), irreps_2.slices()
+    out_slices = {
+        ir: (sl, mul) for (mul, ir), sl in zip(linear.irreps_out, linear.irreps_out.slices())
+    }
+    weights = {
+        ir: np.asarray(w, np.float64) for (_, ir), w in zip(linear.irreps_out, linear.weights)
+    }
+    W = np.zeros((irreps_1.dim, irreps_2.dim, linear.irreps_out.dim))
+    row = dict.fromkeys(weights, 0)  # next input copy of each output irrep (paths in order)
+    for i1, i2, ir, u, v in paths:
+        (_, ir_1), (_, ir_2) = irreps_1[i1], irreps_2[i2]
+        alpha = ir.dim if normalization == "component" else ir_1.dim * ir_2.dim
+        cg = e3nn.clebsch_gordan(ir_1.l, ir_2.l, ir.l) * math.sqrt(alpha)
+        w = weights[ir][row[ir] : row[ir] + len(u)] / math.sqrt(weights[ir].shape[0])
+        row[ir] += len(u)
+        sl, mul = out_slices[ir]
+        block = np.einsum("ijk,cw->cijwk", cg, w).reshape(len(u), ir_1.dim, ir_2.dim, -1)
+        a = sl_1[i1].start + u[:, None] * ir_1.dim + np.arange(ir_1.dim)  # (copies, d1)
+        b = sl_2[i2].start + v[:, None] * ir_2.dim + np.arange(ir_2.dim)
+        # distinct copies (u, v) and paths never share an entry: plain assignment suffices
+        W[a[:, :, None, None], b[:, None, :, None], np.arange(sl.start, sl.stop)] = block
+    return W
+
+
+def _dense_apply(x1: e3nn.IrrepsArray, x2: e3nn.IrrepsArray, W, irreps_out) -> e3nn.IrrepsArray:
+    t = jnp.einsum("...i,ijk->...jk", x1.array, jnp.asarray(W, x1.dtype))
+    y = jnp.einsum("...j,...jk->...k", x2.array, t)
+    return e3nn.IrrepsArray(irreps_out, y)
+
+
 def _with_gates(irreps_out: e3nn.Irreps) -> e3nn.Irreps:
     # one gate scalar per non-scalar irrep copy, after the activated scalars
     n_gates = sum(mul for mul, ir in irreps_out if ir.l > 0)
@@ -183,13 +223,21 @@ class TensorSquare(eqx.Module):
         _, irreps_mid = _paths(self.irreps_in, self.irreps_in, out, square=True)
         self.linear = IrrepsLinear(irreps_mid, out, dtype, key=key)
 
-    def pre_gate(self, x: e3nn.IrrepsArray) -> e3nn.IrrepsArray:
+    def pre_gate(self, x: e3nn.IrrepsArray, dense=None) -> e3nn.IrrepsArray:
         x = x.regroup()
+        if dense is not None:
+            return _dense_apply(x, x, dense, self.linear.irreps_out)
         paths, irreps_mid = _paths(x.irreps, x.irreps, self.linear.irreps_out, square=True)
         return self.linear(_bilinear(x, x, paths, irreps_mid, self.normalization))
 
-    def __call__(self, x: e3nn.IrrepsArray) -> e3nn.IrrepsArray:
-        y = self.pre_gate(x)
+    def dense_coefficients(self) -> Float[np.ndarray, "d d d_out"]:
+        """The layer before its gate as one bilinear form (see :func:`_dense_coefficients`)."""
+        irr = self.irreps_in
+        return _dense_coefficients(irr, irr, self.linear, self.normalization, square=True)
+
+    def __call__(self, x: e3nn.IrrepsArray, dense=None) -> e3nn.IrrepsArray:
+        """`dense`: this layer's :meth:`dense_coefficients` (same result, faster to compile)."""
+        y = self.pre_gate(x, dense)
         return _gate(y) if self.gate else y
 
 
@@ -197,6 +245,8 @@ class TensorProduct(eqx.Module):
     """``(x1, x2) -> linear(x1 (x) x2)`` (e3nn-torch's FullyConnectedTensorProduct) (+ gate)."""
 
     linear: IrrepsLinear
+    irreps_1: e3nn.Irreps = eqx.field(static=True)
+    irreps_2: e3nn.Irreps = eqx.field(static=True)
     normalization: str = eqx.field(static=True)
     gate: bool = eqx.field(static=True)
 
@@ -204,17 +254,27 @@ class TensorProduct(eqx.Module):
         self.normalization = normalization
         self.gate = gate
         out = _with_gates(e3nn.Irreps(irreps_out)) if gate else e3nn.Irreps(irreps_out)
-        irreps_1, irreps_2 = e3nn.Irreps(irreps_1).regroup(), e3nn.Irreps(irreps_2).regroup()
-        _, irreps_mid = _paths(irreps_1, irreps_2, out, square=False)
+        self.irreps_1 = e3nn.Irreps(irreps_1).regroup()
+        self.irreps_2 = e3nn.Irreps(irreps_2).regroup()
+        _, irreps_mid = _paths(self.irreps_1, self.irreps_2, out, square=False)
         self.linear = IrrepsLinear(irreps_mid, out, dtype, key=key)
 
-    def pre_gate(self, x1: e3nn.IrrepsArray, x2: e3nn.IrrepsArray) -> e3nn.IrrepsArray:
+    def pre_gate(self, x1: e3nn.IrrepsArray, x2: e3nn.IrrepsArray, dense=None) -> e3nn.IrrepsArray:
         x1, x2 = x1.regroup(), x2.regroup()
+        if dense is not None:
+            return _dense_apply(x1, x2, dense, self.linear.irreps_out)
         paths, irreps_mid = _paths(x1.irreps, x2.irreps, self.linear.irreps_out, square=False)
         return self.linear(_bilinear(x1, x2, paths, irreps_mid, self.normalization))
 
-    def __call__(self, x1: e3nn.IrrepsArray, x2: e3nn.IrrepsArray) -> e3nn.IrrepsArray:
-        y = self.pre_gate(x1, x2)
+    def dense_coefficients(self) -> Float[np.ndarray, "d1 d2 d_out"]:
+        """The layer before its gate as one bilinear form (see :func:`_dense_coefficients`)."""
+        return _dense_coefficients(
+            self.irreps_1, self.irreps_2, self.linear, self.normalization, square=False
+        )
+
+    def __call__(self, x1: e3nn.IrrepsArray, x2: e3nn.IrrepsArray, dense=None) -> e3nn.IrrepsArray:
+        """`dense`: this layer's :meth:`dense_coefficients` (same result, faster to compile)."""
+        y = self.pre_gate(x1, x2, dense)
         return _gate(y) if self.gate else y
 
 
@@ -350,15 +410,24 @@ class OnsiteModel(eqx.Module):
         c = self.config
         return onsite_irreps(len(c["species"]), c["l"], c["with_param_in"])
 
-    def __call__(self, x: Float[Array, "... dim"] | e3nn.IrrepsArray) -> Float[Array, "..."]:
+    def dense_coefficients(self) -> tuple[np.ndarray, ...]:
+        """Every layer's bilinear coefficients (layers, then readout), for ``dense=``."""
+        return tuple(m.dense_coefficients() for m in (*self.layers, self.readout))
+
+    def __call__(
+        self, x: Float[Array, "... dim"] | e3nn.IrrepsArray, dense=None
+    ) -> Float[Array, "..."]:
         """**Arguments:** `x`, :func:`onsite_features` (IrrepsArray or its `.array`), shape
-        `(..., irreps_in.dim)`. **Returns:** U in eV, shape `(...)`, in the model's dtype."""
+        `(..., irreps_in.dim)`; `dense`: :meth:`dense_coefficients` of this model (the same
+        function, one contraction per layer: compiles in a fraction of the time; inference).
+        **Returns:** U in eV, shape `(...)`, in the model's dtype."""
         dtype = self.readout.linear.weights[0].dtype
         x = _as_input(x, self.irreps_in, dtype, "OnsiteModel input")
         x = _standardize(x, (self.config["input_stats"] or {}).get("x"))
-        for layer in self.layers:
-            x = layer(x)
-        y = self.readout(x).array[..., 0]
+        dense = dense or (None,) * (len(self.layers) + 1)
+        for layer, w in zip(self.layers, dense):
+            x = layer(x, w)
+        y = self.readout(x, dense[-1]).array[..., 0]
         return self.config["target_std"] * y + self.config["target_mean"]
 
 
@@ -421,9 +490,16 @@ class IntersiteModel(eqx.Module):
         """A model of the right shapes (random weights, key 0) from a :attr:`config` dict."""
         return cls(**_init_kwargs(config, INTERSITE_TYPE), key=jax.random.key(0))
 
-    def __call__(self, p_site, d_site, edge) -> Float[Array, "..."]:
+    def dense_coefficients(self) -> tuple[np.ndarray, ...]:
+        """Every layer's bilinear coefficients (sites, edge, layers, readout), for ``dense=``."""
+        return tuple(
+            m.dense_coefficients() for m in (self.sites, self.edge, *self.layers, self.readout)
+        )
+
+    def __call__(self, p_site, d_site, edge, dense=None) -> Float[Array, "..."]:
         """**Arguments:** the three outputs of :func:`intersite_features` (IrrepsArrays or arrays),
-        shapes `(..., p_dim)`, `(..., d_dim)`, `(..., 2)`. **Returns:** V in eV, shape `(...)`."""
+        shapes `(..., p_dim)`, `(..., d_dim)`, `(..., 2)`; `dense` as in :class:`OnsiteModel`.
+        **Returns:** V in eV, shape `(...)`."""
         irreps = intersite_input_irreps(len(self.config["species"]))
         stats = self.config["input_stats"] or {}
         dtype = self.readout.linear.weights[0].dtype
@@ -431,10 +507,11 @@ class IntersiteModel(eqx.Module):
             _standardize(_as_input(v, irreps[k], dtype, f"IntersiteModel {k}"), stats.get(k))
             for k, v in (("p_site", p_site), ("d_site", d_site), ("edge", edge))
         )
-        x = self.edge(self.sites(p, d), e)
-        for layer in self.layers:
-            x = layer(x)
-        y = self.readout(x).array[..., 0]
+        dense = dense or (None,) * (len(self.layers) + 3)
+        x = self.edge(self.sites(p, d, dense[0]), e, dense[1])
+        for layer, w in zip(self.layers, dense[2:]):
+            x = layer(x, w)
+        y = self.readout(x, dense[-1]).array[..., 0]
         return self.config["target_std"] * y + self.config["target_mean"]
 
 
