@@ -196,9 +196,10 @@ def _cost_priority(metal: str, kind: str, r: int) -> int:
 
     Ni and Fe (``n`` pseudopotentials) cost 7-9 min for a symmetric job and ~20 min per hp.x
     step of a rattled one; Mn (semicore ``spn``) rattled costs ~65 min per step. So: the
-    symmetric layered cells first (4th material), then per round Ni/Fe symmetric, Ni/Fe
-    rattled, Mn symmetric; rattled Mn and LiMO2 after all Ni/Fe rounds; rock-salt CoO last
-    (its linear response was rejected, p102).
+    symmetric Ni/Fe/Mn cells of round r + 1 before the rattled Ni/Fe cells of round r (they
+    give the U labels and, with 3 iterations, one validation cluster per path), the
+    symmetric layered cells early (a 4th material); rattled Mn and LiMO2 after all Ni/Fe
+    rounds; rock-salt CoO last (its linear response was rejected, p102).
     """
     if metal == "Co" and kind in ("sym", "rat"):
         return CO_LATE + 100 + 10 * r + (0 if kind == "sym" else 4)
@@ -207,8 +208,10 @@ def _cost_priority(metal: str, kind: str, r: int) -> int:
     if kind == "li":
         return 300 + 10 * r + (0 if metal == "Co" else 1)
     if metal == "Mn":
-        return 200 + 10 * r + 8 if kind == "sym" else 400 + 10 * r
-    return 200 + 10 * r + {"Ni": 1, "Fe": 2}[metal] + (0 if kind == "sym" else 4)
+        return 190 + 10 * r + 8 if kind == "sym" else 400 + 10 * r
+    if kind == "sym":  # symmetric cells run a round ahead of the rattled ones
+        return 190 + 10 * r + {"Ni": 1, "Fe": 2}[metal]
+    return 200 + 10 * r + {"Ni": 5, "Fe": 6}[metal]
 
 
 def _prod_job(jid: str, material: str, st: dict, prio: int, pw: dict) -> dict:
