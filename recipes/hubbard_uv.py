@@ -2,8 +2,9 @@
 
 The HubbardML recipe (npj Comput Mater 11, 19 (2025)) ported to zoo, from a fresh clone:
 
-    python recipes/hubbard_uv.py --out runs/hubbard_uv            # cluster split, 20 % val
-    python recipes/hubbard_uv.py --out runs/transfer --transfer 1  # train it < 1, test it >= 1
+    python -m recipes.hubbard_uv --out runs/hubbard_uv            # cluster split, 20 % val
+    python -m recipes.hubbard_uv --out runs/hubbard_uv --ship     # ... and ship to zoo/weights
+    python -m recipes.hubbard_uv --out runs/transfer --transfer 2  # train it < 2, test it >= 2
 
 Rows: U of TM 3d sites with ``param_out > 0.2`` eV; V of TM 3d - O 2p pairs with
 ``param_out > 0.3`` eV. Near-duplicates are clustered and 20 % of the clusters of every
@@ -15,6 +16,7 @@ U_in/V_in baseline are written to ``<out>/metrics.json``; the models to ``<out>/
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import equinox as eqx
@@ -41,6 +43,10 @@ from zoo.train import TrainConfig, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 U_CUTOFF, V_CUTOFF = 0.2, 0.3  # eV, HubbardML's hubbard_param_cutoff
+TEST = "test"
+#: whole structures (sc paths) held out of training and validation: the models are judged
+#: on these unseen structures too, and zoo/examples/hubbard-uv holds their pw.x runs
+TEST_PATHS = ("p111-NiO-sym-e-0.030", "p113-FeO-sym-e-0.030")
 
 
 def load_rows(path: Path) -> list[dict]:
@@ -100,16 +106,27 @@ def v_dataset(rows: list[dict]) -> dict | None:
     }  # fmt: skip
 
 
-def split(ds: dict, seed: int, transfer: int | None) -> np.ndarray:
-    """ "train" / "validate" / "duplicate" per row."""
-    clusters = duplicate_clusters(
-        ds["key"], ds["spectra"], ds["param_in"], ds["distance"], param_tol=ds["tol"]
-    )
+def split(ds: dict, seed: int, transfer: int | None, test_paths=()) -> np.ndarray:
+    """ "train" / "validate" / "duplicate" / "test" per row.
+
+    Rows of `test_paths` (whole self-consistent paths = structures) are "test" and take no
+    part in clustering or training; the rest is split by duplicate clusters per
+    (species, sc path), HubbardML's ``predict_hp`` protocol.
+    """
+    test = np.array([r["sc_path"] in set(test_paths) for r in ds["rows"]])
+    labels = np.full(len(test), TEST, dtype=object)
+    rest = np.flatnonzero(~test)
     if transfer is not None:  # the paper's transfer test: iterations < k train, the rest test
-        it = np.array([r["iteration"] for r in ds["rows"]])
-        return np.where(it < transfer, TRAIN, VALIDATE)
-    groups = [(k, r["sc_path"]) for k, r in zip(ds["key"], ds["rows"])]
-    return split_by_clusters(clusters, groups, seed=seed)
+        it = np.array([ds["rows"][i]["iteration"] for i in rest])
+        labels[rest] = np.where(it < transfer, TRAIN, VALIDATE)
+        return labels.astype(str)
+    clusters = duplicate_clusters(
+        [ds["key"][i] for i in rest], [s[rest] for s in ds["spectra"]], ds["param_in"][rest],
+        None if ds["distance"] is None else ds["distance"][rest], param_tol=ds["tol"],
+    )  # fmt: skip
+    groups = [(ds["key"][i], ds["rows"][i]["sc_path"]) for i in rest]
+    labels[rest] = split_by_clusters(clusters, groups, seed=seed)
+    return labels.astype(str)
 
 
 def batches(ds: dict, idx: np.ndarray, size: int) -> list[dict]:
@@ -153,6 +170,9 @@ def evaluate(model, ds: dict, idx: np.ndarray, name: str) -> dict:
     return {
         f"{name}_model": regression_metrics(ds["y"][idx], pred, keys),
         f"{name}_baseline": baseline_metrics(ds["param_in"][idx], ds["y"][idx], keys),
+        f"{name}_predictions": {
+            ds["rows"][i]["id"]: [float(ds["y"][i]), float(p)] for i, p in zip(idx, pred)
+        },
     }
 
 
@@ -174,14 +194,20 @@ def train_one(model, ds: dict, labels: np.ndarray, args, out: Path, batch_size: 
         config, out_dir=out, predict_fn=predict_fn, units={"param": "eV"}, progress=False,
     )  # fmt: skip
     counts = {
+        "species": {
+            k: int(n) for k, n in zip(*np.unique(np.asarray(ds["key"])[tr], return_counts=True))
+        },
         "train": int(len(tr)),
         "validate": int(len(va)),
         "duplicate": int((labels == "duplicate").sum()),
     }
+    te = np.flatnonzero(labels == TEST)
+    counts["test"] = int(len(te))
     metrics = {
         "rows": counts,
         **evaluate(result.model, ds, tr, "train"),
         **evaluate(result.model, ds, va, "validation"),
+        **evaluate(result.model, ds, te, "test"),
     }
     return result.model, metrics
 
@@ -199,6 +225,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--hidden-layers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--transfer", type=int, default=None, metavar="K")
+    ap.add_argument("--test-paths", nargs="*", default=list(TEST_PATHS), metavar="SC_PATH")
+    ap.add_argument(
+        "--ship", action="store_true",
+        help="also write the model folders to zoo/weights/ (cards, metrics, plots, registry)",
+    )  # fmt: skip
     ap.add_argument(
         "--purpose", default="production",
         help="rows of this `purpose` only ('all': every row; convergence tests relabel the same "
@@ -214,6 +245,9 @@ def main(argv=None) -> dict:
         "n_rows": len(rows),
         "seed": args.seed,
         "transfer": args.transfer,
+        "test_paths": list(args.test_paths),
+        "command": "python -m recipes.hubbard_uv "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     models = {}
     for name, build, make, bs in [
@@ -234,7 +268,7 @@ def main(argv=None) -> dict:
         if ds is None:
             report[name] = "not enough rows"
             continue
-        labels = split(ds, args.seed, args.transfer)
+        labels = split(ds, args.seed, args.transfer, args.test_paths)
         model = make(ds["species"], jax.random.key(args.seed))
         models[name], report[name] = train_one(
             model, ds, labels, args, args.out / f"train-{name}", bs
@@ -242,12 +276,22 @@ def main(argv=None) -> dict:
         print(name, json.dumps(report[name], indent=1))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "metrics.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    _save(models, report, args.out)
+    _save(models, report, args.out, rows)
+    if args.ship:
+        from zoo._registry import WEIGHTS_DIR, write_registry
+
+        _save(models, report, WEIGHTS_DIR, rows)
+        write_registry(WEIGHTS_DIR)
     return report
 
 
-def _save(models: dict, report: dict, out: Path) -> None:
-    from zoo._serialization import make_model_card, save_pretrained
+def _save(models: dict, report: dict, out: Path, rows: list[dict]) -> None:
+    from zoo._serialization import save_pretrained
+
+    try:
+        from recipes.hubbard_card import model_card, parity_png
+    except ModuleNotFoundError:  # run as a script: recipes/ itself is on sys.path
+        from hubbard_card import model_card, parity_png
 
     named = {"hubbard-u": models.get("U"), "hubbard-v": models.get("V")}
     if "U" in models and "V" in models:
@@ -255,18 +299,14 @@ def _save(models: dict, report: dict, out: Path) -> None:
     for name, model in named.items():
         if model is None:
             continue
-        card = make_model_card(
-            name,
-            description="Hubbard parameters from DFT+U+V occupations "
-            "(HubbardML architecture, trained by recipes/hubbard_uv.py)",
-            config=model.config,
-        )
-        card += (
-            "\n## Metrics (recipes/hubbard_uv.py)\n\n```json\n"
-            + json.dumps(report, indent=1)
-            + "\n```\n"
-        )
-        save_pretrained(model, out / name, card=card, overwrite=True)
+        parts = {"hubbard-u": ["U"], "hubbard-v": ["V"], "hubbard-uv": ["U", "V"]}[name]
+        sub = {k: report[k] for k in parts}
+        metrics = {k: v for k, v in report.items() if k not in ("U", "V")} | sub
+        folder = out / name
+        save_pretrained(model, folder, card=model_card(name, report, parts, rows), overwrite=True)
+        (folder / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+        for part in parts:
+            parity_png(report[part], folder / f"parity_{part}.png", part)
 
 
 if __name__ == "__main__":

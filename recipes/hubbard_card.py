@@ -1,0 +1,183 @@
+"""Model cards and parity plots of the Hubbard models (written by ``recipes/hubbard_uv.py``).
+
+Everything in a card comes from the recipe's own report (metrics measured on the held-out
+rows) and from the label rows it trained on (materials, QE version and settings).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from zoo._serialization import make_model_card
+
+DESCRIPTION = {
+    "hubbard-u": "Hubbard U (eV) of transition-metal 3d sites from one DFT+U+V pw.x run: the "
+    "on-site model of HubbardML (Uhrin et al., npj Comput. Mater. 11, 19 (2025)) in "
+    "Equinox + e3nn-jax.",
+    "hubbard-v": "Hubbard V (eV) of transition-metal 3d - O 2p pairs from one DFT+U+V pw.x "
+    "run: the inter-site model of HubbardML (Uhrin et al., npj Comput. Mater. 11, 19 (2025)) "
+    "in Equinox + e3nn-jax.",
+    "hubbard-uv": "Hubbard U (TM 3d) and V (TM 3d - O 2p) for a whole DFT+U+V pw.x run, in "
+    "place of an hp.x linear-response calculation: `hubbard-u` and `hubbard-v` together "
+    "(HubbardML, Uhrin et al., npj Comput. Mater. 11, 19 (2025)).",
+}
+
+USAGE = """```python
+import zoo
+
+model = zoo.load("hubbard-uv")                    # embedded weights, offline
+pred = model.predict("scf.out", occup="out/pwscf.save/occup.txt")
+pred.U          # {site: eV} for every TM 3d Hubbard site
+pred.V          # {(i, j, image): eV} for every TM-O pair of the run's Hubbard_V table
+print(pred.hubbard_card("qe6"))  # Hubbard_U / Hubbard_V lines for QE <= 7.0 (&system)
+print(pred.hubbard_card("qe7"))  # HUBBARD card for QE >= 7.1
+```
+
+pw.x must have run DFT+U+V (`lda_plus_u_kind = 2`, `nspin = 2`) with the 3d manifolds of
+the TMs and the O 2p manifold as Hubbard manifolds and every first-shell TM-O pair listed
+(V = 1e-8 switches a pair on); `zoo.hubbard.self_consistent_hubbard` iterates pw.x and the
+model to self-consistency. An element or manifold outside the training set is an error, never
+an extrapolation."""
+
+
+def _table(part: dict, split: str) -> list[str]:
+    model, base = part.get(f"{split}_model"), part.get(f"{split}_baseline")
+    if not model:
+        return [f"No {split} rows.", ""]
+    lines = [
+        "| species | n | MAE (eV) | RMSE (eV) | MARE | baseline MAE (eV) | baseline MARE |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, m in model.items():
+        b = base[key]
+        lines.append(
+            f"| {key} | {m['n']} | {m['mae']:.4f} | {m['rmse']:.4f} | {100 * m['mare']:.2f} % "
+            f"| {b['mae']:.4f} | {100 * b['mare']:.2f} % |"
+        )
+    return lines + [""]
+
+
+def _data_section(rows: list[dict], parts: list[str], report: dict) -> list[str]:
+    used = {
+        row_id
+        for p in parts
+        for split in ("train", "validation", "test")
+        for row_id in report[p].get(f"{split}_predictions", {})
+    }
+    mine = [r for r in rows if r["id"] in used]
+    mats = Counter((r["material"], r["param_type"]) for r in mine)
+    paths = {r["sc_path"] for r in mine}
+    codes = sorted({r["code"] for r in mine})
+    s0 = mine[0]["settings"] if mine else {}
+    pseudos = sorted({(el, pp) for r in mine for el, pp in r["settings"]["pseudos"].items()})
+    lines = [
+        "## Data",
+        "",
+        "Labels computed by this project with Quantum ESPRESSO (`data/hubbard/`: one row per "
+        "label per self-consistent step; pipeline `zoo.hubbard.dft`): the model input is the "
+        "pw.x ground state (occupation matrices from `occup.txt`, U_in/V_in, pair distance), "
+        "the label is hp.x's linear-response U or V on that ground state.",
+        "",
+        f"- {len(mine)} rows (after the HubbardML cut-offs U > 0.2 eV, V > 0.3 eV) from "
+        f"{len(paths)} self-consistent paths: "
+        + ", ".join(f"{m} {t} {n}" for (m, t), n in sorted(mats.items())),
+        f"- code: {', '.join(codes)}; PBE, `U_projection_type = '{s0.get('projector')}'`, "
+        f"ecutwfc/ecutrho {s0.get('ecutwfc')}/{s0.get('ecutrho')} Ry, k {s0.get('kpts')}, "
+        f"hp.x q {s0.get('nq')}, conv_thr_chi {s0.get('conv_thr_chi')}",
+        "- pseudopotentials (U and V depend on their atomic 3d/2p orbitals; use the same ones): "
+        + ", ".join(f"{el} `{pp}`" for el, pp in pseudos),
+        "",
+    ]
+    return lines
+
+
+def model_card(name: str, report: dict, parts: list[str], rows: list[dict]) -> str:
+    """README.md of one model folder (`parts`: ``["U"]``, ``["V"]`` or both)."""
+    head = make_model_card(
+        name,
+        description=DESCRIPTION[name],
+        tags=["hubbard", "dft+u+v", "quantum-espresso"],
+        datasets=["data/hubbard (this repository; QE 6.7 pw.x + hp.x)"],
+        metrics={f"{p}_{s}_{k}": 0.0 for p in parts for s in ("validation", "test")
+                 for k in ("mae", "mare")},
+    )  # fmt: skip
+    head = head.split("## Metrics")[0].split("## Usage")[0]  # our own sections follow
+    lines = [head.rstrip(), "", "## Usage", "", USAGE, ""]
+    lines += _data_section(rows, parts, report)
+    test = ", ".join(f"`{p}`" for p in report["test_paths"]) or "none"
+    lines += [
+        "## Split",
+        "",
+        "Near-duplicate rows (same species, occupation power spectra within 1e-4 RMS, "
+        "param_in within 1e-3 eV (U) / 5e-3 eV (V), distance within 4e-3 Bohr) are clustered; "
+        "20 % of the clusters of every (species, self-consistent path) group go to validation "
+        "with one representative each (HubbardML's `predict_hp`), so duplicates cannot leak. "
+        f"Whole structures held out as a test set (never seen in training or validation): {test}. "
+        "Scalers are fit on the training rows only. Baseline = the value pw.x used "
+        "(U_in / V_in) as the prediction.",
+        "",
+    ]
+    for p in parts:
+        rc = report[p]["rows"]
+        lines += [
+            f"## {p}: metrics (eV; MARE = mean |error| / |label|)",
+            "",
+            f"Rows: train {rc['train']}, validation {rc['validate']}, duplicates dropped "
+            f"{rc['duplicate']}, test {rc['test']}; training rows per species: "
+            + ", ".join(f"{k} {n}" for k, n in rc["species"].items()),
+            "",
+            "**Validation** (held-out clusters):",
+            "",
+            *_table(report[p], "validation"),
+            "**Test** (held-out structures):",
+            "",
+            *_table(report[p], "test"),
+            f"Parity plot: `parity_{p}.png`.",
+            "",
+        ]
+    lines += [
+        "## Reproduce",
+        "",
+        "From a fresh clone (CPU, about 2-5 min):",
+        "",
+        f"```\n{report['command']}\n```",
+        "",
+        "writes these folders (and `metrics.json`, with every held-out prediction) to "
+        "`--out`; `--ship` also writes them to `zoo/weights/`.",
+        "",
+        "## Limitations",
+        "",
+        "- Trained on small (4-atom) oxide cells of few materials: trust it near the training "
+        "chemistry; check a new material against one hp.x run before relying on it.",
+        "- Only the species and manifolds listed in `config.json` (TM 3d, O 2p); other "
+        "projectors, pseudopotentials or functionals give other U/V.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def parity_png(part: dict, path: Path, name: str) -> None:
+    """Predicted vs hp.x label for the validation and test rows (PNG, no pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.4, 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    pts = []
+    for split, marker in (("train", "."), ("validation", "o"), ("test", "s")):
+        pr = part.get(f"{split}_predictions", {})
+        if pr:
+            t, p = zip(*pr.values())
+            pts += list(t) + list(p)
+            ax.scatter(t, p, s=14 if split != "train" else 5, marker=marker, label=split,
+                       alpha=0.4 if split == "train" else 0.9)  # fmt: skip
+    if pts:
+        lo, hi = min(pts), max(pts)
+        ax.plot([lo, hi], [lo, hi], color="k", lw=0.8)
+    ax.set_xlabel(f"hp.x {name} (eV)")
+    ax.set_ylabel(f"predicted {name} (eV)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
