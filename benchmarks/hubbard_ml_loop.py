@@ -1,0 +1,92 @@
+"""ML self-consistent DFT+U+V loop vs the hp.x cycle on one structure of the data set.
+
+    .venv/bin/python benchmarks/hubbard_ml_loop.py [--path p111-NiO-sym-e-0.030] [--model hubbard-uv]
+
+Runs :func:`zoo.hubbard.self_consistent_hubbard` (pw.x -> model -> pw.x ...) from the same
+structure, pw.x settings, pseudopotentials and starting guess (U(TM) = 4 eV, first-shell V
+switched on) as the queue job ``--path`` of ``data/hubbard``, and compares the converged U/V
+with hp.x's values at the last self-consistent iteration of that job, and the pw.x wall time
+of the ML loop with the pw.x + hp.x wall time of the hp.x cycle (``manifest.json``). Choose a
+path the model did not train on (the recipe's test paths). Needs pw.x (Quantum ESPRESSO).
+Writes ``<workdir>/comparison.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data" / "hubbard"
+
+
+def main(argv=None) -> dict:
+    import zoo
+    from zoo.hubbard import run_pw_local, self_consistent_hubbard
+    from zoo.hubbard.dft.plan import PSEUDO_DIR
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--path", default="p111-NiO-sym-e-0.030", help="sc path (job id)")
+    ap.add_argument("--model", default="hubbard-uv")
+    ap.add_argument("--workdir", type=Path, default=ROOT / "runs" / "hubbard_ml_loop")
+    ap.add_argument("--tol", type=float, default=0.01, help="eV")
+    ap.add_argument("--max-iter", type=int, default=8)
+    args = ap.parse_args(argv)
+
+    rows = [json.loads(x) for x in (DATA / "labels.jsonl").read_text().splitlines() if x]
+    rows = [r for r in rows if r["sc_path"] == args.path]
+    if not rows:
+        raise SystemExit(f"--path: no rows of {args.path!r} in {DATA / 'labels.jsonl'}")
+    job = json.loads((DATA / "manifest.json").read_text())["jobs"][args.path]
+    last = max(r["iteration"] for r in rows)
+    hp_u = {r["atom_1_idx"]: r["param_out"] for r in rows
+            if r["iteration"] == last and r["param_type"] == "U" and r["atom_1_manifold"] == "3d"}  # fmt: skip
+    st = rows[0]["structure"]
+    tms = sorted({r["atom_1_element"] for r in rows if r["atom_1_manifold"] == "3d"})
+    pw = {k: v for k, v in job["pw"].items()}
+    model = zoo.load(args.model)
+    t0 = time.perf_counter()
+    res = self_consistent_hubbard(
+        model, st, {m: 4.0 for m in tms}, run_pw_local(nprocs=2, npool=2),
+        workdir=args.workdir / args.path, pseudos=rows[0]["settings"]["pseudos"],
+        pseudo_dir=PSEUDO_DIR, pw_settings=pw, tol=args.tol, max_iter=args.max_iter,
+    )  # fmt: skip
+    wall = time.perf_counter() - t0
+    steps = job["steps"]
+    hp_cycle = {
+        "iterations": last + 1,
+        "pw_wall_s": sum(steps[f"scf{k}"]["wall_s"] or 0 for k in range(last + 1)),
+        "hp_wall_s": sum(steps[f"hp{k}"]["wall_s"] or 0 for k in range(last + 1)),
+        "pw_cpu_s": sum(steps[f"scf{k}"]["cpu_s"] or 0 for k in range(last + 1)),
+        "hp_cpu_s": sum(steps[f"hp{k}"]["cpu_s"] or 0 for k in range(last + 1)),
+        "U_last_iteration": hp_u,
+    }
+    rel = {i: (res.U[i] - u) / u for i, u in hp_u.items()}
+    out = {
+        "path": args.path,
+        "model": args.model,
+        "ml_loop": {
+            "converged": res.converged,
+            "iterations": len(res.history),
+            "U": res.U,
+            "wall_s": wall,
+            "pw_wall_s": sum(h["pw_wall_s"] for h in res.history),
+            "predict_s": sum(h["predict_s"] for h in res.history),
+            "history": [{k: h[k] for k in ("U_in", "U", "max_change_ev")} for h in res.history],
+        },
+        "hp_cycle": hp_cycle,
+        "U_relative_difference": rel,
+        "max_abs_relative_difference": float(np.max(np.abs(list(rel.values())))),
+    }
+    path = args.workdir / args.path / "comparison.json"
+    path.write_text(json.dumps(out, indent=1, default=str) + "\n")
+    print(json.dumps(out, indent=1, default=str))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""The shipped hubbard-u / hubbard-v / hubbard-uv models on held-out pw.x runs of the data set.
+
+Each bundled example (``zoo/examples/hubbard-uv/sources.json``) is a pw.x run of a structure
+that the recipe held out (a test path); the card's metrics.json stores the prediction the
+recipe made for every held-out row, so the shipped weights must reproduce them through the
+user's path (pw.x output -> parser -> features -> model).
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import zoo
+from zoo.hubbard._basis import wigner_d_qe
+
+ROOT = Path(__file__).resolve().parents[2]
+WEIGHTS = ROOT / "zoo" / "weights"
+EXAMPLES = ROOT / "zoo" / "examples" / "hubbard-uv"
+SHIPPED = all(
+    (WEIGHTS / n / "config.json").is_file() for n in ("hubbard-u", "hubbard-v", "hubbard-uv")
+)
+pytestmark = pytest.mark.skipif(not SHIPPED, reason="Hubbard weights not shipped yet")
+
+
+def _examples() -> dict:
+    return json.loads((EXAMPLES / "sources.json").read_text())
+
+
+def _predict(model, name):
+    labels = (EXAMPLES / f"{name}.labels.txt").read_text().split()
+    return model.predict(
+        EXAMPLES / f"{name}.out", occup=EXAMPLES / f"{name}.occup.txt", labels=labels
+    )
+
+
+def test_offline_prediction_reproduces_the_card_on_held_out_runs(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    uv = zoo.load("hubbard-uv")
+    metrics = json.loads((WEIGHTS / "hubbard-uv" / "metrics.json").read_text())
+    test_paths = set(metrics["test_paths"])
+    stored = {**metrics["U"]["test_predictions"], **metrics["V"]["test_predictions"]}
+    checked = 0
+    for name, src in _examples().items():
+        assert src["sc_path"] in test_paths  # never a structure the model trained on
+        pred = _predict(uv, name)
+        prefix = f"{src['sc_path']}/it{src['iteration']}/"
+        for site, u in pred.U.items():
+            if (key := f"{prefix}U/{site}") in stored:
+                label, recipe_pred = stored[key]
+                assert u == pytest.approx(recipe_pred, abs=2e-4)
+                assert abs(u - label) / label < 0.15
+                checked += 1
+        for (i, b, image), v in pred.V.items():
+            j = pred.sc_index[(i, b, image)]
+            if (key := f"{prefix}V/{i}-{j}") in stored:
+                assert v == pytest.approx(stored[key][1], abs=2e-4)
+                checked += 1
+        assert "Hubbard_U" in pred.hubbard_card("qe6") or "Hubbard_V" in pred.hubbard_card("qe6")
+        assert pred.hubbard_card("qe7").startswith("HUBBARD")
+    assert checked > 0
+
+
+def test_u_and_v_models_are_the_parts_of_hubbard_uv():
+    uv, u, v = (zoo.load(n) for n in ("hubbard-uv", "hubbard-u", "hubbard-v"))
+    assert u.config == uv.u_model.config and v.config == uv.v_model.config
+    x = np.random.default_rng(0).normal(size=(2, u.irreps_in.dim)).astype(np.float32)
+    np.testing.assert_allclose(u(x), uv.u_model(x), rtol=1e-6)
+
+
+def test_rotated_occupations_give_the_same_prediction():
+    """A rotated crystal has occupation matrices D n D^T (QE's real-harmonic basis)."""
+    uv = zoo.load("hubbard-uv")
+    name = next(iter(_examples()))
+    ref = _predict(uv, name)
+    from zoo.hubbard.dft.parsers import parse_occup, parse_pw_output
+
+    pw = parse_pw_output((EXAMPLES / f"{name}.out").read_text())
+    occ = parse_occup((EXAMPLES / f"{name}.occup.txt").read_text(), nat=pw["nat"])
+    rng = np.random.default_rng(3)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    rot = q * np.sign(np.linalg.det(q))  # proper rotation
+    d2 = wigner_d_qe(2, rot)
+    occ_rot = np.einsum("ab,...bc,dc->...ad", d2, occ, d2)  # d blocks (5x5 padded) rotate as l=2
+    labels = (EXAMPLES / f"{name}.labels.txt").read_text().split()
+    got = uv.predict_parsed(labels, pw["pairs"], _rotate_blocks(occ, occ_rot, rot, labels))
+    for site, u in ref.U.items():
+        assert got.U[site] == pytest.approx(u, abs=1e-4)
+    for key, v in ref.V.items():
+        assert got.V[key] == pytest.approx(v, abs=1e-4)
+
+
+def _rotate_blocks(occ, occ_d, rot, labels):
+    """Rotate each on-site block with the Wigner D of its own l (d: 5x5, p: top-left 3x3)."""
+    from zoo.hubbard._predict import element_of
+    from zoo.hubbard.dft.structures import TRANSITION_METALS
+
+    out = np.array(occ)
+    d1 = wigner_d_qe(1, rot)
+    for a, lab in enumerate(labels):
+        if element_of(lab) in TRANSITION_METALS:
+            out[:, a] = occ_d[:, a]
+        else:  # p block lives in the top-left 3x3 of the padded 5x5
+            p = occ[:, a, :, :3, :3]
+            out[:, a, :, :3, :3] = np.einsum("ab,...bc,dc->...ad", d1, p, d1)
+    return out
