@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 
-from zoo._symmetric_contraction import coupling_table
+from zoo._symmetric_contraction import _dense, coupling_paths
 from zoo.graph import build_graph
 from zoo.irreps import to_irreps
 from zoo.mace import MACE, MACEConfig
@@ -139,23 +139,32 @@ def test_padding_does_not_change_outputs(dtype):
     assert np.all(np.asarray(b[5:]) == 0)
 
 
-def test_coupling_table_reproduces_dense_contraction(rng):
-    """The sparse, permutation-folded table equals U contracted with x (x) x (x) x."""
+def test_coupling_paths_span_the_dense_coupling_tensors(rng):
+    """U (e3nn-jax's symmetric basis) = sum_p C[p, k] Sym(T_p) exactly, and so the paths
+    evaluated on x (x) x (x) x give U contracted with x."""
     irreps = "0e+1o+2e"
+    irs = [ir for _, ir in e3nn.Irreps(irreps)]
     x = rng.normal(size=9)
-    for ir in ("0e", "1o", "2e"):
-        idx, val, k = coupling_table(irreps, 3, ir)
-        u = np.asarray(
-            e3nn.reduced_symmetric_tensor_product_basis(e3nn.Irreps(irreps), 3, keep_ir=[ir]).array
-        )
-        dense = np.einsum("ijkr,i,j,k->r", u, x, x, x)
-        sparse = (val * x[idx].prod(axis=-1)).sum(axis=1)
-        np.testing.assert_allclose(sparse, dense, atol=1e-12)
-        assert k > 0
+    for degree in (2, 3):
+        for ir in ("0e", "1o", "2e"):
+            paths, coeff = coupling_paths(irreps, degree, ir)
+            u = np.asarray(
+                e3nn.reduced_symmetric_tensor_product_basis(
+                    e3nn.Irreps(irreps), degree, keep_ir=[ir]
+                ).array
+            )
+            k = len(paths)
+            assert k > 0 and coeff.shape == (k, k)
+            t = np.stack([_dense(irs, p, e3nn.Irrep(ir)) for p in paths], axis=-1)
+            rebuilt = np.einsum("...mp,pk->...km", t, coeff).reshape(u.shape)
+            np.testing.assert_allclose(rebuilt, u, atol=1e-10)
+            letters = "ijk"[:degree]
+            dense = np.einsum(f"{letters}r,{','.join(letters)}->r", u, *[x] * degree)
+            assert np.abs(dense).max() > 1e-3
 
 
 def test_symmetric_contraction_equals_dense_coupling_tensors():
-    """The gathered-monomial evaluation equals sum_k w[z, k, c] U[i.., k, m] x_i x_j .. per
+    """The coupling-path evaluation equals sum_k w[z, k, c] U[i.., k, m] x_i x_j .. per
     channel, with U the dense e3nn-jax basis (f64)."""
     from zoo._symmetric_contraction import SymmetricContraction
 

@@ -67,6 +67,31 @@ def single_mul(irreps: e3nn.Irreps) -> int:
     return muls.pop()
 
 
+@functools.lru_cache(maxsize=64)
+def _blocks(
+    irreps_x: str, irreps_y: str, keep: str
+) -> tuple[tuple[int, int, np.ndarray, tuple[int, ...]], ...]:
+    """Per irrep of `x`: ``(start, d1, G, d3s)`` with ``G`` `(dim_y, d1 * D1)` the CG blocks of
+    all its paths side by side (``M = y @ G``) and ``d3s`` the output size of each path."""
+    keep_set = {ir for _, ir in e3nn.Irreps(keep)}
+    irreps_y_ = e3nn.Irreps(irreps_y)
+    out, start = [], 0
+    for _, ir1 in e3nn.Irreps(irreps_x):
+        cols, d3s = [], []
+        for sl, (_, ir2) in zip(irreps_y_.slices(), irreps_y_):
+            for ir3 in ir1 * ir2:
+                if ir3 in keep_set:
+                    g = np.zeros((irreps_y_.dim, ir1.dim, ir3.dim))
+                    g[sl] = _cg(ir1.l, ir2.l, ir3.l).transpose(1, 0, 2)
+                    cols.append(g)
+                    d3s.append(ir3.dim)
+        if cols:
+            g = np.concatenate(cols, axis=2)  # (dim_y, d1, D1)
+            out.append((start, ir1.dim, g.reshape(irreps_y_.dim, -1), tuple(d3s)))
+        start += ir1.dim
+    return tuple(out)
+
+
 def channelwise_tensor_product(
     x: Float[Array, "batch dim_x mul"],
     irreps_x: e3nn.Irreps,
@@ -83,26 +108,19 @@ def channelwise_tensor_product(
     """
     if any(mul != 1 for mul, _ in y.irreps):
         raise ValueError(f"y must have multiplicity-1 irreps, got {y.irreps}")
-    keep_set = {ir for _, ir in e3nn.Irreps(keep)}
-    y_cols = {ir: y.array[:, sl] for sl, (_, ir) in zip(y.irreps.slices(), y.irreps)}
-    comps, start, path = [], 0, 0
-    for _, ir1 in irreps_x:
-        x_slabs = [x[:, start + i, :] for i in range(ir1.dim)]
-        start += ir1.dim
-        for _, ir2 in y.irreps:
-            yc = y_cols[ir2]
-            for ir3 in ir1 * ir2:
-                if ir3 not in keep_set:
-                    continue
-                cg = _cg(ir1.l, ir2.l, ir3.l)  # (d1, d2, d3)
-                w = None if weights is None else weights[:, path, :]
-                path += 1
-                for k in range(ir3.dim):
-                    total = jnp.zeros_like(x_slabs[0])
-                    for i in range(ir1.dim):
-                        js = np.flatnonzero(np.abs(cg[i, :, k]) > 1e-12)
-                        if len(js):
-                            m_ik = sum(float(cg[i, j, k]) * yc[:, j] for j in js)  # (batch,)
-                            total = total + x_slabs[i] * m_ik[:, None]
-                    comps.append(total if w is None else total * w)
-    return jnp.stack(comps, axis=1)
+    batch, mul = x.shape[0], x.shape[-1]
+    blocks, path = [], 0
+    for start, d1, g, d3s in _blocks(str(irreps_x), str(y.irreps), str(e3nn.Irreps(keep))):
+        # every path of this x irrep at once: M[e, i, k] = sum_j C[i, j, k] y[e, j], then
+        # one broadcast multiply-add per input component (d1 <= 7) over all outputs k
+        m = (y.array @ jnp.asarray(g, y.dtype)).reshape(batch, d1, -1)
+        block = sum(x[:, start + i, None, :] * m[:, i, :, None] for i in range(d1))
+        if weights is not None:
+            w = [
+                jnp.broadcast_to(weights[:, path + p, None, :], (batch, d, mul))
+                for p, d in enumerate(d3s)
+            ]
+            block = block * jnp.concatenate(w, axis=1)
+        path += len(d3s)
+        blocks.append(block)
+    return jnp.concatenate(blocks, axis=1)
