@@ -236,19 +236,23 @@ def worker(name: str, repeat: int, runs: int) -> dict:
     else:
         raise ValueError(f"unknown model {name!r}; known: {MODELS}")
     build = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     energy = run()
-    first = time.perf_counter() - t0
-    times = []
+    first, first_cpu = time.perf_counter() - t0, time.process_time() - c0
+    times, cpu = [], []
     for _ in range(runs):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         run()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "model": name, "atoms": len(atoms), "edges": n_edges, "build_s": build,
         "first_call_s": first, "median_s": statistics.median(times), "times": times,
         "peak_rss_mb": rss_mb, "energy": energy,
+        # CPU seconds of this single-threaded, pinned process: what the wall times would be
+        # on an idle core (the other jobs on a shared machine inflate only the wall times)
+        "first_call_cpu_s": first_cpu, "median_cpu_s": statistics.median(cpu),
     }  # fmt: skip
 
 
@@ -270,23 +274,33 @@ def spawn(name: str, repeat: int, runs: int, timeout: float, cpu: int = 0) -> di
 
 
 def table(results: list[dict]) -> str:
+    """Markdown table. compile = first call - one timed call (median); "CPU" columns are
+    process CPU seconds (robust to other jobs on the machine), the others wall seconds."""
     lines = [
-        "| atoms | model | edges | median (s) | build (s) | first call (s) | peak RSS (MB) | "
-        "peer / zoo |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| atoms | model | edges | median (s) | median CPU (s) | build (s) | first call (s) | "
+        "compile (s) | compile CPU (s) | peak RSS (MB) | peer / zoo | peer / zoo (CPU) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     by_key = {(r.get("atoms"), r["model"]): r for r in results if "error" not in r}
     for r in results:
         if "error" in r:
-            lines.append(
-                f"| {r.get('atoms', '?')} | {r['model']} | | error: {r['error']} | | | | |"
-            )
+            lines.append(f"| {r.get('atoms', '?')} | {r['model']} | | error: {r['error']} |")
             continue
         zoo = by_key.get((r["atoms"], PEERS.get(r["model"], "")))
+        cpu = "median_cpu_s" in r
         speed = f"{r['median_s'] / zoo['median_s']:.2f}x" if zoo else ""
+        speed_cpu = (
+            f"{r['median_cpu_s'] / zoo['median_cpu_s']:.2f}x"
+            if zoo and cpu and "median_cpu_s" in zoo
+            else ""
+        )
+        compile_cpu = f"{r['first_call_cpu_s'] - r['median_cpu_s']:.1f}" if cpu else ""
+        median_cpu = f"{r['median_cpu_s']:.2f}" if cpu else ""
         lines.append(
-            f"| {r['atoms']} | {r['model']} | {r['edges']} | {r['median_s']:.2f} | "
-            f"{r['build_s']:.0f} | {r['first_call_s']:.0f} | {r['peak_rss_mb']:.0f} | {speed} |"
+            f"| {r['atoms']} | {r['model']} | {r['edges']} | {r['median_s']:.2f} | {median_cpu} | "
+            f"{r['build_s']:.0f} | {r['first_call_s']:.0f} | "
+            f"{r['first_call_s'] - r['median_s']:.1f} | {compile_cpu} | {r['peak_rss_mb']:.0f} | "
+            f"{speed} | {speed_cpu} |"
         )
     return "\n".join(lines)
 
@@ -298,11 +312,15 @@ def main():
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--timeout", type=float, default=3600.0, help="per (model, size), seconds")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--table", help="only print the table of these --json files", nargs="+")
     p.add_argument("--cpu", type=int, default=0, help="core every worker is pinned to")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args.repeats[0], args.runs)))
+        return
+    if args.table:
+        print(table([r for name in args.table for r in json.load(open(name))]))
         return
     results = []
     for repeat in args.repeats:

@@ -52,7 +52,7 @@ class MACEConfig:
         activation: activation of even scalars (odd ones use tanh). Default "silu".
         edge_chunk: above this many edges, messages are summed in a loop over equal chunks
             of at most this size, rematerialised in the backward pass (bounds memory on large
-            structures; results do not depend on it up to rounding). 0: never. Default 32768.
+            structures; results do not depend on it up to rounding). 0: never. Default 8192.
     """
 
     species: tuple[int, ...]
@@ -71,7 +71,7 @@ class MACEConfig:
     output_irreps: str = "1x0e"
     node_input_irreps: str = ""
     activation: str = "silu"
-    edge_chunk: int = 32768
+    edge_chunk: int = 8192
 
     def __post_init__(self):
         species = tuple(int(z) for z in self.species)
