@@ -6,6 +6,7 @@ Data flows one way: structure -> graph -> architecture -> head -> property.
 
 from importlib.metadata import PackageNotFoundError, version
 
+from . import hubbard as hubbard
 from . import irreps as irreps
 from . import nmr as nmr
 from . import testing as testing
