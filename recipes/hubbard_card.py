@@ -152,6 +152,11 @@ def model_card(name: str, report: dict, parts: list[str], rows: list[dict]) -> s
         "chemistry; check a new material against one hp.x run before relying on it.",
         "- Only the species and manifolds listed in `config.json` (TM 3d, O 2p); other "
         "projectors, pseudopotentials or functionals give other U/V.",
+        "- Outside its training occupations the network (a high-degree polynomial of its "
+        "inputs) can blow up: the held-out strained FeO cell, whose two Fe sites take a "
+        "different orbital order, gives U(Fe2) ~ 3e4 eV and V ~ 12-170 eV (the test rows "
+        "above). `predict` therefore refuses any value farther than 8 training-label standard "
+        "deviations + 1 eV from the training mean (ValueError naming the site or pair).",
         "",
     ]
     return "\n".join(lines)

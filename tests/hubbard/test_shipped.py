@@ -105,3 +105,14 @@ def _rotate_blocks(occ, occ_d, rot, labels):
             p = occ[:, a, :, :3, :3]
             out[:, a, :, :3, :3] = np.einsum("ab,...bc,dc->...ad", d1, p, d1)
     return out
+
+
+def test_extrapolation_is_an_error_not_a_number():
+    """Held-out strained FeO (queue job p113, iteration 0): the Fe2 site's orbital order is
+    outside the training cells and the network blows up (~3e4 eV): predict refuses."""
+    data = ROOT / "tests" / "data" / "qe"
+    uv = zoo.load("hubbard-uv")
+    labels = (data / "FeO_strain-3pc_it0.labels.txt").read_text().split()
+    with pytest.raises(ValueError, match=r"U of site 2 \(Fe2\).*outside the training labels"):
+        uv.predict(data / "FeO_strain-3pc_it0.out", occup=data / "FeO_strain-3pc_it0.occup.txt",
+                   labels=labels)  # fmt: skip

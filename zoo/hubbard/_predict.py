@@ -291,6 +291,7 @@ class HubbardUV(eqx.Module):
             labels=[f"site {i} ({labels[i - 1]})" for i in sites],
         )  # fmt: skip
         y = np.asarray(_run(self.u_model, _pad(x.array)))[: len(sites)]
+        _check_range(y, self.u_model.config, [f"U of site {i} ({labels[i - 1]})" for i in sites])
         return {i: float(u) for i, u in zip(sites, np.asarray(y))}
 
     def _predict_v(self, keys, elements, onsite, keyed, labels) -> dict[PairKey, float]:
@@ -310,11 +311,34 @@ class HubbardUV(eqx.Module):
             species=self.v_model.config["species"], labels=[f"pair {k}" for k in keys],
         )  # fmt: skip
         y = np.asarray(_run(self.v_model, *(_pad(f.array) for f in feats)))[: len(keys)]
+        _check_range(y, self.v_model.config, [f"V of pair {k}" for k in keys])
         return {k: float(v) for k, v in zip(keys, np.asarray(y))}
 
     def hubbard_card(self, pw_output: str | Path, syntax: str = "qe7", **kwargs) -> str:
         """``self.predict(pw_output, **kwargs).hubbard_card(syntax)``."""
         return self.predict(pw_output, **kwargs).hubbard_card(syntax)
+
+
+#: a prediction farther than this many training-label standard deviations (+ 1 eV) from the
+#: training mean is an extrapolation: the tensor-square network is a high-degree polynomial of
+#: its inputs and blows up outside the occupations it was trained on (seen: 3.5e4 eV for a
+#: strained FeO site whose orbital order differs from the training cells)
+RANGE_STDS = 8.0
+
+
+def _check_range(y: np.ndarray, config: dict, names: list[str]) -> None:
+    if config.get("input_stats") is None:
+        return  # scalers never fit to data (an untrained model): no label range to judge by
+    mean, std = config["target_mean"], config["target_std"]
+    half = RANGE_STDS * std + 1.0
+    bad = [(n, float(v)) for n, v in zip(names, y) if not abs(v - mean) <= half]
+    if bad:
+        name, v = bad[0]
+        raise ValueError(
+            f"{name}: predicted {v:.4g} eV, outside the training labels' range "
+            f"({mean:.2f} +- {half:.2f} eV; {len(bad)} of {len(names)} such values): this run's "
+            "occupations are outside what the model was trained on; use hp.x for it"
+        )
 
 
 def _pad(x: np.ndarray) -> jax.Array:
