@@ -47,13 +47,12 @@ def main(argv=None) -> dict:
             if r["iteration"] == last and r["param_type"] == "U" and r["atom_1_manifold"] == "3d"}  # fmt: skip
     st = rows[0]["structure"]
     tms = sorted({r["atom_1_element"] for r in rows if r["atom_1_manifold"] == "3d"})
-    pw = {k: v for k, v in job["pw"].items()}
     model = zoo.load(args.model)
     t0 = time.perf_counter()
     res = self_consistent_hubbard(
         model, st, {m: 4.0 for m in tms}, run_pw_local(nprocs=2, npool=2),
         workdir=args.workdir / args.path, pseudos=rows[0]["settings"]["pseudos"],
-        pseudo_dir=PSEUDO_DIR, pw_settings=pw, tol=args.tol, max_iter=args.max_iter,
+        pseudo_dir=PSEUDO_DIR, pw_settings=dict(job["pw"]), tol=args.tol, max_iter=args.max_iter,
     )  # fmt: skip
     wall = time.perf_counter() - t0
     steps = job["steps"]

@@ -147,9 +147,7 @@ def _dense_coefficients(
     """
     paths, _ = _paths(irreps_1, irreps_2, linear.irreps_out, square=square)
     sl_1, sl_2 = irreps_1.slices(), irreps_2.slices()
-    out_slices = {
-        ir: (sl, mul) for (mul, ir), sl in zip(linear.irreps_out, linear.irreps_out.slices())
-    }
+    out_slices = {ir: sl for (_, ir), sl in zip(linear.irreps_out, linear.irreps_out.slices())}
     weights = {
         ir: np.asarray(w, np.float64) for (_, ir), w in zip(linear.irreps_out, linear.weights)
     }
@@ -161,7 +159,7 @@ def _dense_coefficients(
         cg = e3nn.clebsch_gordan(ir_1.l, ir_2.l, ir.l) * math.sqrt(alpha)
         w = weights[ir][row[ir] : row[ir] + len(u)] / math.sqrt(weights[ir].shape[0])
         row[ir] += len(u)
-        sl, mul = out_slices[ir]
+        sl = out_slices[ir]
         block = np.einsum("ijk,cw->cijwk", cg, w).reshape(len(u), ir_1.dim, ir_2.dim, -1)
         a = sl_1[i1].start + u[:, None] * ir_1.dim + np.arange(ir_1.dim)  # (copies, d1)
         b = sl_2[i2].start + v[:, None] * ir_2.dim + np.arange(ir_2.dim)
