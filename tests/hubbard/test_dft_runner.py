@@ -298,3 +298,22 @@ def test_seed_extends_finished_jobs_from_the_committed_data(tmp_path):
     # Failed jobs and pseudopotential tests are not re-added.
     assert not (tmp_path / "queue" / "p102-CoO-sym-e+0.000").exists()
     assert not (tmp_path / "queue" / "p10-pptest-FeO-rattled").exists()
+
+
+def test_seed_refreshes_the_run_order_but_never_the_settings(tmp_path):
+    from zoo.hubbard.dft import plan
+
+    queue = tmp_path / "queue"
+    plan.seed(queue, manifest=tmp_path / "none.json")
+    jid = "p105-NiO-rat-s0"
+    jp = queue / jid / "job.json"
+    job = read_json(jp)
+    write_json_atomic(jp, {**job, "priority": 999})
+    plan.seed(queue, manifest=tmp_path / "none.json")
+    again = read_json(jp)
+    assert again["priority"] == job["priority"] != 999
+    assert again["settings_hash"] == job["settings_hash"] and again["created"] == job["created"]
+    # Rattled Ni/Fe cells (most unique labels per CPU-minute) run before symmetric strains.
+    prio = {j["id"]: j["priority"] for j in plan.production_jobs()}
+    assert prio["p125-NiO-rat-s2"] < prio["p111-NiO-sym-e-0.030"]
+    assert prio["p100-MnO-sym-e+0.000"] < prio["p125-NiO-rat-s2"]

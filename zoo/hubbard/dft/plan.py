@@ -13,6 +13,7 @@ from pathlib import Path
 from . import structures as S
 from .cycle import add_job, make_job
 from .restore import restore_job
+from .runner import write_json_atomic
 
 PSEUDO_DIR = "/work/shared/qe/pseudo"
 PSEUDOS = {
@@ -125,6 +126,10 @@ def seed(queue_dir: str | Path, manifest: str | Path | None = None) -> list[Path
         return rec["state"] == "failed" or rec["kind"] != "sc" or n_hp >= n_iter.get(jid, 0)
 
     queue = Path(queue_dir)
+    for j in jobs:  # the run order may change between sessions; settings never do
+        jp = queue / j["id"] / "job.json"
+        if jp.exists() and (cur := json.loads(jp.read_text()))["priority"] != j["priority"]:
+            write_json_atomic(jp, {**cur, "priority": j["priority"]})
     added = [
         add_job(queue, j)
         for j in jobs
@@ -192,26 +197,28 @@ LI_MAG = (("Co", 0), ("Fe", 5))  # layered LiMO2: low-spin Co3+, high-spin Fe3+ 
 
 
 def _cost_priority(metal: str, kind: str, r: int) -> int:
-    """Run order from the measured cost per label set (data/hubbard/manifest.json, session 2).
+    """Run order from the measured cost per unique label (data/hubbard/manifest.json).
 
-    Ni and Fe (``n`` pseudopotentials) cost 7-9 min for a symmetric job and ~20 min per hp.x
-    step of a rattled one; Mn (semicore ``spn``) rattled costs ~65 min per step. So: the
-    symmetric Ni/Fe/Mn cells of round r + 1 before the rattled Ni/Fe cells of round r (they
-    give the U labels and, with 3 iterations, one validation cluster per path), the
-    symmetric layered cells early (a 4th material); rattled Mn and LiMO2 after all Ni/Fe
-    rounds; rock-salt CoO last (its linear response was rejected, p102).
+    Session 3 measured, in QE CPU time: a rattled Ni/Fe hp.x step ~13-20 min for 2 U + 12 V
+    unique labels (~1 label per CPU-minute), a symmetric one 2-8 min for 1 U + 1 V (~0.4);
+    rattled Mn (semicore ``spn``) ~30 min per step (~0.5). So: the rattled Ni/Fe cells of every
+    round first, the cheap completions of half-finished symmetric paths (MnO round 0, the
+    layered cells) after the first two rattled rounds, then the symmetric Ni/Fe/Mn strains;
+    rattled Mn and LiMO2 after those; rock-salt CoO last (its linear response was rejected, p102).
     """
     if metal == "Co" and kind in ("sym", "rat"):
         return CO_LATE + 100 + 10 * r + (0 if kind == "sym" else 4)
     if kind == "lisym":
-        return 200 + (0 if metal == "Co" else 3)
+        return 121 + (0 if metal == "Co" else 2)
     if kind == "li":
         return 300 + 10 * r + (0 if metal == "Co" else 1)
     if metal == "Mn":
-        return 190 + 10 * r + 8 if kind == "sym" else 400 + 10 * r
-    if kind == "sym":  # symmetric cells run a round ahead of the rattled ones
+        if kind == "sym":
+            return 120 if r == 0 else 190 + 10 * r + 8
+        return 400 + 10 * r
+    if kind == "sym":
         return 190 + 10 * r + {"Ni": 1, "Fe": 2}[metal]
-    return 200 + 10 * r + {"Ni": 5, "Fe": 6}[metal]
+    return 100 + 10 * r + {"Ni": 5, "Fe": 6}[metal]
 
 
 def _prod_job(jid: str, material: str, st: dict, prio: int, pw: dict) -> dict:
