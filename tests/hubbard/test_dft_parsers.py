@@ -96,6 +96,15 @@ def test_hp_output_converged_and_not():
     bad = parsers.parse_hp_output(_read("MnO.hp.q222.notconverged.out"))
     assert not bad["converged"] and bad["last"] == (1, 2, 20)
     assert "(1, 2, 20)" in bad["reason"]  # the q point it stalled at is recorded
+    crash = (
+        "\n     Post-processing calculation of Hubbard parameters ...\n\nFortran runtime error: "
+    )
+    res = parsers.parse_hp_output(
+        _read("MnO.hp.out").split("Post-processing")[0] + crash + "Bad real number in item 1\n"
+    )
+    assert not res["converged"] and res["reason"] == (
+        "hp.x crashed in post-processing: Bad real number in item 1"
+    )
     stalled = _read("MnO.hp.out").replace("JOB DONE", "") + "\n Convergence has not been reached\n"
     res = parsers.parse_hp_output(stalled)
     assert not res["converged"] and "not converged" in res["reason"]

@@ -162,8 +162,15 @@ def parse_hp_output(text: str) -> dict:
     m = re.findall(r"HP\s+:\s+(.+?)CPU\s+(.+?)WALL", text)
     out["cpu_s"] = _time_seconds(m[-1][0]) if m else None
     out["wall_s"] = _time_seconds(m[-1][1]) if m else None
+    crash = re.search(r"Fortran runtime error: (.+)", text)
     if "Convergence has not been reached" in text or "not converged" in text.lower():
         out["reason"] = f"hp.x chi not converged (atom, q, iter) = {last}"
+    elif crash and "Post-processing calculation of Hubbard parameters" in text:
+        # every (atom, q) converged, then the chi read-back failed (seen: FeO at -3 % strain,
+        # 'Bad real number' in hp_postproc reading <prefix>.chi.dat)
+        out["reason"] = f"hp.x crashed in post-processing: {crash.group(1).strip()}"
+    elif crash:
+        out["reason"] = f"hp.x crashed at (atom, q, iter) = {last}: {crash.group(1).strip()}"
     elif "JOB DONE" not in text:
         out["reason"] = f"hp.x output truncated/stopped at (atom, q, iter) = {last}"
     else:
