@@ -73,6 +73,8 @@ def same(a, b) -> bool:
         ("final_lr_factor", 2.0),
         ("nonfinite", "ignore"),
         ("weight_decay", 0.1),  # only with adamw
+        ("ema_decay", 1.0),
+        ("ema_decay", 0.0),
     ],
 )
 def test_config_rejects_bad_field(field, value):
@@ -234,9 +236,10 @@ class DiesAfter:
         return self.batches[i]
 
 
-def test_resume_after_interrupt_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("ema", [None, 0.9])
+def test_resume_after_interrupt_is_bit_identical(tmp_path, ema):
     tr, va = make_batches(4, 0), make_batches(2, 1)
-    cfg = dataclasses.replace(CFG, max_epochs=5, schedule="cosine")
+    cfg = dataclasses.replace(CFG, max_epochs=5, schedule="cosine", ema_decay=ema)
     ref = fit(make_model(), loss_fn, tr, va, cfg, progress=False)
     with pytest.raises(Killed):  # 1 read for the signature, then 2 full epochs and 2 steps
         fit(make_model(), loss_fn, DiesAfter(tr, 1 + 10), va, cfg, out_dir=tmp_path, progress=False)
@@ -248,6 +251,26 @@ def test_resume_after_interrupt_is_bit_identical(tmp_path):
     # a finished run resumes to the same result without training
     again = fit(make_model(), loss_fn, DiesAfter(tr, 1), va, cfg, out_dir=tmp_path, progress=False)
     assert same(again.model, ref.model)
+
+
+def test_ema_is_the_decayed_average_of_the_trajectory():
+    """One batch, no shuffle: epoch k is step k, and the raw trajectory does not see the EMA."""
+    tr, va, d = make_batches(1, 0), make_batches(1, 1), 0.7
+    cfg = dataclasses.replace(CFG, max_epochs=3, shuffle=False)
+    raw = [make_model()] + [
+        fit(make_model(), loss_fn, tr, None, dataclasses.replace(cfg, max_epochs=k),
+            progress=False).final_model
+        for k in (1, 2, 3)
+    ]  # fmt: skip
+    res = fit(make_model(), loss_fn, tr, va, dataclasses.replace(cfg, ema_decay=d), progress=False)
+    w = [d**3, (1 - d) * d**2, (1 - d) * d, 1 - d]  # weights of steps 0..3
+    want = [sum(c * x for c, x in zip(w, xs)) for xs in zip(*map(leaves, raw))]
+    for got, ref in zip(leaves(res.final_model), want, strict=True):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7)
+    assert not same(res.final_model, raw[-1])
+    # validation judged the averaged weights
+    best = res.history[res.best_epoch - 1]["val_loss"]
+    assert best == pytest.approx(float(loss_fn(res.model, va[0])[0]), rel=1e-5)
 
 
 def test_checkpoint_of_other_run_is_refused(tmp_path):

@@ -101,13 +101,21 @@ def load_weights(skeleton: Any, path: str | os.PathLike) -> Any:
 
 
 def save_checkpoint(
-    path: Path, *, model: Any, best: Any, opt_state: Any, key: jax.Array, state: dict
+    path: Path,
+    *,
+    model: Any,
+    best: Any,
+    opt_state: Any,
+    key: jax.Array,
+    state: dict,
+    ema: Any = None,
 ) -> None:
     """Atomically write the whole resumable training state to one safetensors file."""
     tensors = {
         **flatten_arrays(model, "model"),
         **flatten_arrays(best, "best"),
         **flatten_arrays(opt_state, "opt"),
+        **({} if ema is None else flatten_arrays(ema, "ema")),
         "rng": np.asarray(jax.random.key_data(key)),
     }
     meta = {_STATE_KEY: json.dumps(jsonable(state), allow_nan=False)}

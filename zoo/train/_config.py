@@ -44,6 +44,11 @@ class TrainConfig:
     - `nonfinite`: what a step with a NaN/Inf loss or gradient does. `"skip"` leaves parameters and
       optimiser state untouched and counts the step (`n_skipped` in the history); if every step
       of an epoch is skipped, `fit` raises `FloatingPointError`. `"raise"` raises at the first one.
+    - `ema_decay`: keep an exponential moving average of the trainable weights,
+      `ema <- ema_decay * ema + (1 - ema_decay) * weights` after every applied step (`None`: off).
+      Validation, the best model and the returned models then use the averaged weights (the raw
+      ones keep training); 0.99-0.999 averages over ~100-1000 steps and smooths the epoch-to-epoch
+      noise of the validation loss.
     """
 
     seed: int = 0
@@ -62,6 +67,7 @@ class TrainConfig:
     checkpoint_every: int = 1
     shuffle: bool = True
     nonfinite: str = "skip"
+    ema_decay: float | None = None
 
     def __post_init__(self) -> None:
         def bad(field: str, want: str) -> ValueError:
@@ -97,6 +103,9 @@ class TrainConfig:
         patience = self.early_stopping_patience
         if patience is not None and (not _is_int(patience) or patience < 1):
             raise bad("early_stopping_patience", "None or an int >= 1")
+        ema = self.ema_decay
+        if ema is not None and (not _is_real(ema) or not 0 < ema < 1):
+            raise bad("ema_decay", "None or a number in (0, 1)")
         if not isinstance(self.shuffle, bool):
             raise bad("shuffle", "a bool")
 

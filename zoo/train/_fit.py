@@ -43,7 +43,7 @@ class FitResult:
     """What `fit` returns.
 
     - `model`: the weights with the lowest validation loss (the last ones without validation).
-    - `final_model`: the weights after the last epoch run.
+    - `final_model`: the weights after the last epoch run (both averaged with `ema_decay`).
     - `history`: one dict per epoch (`epoch`, `step`, `lr`, `train_loss`, `train_<aux>`,
       `n_skipped`, `time_s`, and on evaluated epochs `val_loss`, `val_<aux>`).
     - `best_epoch`, `best_val_loss` (None without validation batches).
@@ -127,6 +127,11 @@ def _make_fns(loss_fn: LossFn, optimizer: Any) -> tuple[Callable, Callable]:
     return step, eqx.filter_jit(loss_of)
 
 
+@eqx.filter_jit
+def _ema_update(ema: Any, params: Any, decay: float) -> Any:
+    return jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
+
+
 def _mean_records(records: list[dict], prefix: str) -> dict[str, float]:
     keys = records[0].keys() if records else ()
     return {f"{prefix}{k}": float(np.mean([r[k] for r in records])) for k in keys}
@@ -194,6 +199,8 @@ def fit(
     opt_state = optimizer.init(params)
     key = jax.random.key(config.seed)
     run, best_params = _Run(), params
+    use_ema = config.ema_decay is not None
+    ema_params = params if use_ema else None
     signature = run_signature(config, train_batches, val_batches, mask)
     out = None if out_dir is None else Path(out_dir)
     ckpt = None if out is None else out / CHECKPOINT
@@ -208,14 +215,16 @@ def fit(
         params, static = eqx.partition(fill_arrays(model, arrays, "model", what), mask)
         best_params = eqx.filter(fill_arrays(model, arrays, "best", what), mask)
         opt_state = fill_arrays(opt_state, arrays, "opt", what)
+        if use_ema:
+            ema_params = eqx.filter(fill_arrays(model, arrays, "ema", what), mask)
         key = jax.random.wrap_key_data(jnp.asarray(arrays["rng"]))
         run = _Run.from_state(state["run"])
 
     placement = make_placement(devices)
     place_batch = (lambda b: b) if placement is None else placement.batch
     if placement is not None:
-        params, static, opt_state, best_params = placement.replicate(
-            (params, static, opt_state, best_params)
+        params, static, opt_state, best_params, ema_params = placement.replicate(
+            (params, static, opt_state, best_params, ema_params)
         )
     step_fn, eval_fn = _make_fns(loss_fn, optimizer)
 
@@ -247,6 +256,8 @@ def fit(
                             f"batch {int(i)} (loss={float(loss)}); nonfinite='skip' skips them"
                         )
                     continue
+                if use_ema:
+                    ema_params = _ema_update(ema_params, params, config.ema_decay)
                 losses.append(float(loss))
                 auxes.append(aux)
                 bar.set_postfix(epoch=run.epoch + 1, loss=f"{float(loss):.4g}", refresh=False)
@@ -268,17 +279,18 @@ def fit(
             }
             last = run.epoch >= config.max_epochs
             stop = False
+            judged = ema_params if use_ema else params  # the weights validation and `best` see
             if not val_batches:
-                best_params, run.best_epoch = params, run.epoch
+                best_params, run.best_epoch = judged, run.epoch
             elif run.epoch % config.eval_every == 0 or last:
-                vals = [eval_fn(params, static, place_batch(b)) for b in val_batches]
+                vals = [eval_fn(judged, static, place_batch(b)) for b in val_batches]
                 vals = jax.device_get(vals)
                 val_loss = float(np.mean([v[0] for v in vals]))
                 record["val_loss"] = val_loss
                 record.update(_mean_records([v[1] for v in vals], "val_"))
                 run.plateau.update(val_loss, config)
                 if val_loss < run.best_val:
-                    run.best_val, run.best_epoch, best_params = val_loss, run.epoch, params
+                    run.best_val, run.best_epoch, best_params = val_loss, run.epoch, judged
                     run.bad_evals = 0
                 else:
                     run.bad_evals += 1
@@ -298,6 +310,7 @@ def fit(
                     opt_state=opt_state,
                     key=key,
                     state=state,
+                    ema=None if ema_params is None else eqx.combine(ema_params, static),
                 )
                 atomic_write_json(out / "history.json", run.history)
     finally:
@@ -318,7 +331,7 @@ def fit(
             atomic_write_json(out / "metrics.json", metrics)
     return FitResult(
         model=best,
-        final_model=eqx.combine(params, static),
+        final_model=eqx.combine(ema_params if use_ema else params, static),
         history=run.history,
         best_epoch=run.best_epoch,
         best_val_loss=run.best_val if val_batches else None,
