@@ -369,3 +369,24 @@ def test_bad_inputs():
         fit(make_model(), loss_fn, tr, None, CFG, progress=False, devices=["cpu"])
     with pytest.raises(ValueError, match="scalar"):
         fit(make_model(), lambda m, b: (jnp.ones(2), {}), tr, None, CFG, progress=False)
+
+
+def test_checkpoint_from_before_a_new_config_field_resumes(tmp_path):
+    """A finished run checkpointed before a TrainConfig field existed (at its default) is the
+    same run: it resumes without training instead of being refused."""
+    import safetensors.numpy
+
+    from zoo.train._checkpoint import _STATE_KEY, load_checkpoint
+    from zoo.train._fit import CHECKPOINT
+
+    tr, va = make_batches(2, 0), make_batches(1, 1)
+    ref = fit(make_model(), loss_fn, tr, va, CFG, out_dir=tmp_path, progress=False)
+    arrays, state = load_checkpoint(tmp_path / CHECKPOINT)
+    del state["signature"]["config"]["ema_decay"]
+    meta = {_STATE_KEY: json.dumps(state)}
+    (tmp_path / CHECKPOINT).write_bytes(safetensors.numpy.save(arrays, metadata=meta))
+    again = fit(make_model(), loss_fn, DiesAfter(tr, 1), va, CFG, out_dir=tmp_path, progress=False)
+    assert same(again.model, ref.model)
+    with pytest.raises(ValueError, match="learning_rate"):  # a real difference still is refused
+        fit(make_model(), loss_fn, tr, va, dataclasses.replace(CFG, learning_rate=1e-3),
+            out_dir=tmp_path, progress=False)  # fmt: skip

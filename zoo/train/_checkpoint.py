@@ -158,6 +158,9 @@ def run_signature(config: TrainConfig, train: Sequence, val: Sequence, mask: Any
 
 def check_same_run(saved: dict, now: dict, path: Path) -> None:
     """Raise ValueError listing what differs between a checkpoint's run signature and ours."""
+    if "config" in saved and "config" in now:  # fields added since that run have defaults
+        defaults = TrainConfig().to_dict()
+        saved = {**saved, "config": {**defaults, **saved["config"]}}
     if saved == now:
         return
     diffs = []
