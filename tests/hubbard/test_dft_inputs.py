@@ -57,6 +57,9 @@ def test_pw_input_qe67_and_qe71():
     assert "Hubbard_V" not in new and "HUBBARD {ortho-atomic}" in new
     assert "V Mn1-3d Mn1-3d 1 1 4" in new
     assert sum(1 for ln in new.splitlines() if ln.startswith("V Mn")) == 2 + 12
+    assert "mixing_mode" not in old  # QE's default unless a job sets it
+    tf = inputs.pw_input(st, hub, settings={"mixing_mode": "local-TF", "mixing_ndim": 12}, **kw)
+    assert "mixing_mode = 'local-TF'" in tf and "mixing_ndim = 12" in tf
     hp = inputs.hp_input(settings={"nq": [2, 2, 2], "conv_thr_chi": 1e-4})
     assert "nq1 = 2, nq2 = 2, nq3 = 2" in hp and "conv_thr_chi = 0.0001" in hp
 

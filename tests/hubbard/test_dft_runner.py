@@ -313,6 +313,14 @@ def test_seed_refreshes_the_run_order_but_never_the_settings(tmp_path):
     again = read_json(jp)
     assert again["priority"] == job["priority"] != 999
     assert again["settings_hash"] == job["settings_hash"] and again["created"] == job["created"]
+    # a job that never started takes the plan's settings; a started one keeps its own
+    fe = queue / "p117-FeO-rat-s1" / "job.json"
+    write_json_atomic(fe, {**read_json(fe), "settings_hash": "old", "pw": {}})
+    write_json_atomic(jp, {**job, "settings_hash": "old"})
+    write_json_atomic(queue / jid / "status.json", {"state": "running", "steps": {}})
+    plan.seed(queue, manifest=tmp_path / "none.json")
+    assert read_json(fe)["pw"]["mixing_mode"] == "local-TF"
+    assert read_json(jp)["settings_hash"] == "old"
     # Rattled Ni/Fe cells (most unique labels per CPU-minute) run before symmetric strains.
     prio = {j["id"]: j["priority"] for j in plan.production_jobs()}
     assert prio["p125-NiO-rat-s2"] < prio["p111-NiO-sym-e-0.030"]

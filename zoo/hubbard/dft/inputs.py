@@ -238,6 +238,8 @@ def pw_input(
         f"  conv_thr = {_fmt(st['conv_thr'])}",
         f"  mixing_beta = {st['mixing_beta']}",
         f"  electron_maxstep = {st['electron_maxstep']}",
+        # optional: QE's defaults ('plain', 8) unless a job sets them
+        *[f"  {k} = {_qe_value(st[k])}" for k in ("mixing_mode", "mixing_ndim") if k in st],
         "/",
         "ATOMIC_SPECIES",
     ]
@@ -251,6 +253,10 @@ def pw_input(
     k = st["kpts"]
     lines += ["K_POINTS {automatic}", f"  {k[0]} {k[1]} {k[2]} 0 0 0", *hub_card]
     return "\n".join(lines) + "\n"
+
+
+def _qe_value(v) -> str:
+    return f"'{v}'" if isinstance(v, str) else str(v)
 
 
 def hp_input(*, prefix: str = "pwscf", outdir: str = "./out", settings: dict | None = None) -> str:
