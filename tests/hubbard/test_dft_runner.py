@@ -319,7 +319,7 @@ def test_seed_refreshes_the_run_order_but_never_the_settings(tmp_path):
     write_json_atomic(jp, {**job, "settings_hash": "old"})
     write_json_atomic(queue / jid / "status.json", {"state": "running", "steps": {}})
     plan.seed(queue, manifest=tmp_path / "none.json")
-    assert read_json(fe)["pw"]["mixing_mode"] == "local-TF"
+    assert read_json(fe)["pw"]["ecutwfc"] == 40 and read_json(fe)["settings_hash"] != "old"
     assert read_json(jp)["settings_hash"] == "old"
     # Rattled Ni/Fe cells (most unique labels per CPU-minute) run before symmetric strains.
     prio = {j["id"]: j["priority"] for j in plan.production_jobs()}
