@@ -300,7 +300,7 @@ def test_seed_extends_finished_jobs_from_the_committed_data(tmp_path):
     assert not (tmp_path / "queue" / "p10-pptest-FeO-rattled").exists()
 
 
-def test_seed_refreshes_the_run_order_but_never_the_settings(tmp_path):
+def test_seed_refreshes_the_run_order_and_the_settings_of_unstarted_jobs(tmp_path):
     from zoo.hubbard.dft import plan
 
     queue = tmp_path / "queue"
@@ -321,7 +321,7 @@ def test_seed_refreshes_the_run_order_but_never_the_settings(tmp_path):
     plan.seed(queue, manifest=tmp_path / "none.json")
     assert read_json(fe)["pw"]["ecutwfc"] == 40 and read_json(fe)["settings_hash"] != "old"
     assert read_json(jp)["settings_hash"] == "old"
-    # Rattled Ni/Fe cells (most unique labels per CPU-minute) run before symmetric strains.
+    # Rattled Ni cells (most unique labels per CPU-minute) run before symmetric strains.
     prio = {j["id"]: j["priority"] for j in plan.production_jobs()}
     assert prio["p125-NiO-rat-s2"] < prio["p111-NiO-sym-e-0.030"]
     assert prio["p100-MnO-sym-e+0.000"] < prio["p125-NiO-rat-s2"]
