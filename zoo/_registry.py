@@ -23,7 +23,8 @@ REGISTRY_NAME = "registry.json"
 REGISTRY_FORMAT = 1
 
 # model_type (config.json) -> "module:Class" inside the zoo package. The class must have a
-# ``from_config(config: dict) -> eqx.Module`` classmethod.
+# ``from_config(config: dict) -> eqx.Module`` classmethod; an optional
+# ``skeleton_from_config`` (same shapes, no random init) is what the loader uses if present.
 # ---- LEAD: extend this table as the model classes land, e.g.
 #      "response": "zoo.model:ResponseModel", "hubbard": "zoo.hubbard:HubbardModel". ----
 MODEL_TYPES: dict[str, str] = {

@@ -292,7 +292,9 @@ def load_folder_files(
     """Rebuild a model from config.json alone, then fill its arrays from the safetensors file."""
     config = read_config(config_path)
     entry = registry.model_class(config["model_type"], model_types)
-    build = getattr(entry, "from_config", entry)
+    # a class's skeleton_from_config (no random draw) if it has one: tracing a random init,
+    # even under eval_shape, was most of the load time of the Hubbard models
+    build = getattr(entry, "skeleton_from_config", None) or getattr(entry, "from_config", entry)
     skeleton = eqx.filter_eval_shape(build, config)  # shapes only: no real init cost
     if not isinstance(skeleton, eqx.Module):
         raise ValueError(f"{config['model_type']}: from_config returned {type(skeleton).__name__}")

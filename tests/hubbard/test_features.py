@@ -42,6 +42,12 @@ def test_irreps_and_sizes():
     assert occs_sum_irreps(1) == e3nn.Irreps("0e+2e")
     assert occs_prod_irreps(2).regroup() == e3nn.Irreps("3x0e+2x2e+2x4e+6e+8e")
     assert occs_prod_irreps(2).dim == 61 and occs_prod_irreps(1).dim == 16
+    for l in (1, 2, 3):  # the order of e3nn's own product (the features are built in it)
+        s = occs_sum_irreps(l)
+        ref = e3nn.elementwise_tensor_product(
+            s, s, filter_ir_out=[f"{k}e" for k in range(0, 13, 2)]
+        )
+        assert occs_prod_irreps(l) == e3nn.Irreps(ref)
     assert onsite_irreps(3).dim == 80 and onsite_irreps(3, with_param_in=False).dim == 79
     assert site_irreps(4, 1).dim == 26 and site_irreps(4, 2).dim == 80
 

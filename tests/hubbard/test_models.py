@@ -148,6 +148,9 @@ def test_config_roundtrip():
     assert config["model_type"] == ONSITE_TYPE and config["zoo_version"]
     skeleton = OnsiteModel.from_config(config)
     assert jax.tree_util.tree_structure(skeleton) == jax.tree_util.tree_structure(model)
+    zeros = OnsiteModel.skeleton_from_config(config)  # what the loader fills: no random draw
+    assert jax.tree_util.tree_structure(zeros) == jax.tree_util.tree_structure(model)
+    assert all(not np.any(np.asarray(w)) for w in jax.tree_util.tree_leaves(zeros))
     loaded = jax.tree_util.tree_unflatten(
         jax.tree_util.tree_structure(skeleton), jax.tree_util.tree_leaves(model)
     )

@@ -362,13 +362,14 @@ class OnsiteModel(eqx.Module):
         target_std: float = 1.0,
         input_stats: dict | None = None,
         dtype=None,
-        key: PRNGKeyArray,
+        key: PRNGKeyArray | None,
     ):
         """**Arguments:** `species` (one-hot order), `l` of the manifold (2: d), the hidden
         `feature_irreps` and number of gated `hidden_layers`, the tensor products'
         `irrep_normalization`, `with_param_in` (U_in as an input), the data statistics
         (`target_mean`, `target_std`, `input_stats`; set them with :func:`fit_scalers`),
-        `dtype` (None: float32, or float64 under x64), `key`."""
+        `dtype` (None: float32, or float64 under x64), `key` (None: zero weights, a skeleton
+        to load weights into)."""
         dtype = resolve_float(dtype)
         self.config = {
             "model_type": ONSITE_TYPE,
@@ -396,12 +397,18 @@ class OnsiteModel(eqx.Module):
             )
             irreps = e3nn.Irreps(feature_irreps)
         readout = TensorSquare(irreps, "0e", irrep_normalization, False, dtype, key=None)
-        self.layers, self.readout = _init_normal((tuple(layers), readout), key, dtype)
+        modules = (tuple(layers), readout)
+        self.layers, self.readout = modules if key is None else _init_normal(modules, key, dtype)
 
     @classmethod
     def from_config(cls, config: dict) -> "OnsiteModel":
         """A model of the right shapes (random weights, key 0) from a :attr:`config` dict."""
         return cls(**_init_kwargs(config, ONSITE_TYPE), key=jax.random.key(0))
+
+    @classmethod
+    def skeleton_from_config(cls, config: dict) -> "OnsiteModel":
+        """:meth:`from_config` with zero weights (no random draw): for loading weights into."""
+        return cls(**_init_kwargs(config, ONSITE_TYPE), key=None)
 
     @property
     def irreps_in(self) -> e3nn.Irreps:
@@ -449,7 +456,7 @@ class IntersiteModel(eqx.Module):
         target_std: float = 1.0,
         input_stats: dict | None = None,
         dtype=None,
-        key: PRNGKeyArray,
+        key: PRNGKeyArray | None,
     ):
         """Arguments as :class:`OnsiteModel`; `species` covers both the p and d elements,
         `input_stats` has the keys ``p_site``, ``d_site``, ``edge``."""
@@ -479,14 +486,20 @@ class IntersiteModel(eqx.Module):
             for _ in range(hidden_layers - 1)
         )
         readout = TensorSquare(feats, "0e", norm, False, dtype, key=None)
-        self.sites, self.edge, self.layers, self.readout = _init_normal(
-            (sites, edge, layers, readout), key, dtype
-        )
+        modules = (sites, edge, layers, readout)
+        if key is not None:
+            modules = _init_normal(modules, key, dtype)
+        self.sites, self.edge, self.layers, self.readout = modules
 
     @classmethod
     def from_config(cls, config: dict) -> "IntersiteModel":
         """A model of the right shapes (random weights, key 0) from a :attr:`config` dict."""
         return cls(**_init_kwargs(config, INTERSITE_TYPE), key=jax.random.key(0))
+
+    @classmethod
+    def skeleton_from_config(cls, config: dict) -> "IntersiteModel":
+        """:meth:`from_config` with zero weights (no random draw): for loading weights into."""
+        return cls(**_init_kwargs(config, INTERSITE_TYPE), key=None)
 
     def dense_coefficients(self) -> tuple[np.ndarray, ...]:
         """Every layer's bilinear coefficients (sites, edge, layers, readout), for ``dense=``."""
@@ -586,7 +599,7 @@ def fit_scalers(model, inputs, targets: Float[np.ndarray, " n"], *, init_weights
         "target_std": std if std > 1e-8 else 1.0,
         "input_stats": stats,
     }
-    skeleton = type(model).from_config(config)
+    skeleton = type(model).skeleton_from_config(config)
     model = jax.tree_util.tree_unflatten(
         jax.tree_util.tree_structure(skeleton), jax.tree_util.tree_leaves(model)
     )

@@ -7,8 +7,6 @@ manifolds, d-d V) is reported in ``not_predicted`` and carried over unchanged in
 """
 
 import dataclasses
-import functools
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import numpy as np
 from ase.data import chemical_symbols
 
 from ._features import intersite_features, onsite_features
+from ._infer import predict_u, predict_v
 from ._models import IntersiteModel, OnsiteModel, _zoo_version
 from .dft.inputs import MANIFOLD, supercell_atom
 from .dft.parsers import occupation_blocks, parse_occup, parse_pw_output
@@ -120,39 +119,11 @@ def _manifold(element: str, site: int) -> str:
     return MANIFOLD[element]
 
 
-#: the models are small MLPs run on a handful of rows: XLA's optimisation passes cost more
-#: compile time (about half of the first prediction) than they save at run time
-_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-
-
-class _Static:
-    """The non-array part of a Hubbard model as a jit static argument: equal (same compiled
-    code) when the model class and config are, since the config fixes the whole structure."""
-
-    def __init__(self, static: eqx.Module):
-        self.static = static
-        self.key = (type(static), json.dumps(static.config, sort_keys=True, default=str))
-
-    def __hash__(self) -> int:
-        return hash(self.key)
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, _Static) and self.key == other.key
-
-
-@functools.partial(jax.jit, static_argnums=0, compiler_options=_FAST_COMPILE)
-def _apply(static: _Static, params, dense, *inputs):
-    return eqx.combine(params, static.static)(*inputs, dense=dense)
-
-
-def _run(model: eqx.Module, *inputs) -> jax.Array:
-    # Inference on the dense bilinear form of every layer (built in numpy from the weights,
-    # ~0.2 s): one contraction per layer compiles in well under a second, the path-by-path
-    # training form took 3-4 s per model.
-    params, static = eqx.partition(model, eqx.is_array)
-    dtype = jax.tree_util.tree_leaves(params)[0].dtype
-    dense = tuple(np.asarray(w, dtype) for w in model.dense_coefficients())
-    return _apply(_Static(static), params, dense, *inputs)
+def _dense(model: eqx.Module) -> tuple[np.ndarray, ...]:
+    # the dense bilinear form of every layer, built in numpy from the weights (~0.2 s, mostly
+    # e3nn's Clebsch-Gordan tables); numpy inference on it (`_infer`) skips XLA compilation
+    dtype = np.dtype(jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_array))[0].dtype)
+    return tuple(np.asarray(w, dtype) for w in model.dense_coefficients())
 
 
 class HubbardUV(eqx.Module):
@@ -174,9 +145,20 @@ class HubbardUV(eqx.Module):
     @classmethod
     def from_config(cls, config: dict) -> "HubbardUV":
         """Both models of the right shapes from a :attr:`config` dict."""
+        return cls._build(config, "from_config")
+
+    @classmethod
+    def skeleton_from_config(cls, config: dict) -> "HubbardUV":
+        """:meth:`from_config` with zero weights (no random draw): for loading weights into."""
+        return cls._build(config, "skeleton_from_config")
+
+    @classmethod
+    def _build(cls, config: dict, how: str) -> "HubbardUV":
         if not isinstance(config, dict) or config.get("model_type") != UV_TYPE:
             raise ValueError(f"config: expected model_type {UV_TYPE!r}")
-        return cls(OnsiteModel.from_config(config["u"]), IntersiteModel.from_config(config["v"]))
+        return cls(
+            getattr(OnsiteModel, how)(config["u"]), getattr(IntersiteModel, how)(config["v"])
+        )
 
     def predict(
         self,
@@ -290,7 +272,7 @@ class HubbardUV(eqx.Module):
             species=self.u_model.config["species"],
             labels=[f"site {i} ({labels[i - 1]})" for i in sites],
         )  # fmt: skip
-        y = np.asarray(_run(self.u_model, _pad(x.array)))[: len(sites)]
+        y = predict_u(self.u_model, np.asarray(x.array), _dense(self.u_model))
         _check_range(y, self.u_model.config, [f"U of site {i} ({labels[i - 1]})" for i in sites])
         return {i: float(u) for i, u in zip(sites, np.asarray(y))}
 
@@ -310,7 +292,7 @@ class HubbardUV(eqx.Module):
             [keyed[k][1] for k in keys], [keyed[k][2] for k in keys],
             species=self.v_model.config["species"], labels=[f"pair {k}" for k in keys],
         )  # fmt: skip
-        y = np.asarray(_run(self.v_model, *(_pad(f.array) for f in feats)))[: len(keys)]
+        y = predict_v(self.v_model, *(np.asarray(f.array) for f in feats), _dense(self.v_model))
         _check_range(y, self.v_model.config, [f"V of pair {k}" for k in keys])
         return {k: float(v) for k, v in zip(keys, np.asarray(y))}
 
@@ -339,12 +321,6 @@ def _check_range(y: np.ndarray, config: dict, names: list[str]) -> None:
             f"({mean:.2f} +- {half:.2f} eV; {len(bad)} of {len(names)} such values): this run's "
             "occupations are outside what the model was trained on; use hp.x for it"
         )
-
-
-def _pad(x: np.ndarray) -> jax.Array:
-    # pad the batch to a power of two (>= 8): a handful of compiled shapes for all structures
-    n = max(8, 1 << (len(x) - 1).bit_length())
-    return np.concatenate([x, np.repeat(x[:1], n - len(x), axis=0)], axis=0)
 
 
 __all__ = ["UV_TYPE", "SUPPORTED_QE", "element_of", "HubbardPrediction", "HubbardUV"]

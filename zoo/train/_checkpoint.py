@@ -14,7 +14,6 @@ from typing import Any
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 from safetensors import safe_open
@@ -80,7 +79,7 @@ def fill_arrays(skeleton: Any, arrays: dict[str, np.ndarray], prefix: str, what:
                 f"{what}: {key!r} has shape {value.shape} and dtype {value.dtype}, "
                 f"expected {tuple(leaf.shape)} and {leaf.dtype}"
             )
-        leaves.append(jnp.asarray(value))
+        leaves.append(jax.device_put(value))  # no per-shape compile (jnp.asarray)
         used.add(key)
     extra = sorted(k for k in arrays if k.startswith(prefix) and k not in used)
     if extra:

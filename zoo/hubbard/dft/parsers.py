@@ -91,7 +91,8 @@ def parse_occup(text: str, *, nat: int, nspin: int = 2, ldim: int = 5) -> np.nda
             f"occup.txt: {len(pairs)} values is not a multiple of {block} "
             f"(ldim^2*nat*nspin); file truncated?"
         )
-    vals = np.array([[float(a.replace("D", "E").replace("d", "e")) for a in p] for p in pairs])
+    flat = " ".join(a for p in pairs for a in p).replace("D", "E").replace("d", "e")
+    vals = np.array(flat.split(), dtype=np.float64).reshape(-1, 2)  # one C-level conversion
     if np.abs(vals[:, 1]).max() > 1e-8:
         raise ValueError("occup.txt: nonzero imaginary parts (noncollinear run not supported)")
     n_neigh = len(pairs) // block

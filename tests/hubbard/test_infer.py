@@ -1,0 +1,61 @@
+"""The numpy inference path (`zoo.hubbard._infer`) is the JAX forward of the models."""
+
+import contextlib
+
+import equinox as eqx
+import jax
+import numpy as np
+import pytest
+
+import zoo
+from zoo.hubbard._features import onsite_irreps
+from zoo.hubbard._infer import predict_u, predict_v
+from zoo.hubbard._models import (
+    IntersiteModel,
+    OnsiteModel,
+    input_statistics,
+    intersite_input_irreps,
+)
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_numpy_forward_is_the_jax_forward(precision, layers):
+    rng = np.random.default_rng(layers)
+    irr = intersite_input_irreps(3)
+    x = rng.normal(size=(16, onsite_irreps(2).dim)) * rng.uniform(0.1, 3, onsite_irreps(2).dim)
+    xs = tuple(rng.normal(size=(16, irr[k].dim)) for k in ("p_site", "d_site", "edge"))
+    # non-trivial standardisation and target scaling, as `fit_scalers` sets them
+    u_stats = {"x": input_statistics(x, onsite_irreps(2))}
+    v_stats = {k: input_statistics(a, irr[k]) for k, a in zip(("p_site", "d_site", "edge"), xs)}
+    kw = {"hidden_layers": layers, "dtype": precision, "target_mean": 4.0, "target_std": 0.5}
+    with jax.enable_x64(True) if precision == "float64" else contextlib.nullcontext():
+        u = OnsiteModel(["Mn", "Ni"], input_stats=u_stats, key=jax.random.key(1), **kw)
+        v = IntersiteModel(["Mn", "Ni", "O"], input_stats=v_stats, key=jax.random.key(2), **kw)
+        # against JAX on the same dense form (test_models: the dense form is the path form)
+        du, dv = u.dense_coefficients(), v.dense_coefficients()
+        forward = eqx.filter_jit(lambda m, d, *a: m(*a, dense=d))
+        ref_u, ref_v = np.asarray(forward(u, du, x)), np.asarray(forward(v, dv, *xs))
+        got_u, got_v = predict_u(u, x, du), predict_v(v, *xs, dv)
+    tol = 1e-10 if precision == "float64" else 2e-5
+    assert got_u.dtype == np.dtype(precision) and got_v.shape == (16,)
+    assert np.std(ref_u) > 1e-3 and np.std(ref_v) > 1e-3  # a function that depends on x
+    np.testing.assert_allclose(got_u, ref_u, rtol=tol, atol=tol)
+    np.testing.assert_allclose(got_v, ref_v, rtol=tol, atol=tol)
+
+
+def test_shipped_models_answer_the_same_through_jax():
+    """The shipped weights (float32) through numpy and through the jitted JAX forward."""
+    model = zoo.load("hubbard-uv")
+    rng = np.random.default_rng(0)
+    u, v = model.u_model, model.v_model
+    x = rng.normal(size=(5, u.irreps_in.dim))
+    irr = intersite_input_irreps(len(v.config["species"]))
+    xs = tuple(rng.normal(size=(5, irr[k].dim)) for k in ("p_site", "d_site", "edge"))
+    forward = eqx.filter_jit(lambda m, *a: m(*a))
+    np.testing.assert_allclose(
+        predict_u(u, x, u.dense_coefficients()), forward(u, x), rtol=1e-4, atol=1e-4
+    )
+    np.testing.assert_allclose(
+        predict_v(v, *xs, v.dense_coefficients()), forward(v, *xs), rtol=1e-4, atol=1e-4
+    )
