@@ -314,7 +314,7 @@ def test_seed_refreshes_the_run_order_and_the_settings_of_unstarted_jobs(tmp_pat
     assert again["priority"] == job["priority"] != 999
     assert again["settings_hash"] == job["settings_hash"] and again["created"] == job["created"]
     # a job that never started takes the plan's settings; a started one keeps its own
-    fe = queue / "p117-FeO-rat-s1" / "job.json"
+    fe = queue / "p117-FeO-rat-s1-sm" / "job.json"
     write_json_atomic(fe, {**read_json(fe), "settings_hash": "old", "pw": {}})
     write_json_atomic(jp, {**job, "settings_hash": "old"})
     write_json_atomic(queue / jid / "status.json", {"state": "running", "steps": {}})
@@ -325,3 +325,7 @@ def test_seed_refreshes_the_run_order_and_the_settings_of_unstarted_jobs(tmp_pat
     prio = {j["id"]: j["priority"] for j in plan.production_jobs()}
     assert prio["p125-NiO-rat-s2"] < prio["p111-NiO-sym-e-0.030"]
     assert prio["p100-MnO-sym-e+0.000"] < prio["p125-NiO-rat-s2"]
+    # rattled FeO is smeared (fixed occupations stall); round 0 runs first, the others late
+    fe_jobs = {j["id"]: j for j in plan.production_jobs() if "FeO-rat" in j["id"]}
+    assert all(j["pw"]["smearing"] == "gaussian" for j in fe_jobs.values())
+    assert prio["p107-FeO-rat-s0-sm"] < prio["p115-NiO-rat-s1"] < prio["p117-FeO-rat-s1-sm"]

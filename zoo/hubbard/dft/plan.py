@@ -219,8 +219,9 @@ def _cost_priority(metal: str, kind: str, r: int) -> int:
     rattled Mn (semicore ``spn``) ~30 min per step (~0.5). So: the rattled Ni cells of every
     round first, the cheap completions of half-finished symmetric paths (MnO round 0, the
     layered cells) after the first two rattled rounds, then the symmetric Ni/Fe/Mn strains;
-    rattled Mn and LiMO2 after those; rattled FeO (its SCF stalls, see ``FEO_RATTLED_PW``)
-    and rock-salt CoO (its linear response was rejected, p102) last.
+    rattled Mn and LiMO2 after those; rock-salt CoO (its linear response was rejected, p102)
+    last. Rattled FeO (smeared, ``FEO_RATTLED_PW``): round 0 before everything else (Fe is the
+    scarcest species of the training data), the other rounds late until round 0 has worked.
     """
     if metal == "Co" and kind in ("sym", "rat"):
         return CO_LATE + 100 + 10 * r + (0 if kind == "sym" else 4)
@@ -234,8 +235,8 @@ def _cost_priority(metal: str, kind: str, r: int) -> int:
         return 400 + 10 * r
     if kind == "sym":
         return 190 + 10 * r + {"Ni": 1, "Fe": 2}[metal]
-    if metal == "Fe":  # smeared (FEO_RATTLED_PW): round 0 tests it early, Fe labels are scarce
-        return 117 if r == 0 else 700 + 10 * r
+    if metal == "Fe":  # smeared (FEO_RATTLED_PW): round 0 tests it first
+        return 110 if r == 0 else 700 + 10 * r
     return 100 + 10 * r + 5
 
 
