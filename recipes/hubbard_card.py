@@ -144,7 +144,10 @@ def model_card(name: str, report: dict, parts: list[str], rows: list[dict]) -> s
         f"```\n{report['command']}\n```",
         "",
         "writes these folders (and `metrics.json`, with every held-out prediction) to "
-        "`--out`; `--ship` also writes them to `zoo/weights/`.",
+        "`--out`; `--ship` also writes them to `zoo/weights/`. The data set grows as the DFT "
+        f"queue runs: these weights saw the {len(report['steps'])} self-consistent steps of "
+        "`data_steps.json` (here); add `--steps <this folder>/data_steps.json` to train on "
+        "exactly those rows and reproduce the metrics above.",
         "",
         "## Limitations",
         "",
@@ -153,10 +156,9 @@ def model_card(name: str, report: dict, parts: list[str], rows: list[dict]) -> s
         "- Only the species and manifolds listed in `config.json` (TM 3d, O 2p); other "
         "projectors, pseudopotentials or functionals give other U/V.",
         "- Outside its training occupations the network (a high-degree polynomial of its "
-        "inputs) can blow up: the held-out strained FeO cell, whose two Fe sites take a "
-        "different orbital order, gives U(Fe2) ~ 3e4 eV and V ~ 12-170 eV (the test rows "
-        "above). `predict` therefore refuses any value farther than 8 training-label standard "
-        "deviations + 1 eV from the training mean (ValueError naming the site or pair).",
+        f"inputs) can blow up{_worst_test(report, parts)}. `predict` therefore refuses any "
+        "value farther than 8 training-label standard deviations + 1 eV from the training "
+        "mean (ValueError naming the site or pair).",
         "",
     ]
     return "\n".join(lines)
@@ -186,3 +188,14 @@ def parity_png(part: dict, path: Path, name: str) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def _worst_test(report: dict, parts: list[str]) -> str:
+    """', e.g. ...' naming the largest held-out test prediction of each part (from the run)."""
+    worst = []
+    for p in parts:
+        pairs = report[p].get("test_predictions", {})
+        if pairs:
+            rid, (label, pred) = max(pairs.items(), key=lambda kv: abs(kv[1][1] - kv[1][0]))
+            worst.append(f"{p} {pred:.3g} eV against hp.x {label:.3g} eV (`{rid}`)")
+    return (": worst held-out test row " + "; ".join(worst)) if worst else ""

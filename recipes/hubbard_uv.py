@@ -5,6 +5,10 @@ The HubbardML recipe (npj Comput Mater 11, 19 (2025)) ported to zoo, from a fres
     python -m recipes.hubbard_uv --out runs/hubbard_uv            # cluster split, 20 % val
     python -m recipes.hubbard_uv --out runs/hubbard_uv --ship     # ... and ship to zoo/weights
     python -m recipes.hubbard_uv --out runs/transfer --transfer 2  # train it < 2, test it >= 2
+    python -m recipes.hubbard_uv --steps zoo/weights/hubbard-uv/data_steps.json  # as shipped
+
+The data set grows as the DFT queue runs; ``--steps`` restricts it to the self-consistent
+steps a shipped model was trained on (its ``data_steps.json``), which reproduces its card.
 
 Rows: U of TM 3d sites with ``param_out > 0.2`` eV; V of TM 3d - O 2p pairs with
 ``param_out > 0.3`` eV. Near-duplicates are clustered and 20 % of the clusters of every
@@ -52,6 +56,22 @@ TEST_PATHS = ("p111-NiO-sym-e-0.030", "p113-FeO-sym-e-0.030")
 def load_rows(path: Path) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def step_of(row: dict) -> str:
+    """The self-consistent step of a row, ``<sc_path>/it<k>`` (its rows are fixed once written)."""
+    return f"{row['sc_path']}/it{row['iteration']}"
+
+
+def select_steps(rows: list[dict], path: Path) -> list[dict]:
+    """The rows of the steps listed in the JSON file `path`; every step must be in the data."""
+    steps = json.loads(Path(path).read_text())
+    if not isinstance(steps, list) or not all(isinstance(x, str) for x in steps):
+        raise SystemExit(f"{path}: expected a JSON list of '<sc_path>/it<k>' strings")
+    missing = sorted(set(steps) - {step_of(r) for r in rows})
+    if missing:
+        raise SystemExit(f"{path}: steps not in the data: {', '.join(missing[:5])}")
+    return [r for r in rows if step_of(r) in set(steps)]
 
 
 def _spectra(up: np.ndarray, down: np.ndarray, l: int) -> list[np.ndarray]:
@@ -224,6 +244,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--weight-decay", type=float, default=1e-2)
     ap.add_argument("--hidden-layers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=Path, help="JSON list of sc steps to train on (default: all)")
     ap.add_argument("--transfer", type=int, default=None, metavar="K")
     ap.add_argument("--test-paths", nargs="*", default=list(TEST_PATHS), metavar="SC_PATH")
     ap.add_argument(
@@ -239,10 +260,13 @@ def main(argv=None) -> dict:
     rows = load_rows(args.data)
     if args.purpose != "all":
         rows = [r for r in rows if r.get("purpose") == args.purpose]
+    if args.steps:
+        rows = select_steps(rows, args.steps)
     report = {
         "data": str(args.data),
         "purpose": args.purpose,
         "n_rows": len(rows),
+        "steps": sorted({step_of(r) for r in rows}),
         "seed": args.seed,
         "transfer": args.transfer,
         "test_paths": list(args.test_paths),
@@ -305,6 +329,7 @@ def _save(models: dict, report: dict, out: Path, rows: list[dict]) -> None:
         folder = out / name
         save_pretrained(model, folder, card=model_card(name, report, parts, rows), overwrite=True)
         (folder / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+        (folder / "data_steps.json").write_text(json.dumps(report["steps"], indent=1) + "\n")
         for part in parts:
             parity_png(report[part], folder / f"parity_{part}.png", part)
 
