@@ -280,6 +280,29 @@ def test_tiny_trained_model_roundtrip(records, tmp_path):
     np.testing.assert_array_equal(a["shielding"], b["shielding"])
 
 
+def test_ensemble_mean_spread_and_roundtrip(records, tmp_path):
+    """Members of one config average; their spread is reported; the folder round-trips."""
+    a, b = tiny_model(key=1), tiny_model(key=2)
+    ens = ShieldingModel.wrap([a.response, b.response])
+    assert ens.config["members"] == 2 and len(ens.members) == 2
+    st = records[0].structure
+    pa, pb, pe = a.predict(st), b.predict(st), ens.predict(st)
+    si = st.numbers == 14
+    np.testing.assert_allclose(pe["shielding"], (pa["shielding"] + pb["shielding"]) / 2, rtol=1e-6)
+    spread = np.abs(pa["shielding"] - pb["shielding"]) / 2  # std of two values
+    np.testing.assert_allclose(pe["shielding_std"][si], spread[si], rtol=1e-5, atol=1e-9)
+    assert np.isnan(pe["shielding_std"][~si]).all() and "shielding_std" not in pa
+    from zoo.hub import from_pretrained
+
+    again = from_pretrained(
+        ens.save_pretrained(tmp_path / "ens"), model_types={"shielding": ShieldingModel}
+    )
+    np.testing.assert_array_equal(again.predict(st)["shielding"], pe["shielding"])
+    other = tiny_model(formulation="magnetic").response
+    with pytest.raises(ValueError, match="share one config"):
+        ShieldingModel.wrap([a.response, other])
+
+
 SHIPPED = DATA_DIR.parents[1] / "zoo" / "weights" / "si29-shielding"
 
 

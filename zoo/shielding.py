@@ -8,6 +8,9 @@ shifts once a reference is given, a one-call spectrum, and input checks (no atom
 nucleus: error; elements outside the training set: warning, predictions still returned;
 clusters and molecules without a cell are allowed).
 
+An ensemble (``config["members"] > 1``: the same architecture trained from other seeds)
+predicts the mean of its members, and ``shielding_std`` says how much they disagree.
+
 Units: ppm (absolute shielding; ``delta = reference - sigma`` for shifts).
 """
 
@@ -39,10 +42,13 @@ class ShieldingModel(eqx.Module):
     """Shielding tensors of the atoms of one element; see the module docstring.
 
     **Arguments** of `__init__`: `config` (``{"model_type": "shielding", "zoo_version",
-    "atomic_number", "reference", "response": <ResponseModel config>}``), keyword-only `key`.
+    "atomic_number", "reference", "response": <ResponseModel config>, "members": 1}``),
+    keyword-only `key`. `members` > 1 is an ensemble of that many response models of the same
+    config (the first is `response`, the others `others`).
     """
 
     response: ResponseModel
+    others: tuple[ResponseModel, ...]
     config: dict = eqx.field(static=True)
 
     def __init__(self, config: dict, *, key):
@@ -60,8 +66,13 @@ class ShieldingModel(eqx.Module):
         ref = config.get("reference")
         if ref is not None and not isinstance(ref, (int, float)):
             raise ValueError(f"config: reference must be a number (ppm) or None, got {ref!r}")
+        n = config.get("members", 1)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"config: members must be an int >= 1, got {n!r}")
         self.config = dict(config)
-        self.response = ResponseModel(response, key=key)
+        keys = jax.random.split(key, n)
+        self.response = ResponseModel(response, key=keys[0])
+        self.others = tuple(ResponseModel(response, key=k) for k in keys[1:])
 
     @classmethod
     def from_config(cls, config: dict) -> ShieldingModel:
@@ -70,18 +81,35 @@ class ShieldingModel(eqx.Module):
 
     @classmethod
     def wrap(
-        cls, response: ResponseModel, atomic_number: int = 14, reference: float | None = None
+        cls,
+        response: ResponseModel | list[ResponseModel],
+        atomic_number: int = 14,
+        reference: float | None = None,
     ) -> ShieldingModel:
-        """Wrap a trained response model (its weights are kept)."""
+        """Wrap a trained response model, or a list of them (an ensemble of one config);
+        the weights are kept."""
+        members = list(response) if isinstance(response, (list, tuple)) else [response]
+        if not members:
+            raise ValueError("wrap: no response model given")
+        if any(m.config != members[0].config for m in members[1:]):
+            raise ValueError("wrap: ensemble members must share one config (architecture, data)")
         config = {
             "model_type": MODEL_TYPE,
             "zoo_version": FORMAT_VERSION,
             "atomic_number": int(atomic_number),
             "reference": reference,
-            "response": response.config,
+            "response": members[0].config,
         }
+        if len(members) > 1:
+            config["members"] = len(members)
         skeleton = eqx.filter_eval_shape(cls.from_config, config)
-        return eqx.tree_at(lambda m: m.response, skeleton, response)
+        return eqx.tree_at(
+            lambda m: (m.response, m.others), skeleton, (members[0], tuple(members[1:]))
+        )
+
+    @property
+    def members(self) -> tuple[ResponseModel, ...]:
+        return (self.response, *self.others)
 
     @property
     def atomic_number(self) -> int:
@@ -118,16 +146,23 @@ class ShieldingModel(eqx.Module):
                 )
 
     def raw_shielding(self, structures: list[Structure], batch_size: int = 8) -> list[np.ndarray]:
-        """Shielding `(n_atoms, 3, 3)` ppm of every atom of every structure (no masking)."""
+        """Shielding `(n_atoms, 3, 3)` ppm of every atom of every structure (no masking); of an
+        ensemble, the members' mean."""
+        return [mean for mean, _ in self._members_shielding(structures, batch_size)]
+
+    def _members_shielding(self, structures, batch_size):
+        """Per structure: (mean, std) over the members, each `(n_atoms, 3, 3)` ppm."""
         r_max = self.response.config["backbone"]["r_max"]
         order = sorted(range(len(structures)), key=lambda i: len(structures[i]))
-        out: dict[int, np.ndarray] = {}
+        out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for k in range(0, len(order), batch_size):
             idx = order[k : k + batch_size]
             graph = build_graph([structures[i] for i in idx], r_max, dtype=self.response.dtype)
-            sigma = np.asarray(_forward(self.response, graph)["shielding"], np.float64)
-            for i, part in zip(idx, graph.split_nodes(sigma)):
-                out[i] = part
+            each = [np.asarray(_forward(m, graph)["shielding"], np.float64) for m in self.members]
+            parts = zip(graph.split_nodes(np.mean(each, axis=0)),
+                        graph.split_nodes(np.std(each, axis=0)))  # fmt: skip
+            for i, pair in zip(idx, parts):
+                out[i] = pair
         return [out[i] for i in range(len(structures))]
 
     def predict(
@@ -144,19 +179,26 @@ class ShieldingModel(eqx.Module):
         ``asymmetry`` (Haeberlen), ``span``, ``skew`` (Herzfeld-Berger) `(N,)`;
         ``principal_values`` `(N, 3)` and ``principal_axes`` `(N, 3, 3)` (columns, Haeberlen
         order xx, yy, zz), ``euler_angles`` `(N, 3)` (zyz, radians); ``mask`` `(N,)` (atoms of
-        the nucleus); with a reference ``chemical_shift`` `(N,)`. For a list, per-atom arrays
-        are concatenated and ``structure_index`` `(N,)` says which structure each row is from.
+        the nucleus); with a reference ``chemical_shift`` `(N,)`; of an ensemble,
+        ``shielding_std`` `(N, 3, 3)` (the members' standard deviation, an uncertainty
+        estimate). For a list, per-atom arrays are concatenated and ``structure_index`` `(N,)`
+        says which structure each row is from.
         """
         single = isinstance(atoms, (Structure, dict)) or hasattr(atoms, "get_atomic_numbers")
         structures = as_structures(atoms)
         if not (isinstance(batch_size, int) and batch_size >= 1):
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         self.check_inputs(structures)
-        sigma = np.concatenate(self.raw_shielding(structures, batch_size))
+        stats = self._members_shielding(structures, batch_size)
+        sigma = np.concatenate([mean for mean, _ in stats])
         numbers = np.concatenate([s.numbers for s in structures])
         mask = numbers == self.atomic_number
         ref = self.config.get("reference") if reference is None else reference
         out = analyse(sigma, mask, ref)
+        if self.others:
+            out["shielding_std"] = np.where(
+                mask[:, None, None], np.concatenate([std for _, std in stats]), np.nan
+            )
         if not single:
             out["structure_index"] = np.repeat(
                 np.arange(len(structures)), [len(s) for s in structures]
