@@ -325,7 +325,7 @@ def test_seed_refreshes_the_run_order_and_the_settings_of_unstarted_jobs(tmp_pat
     prio = {j["id"]: j["priority"] for j in plan.production_jobs()}
     assert prio["p125-NiO-rat-s2"] < prio["p111-NiO-sym-e-0.030"]
     assert prio["p100-MnO-sym-e+0.000"] < prio["p125-NiO-rat-s2"]
-    # rattled FeO is smeared (fixed occupations stall); round 0 runs first, the others late
+    # Fe is scarce: symmetric LiFeO2 first; rattled FeO (its SCF stalls) late, smeared
     fe_jobs = {j["id"]: j for j in plan.production_jobs() if "FeO-rat" in j["id"]}
     assert all(j["pw"]["smearing"] == "gaussian" for j in fe_jobs.values())
-    assert prio["p107-FeO-rat-s0-sm"] < prio["p115-NiO-rat-s1"] < prio["p117-FeO-rat-s1-sm"]
+    assert prio["p171-LiFeO2-sym-e+0.000"] < prio["p115-NiO-rat-s1"] < prio["p107-FeO-rat-s0-sm"]

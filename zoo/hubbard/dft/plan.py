@@ -205,7 +205,9 @@ def production_jobs(rounds: int = 7) -> list[dict]:
 #: 0.3, 0.15 and 0.075 (p107, session 4), and Thomas-Fermi-screened mixing with a longer history
 #: (p107-...-tf) was worse (~0.03 Ry): the one minority-spin t2g electron of Fe2+ hops between
 #: near-degenerate orbitals of the rattled cell. Gaussian smearing (0.01 Ry = 0.14 eV, small
-#: against the gap) lets the occupations settle; the total magnetisation floats (AFM: ~0).
+#: against the gap; the total magnetisation floats, AFM ~0) did not settle it either: ~3.5e-4 Ry
+#: after 64 steps (p107-...-sm, session 5). Fe labels come from LiFeO2 (high-spin Fe3+ d5,
+#: no orbital degeneracy) until another start works (the symmetric cell's density).
 FEO_RATTLED_PW = {"smearing": "gaussian", "degauss": 0.01}
 
 LI_MAG = (("Co", 0), ("Fe", 5))  # layered LiMO2: low-spin Co3+, high-spin Fe3+ (tot_magnetization)
@@ -220,13 +222,13 @@ def _cost_priority(metal: str, kind: str, r: int) -> int:
     round first, the cheap completions of half-finished symmetric paths (MnO round 0, the
     layered cells) after the first two rattled rounds, then the symmetric Ni/Fe/Mn strains;
     rattled Mn and LiMO2 after those; rock-salt CoO (its linear response was rejected, p102)
-    last. Rattled FeO (smeared, ``FEO_RATTLED_PW``): round 0 before everything else (Fe is the
-    scarcest species of the training data), the other rounds late until round 0 has worked.
+    last; rattled FeO (its SCF stalls, ``FEO_RATTLED_PW``) late too. Fe is the scarcest species
+    of the training data: symmetric LiFeO2 runs first (session 5).
     """
     if metal == "Co" and kind in ("sym", "rat"):
         return CO_LATE + 100 + 10 * r + (0 if kind == "sym" else 4)
     if kind == "lisym":
-        return 121 + (0 if metal == "Co" else 2)
+        return 121 if metal == "Co" else 112
     if kind == "li":
         return 300 + 10 * r + (0 if metal == "Co" else 1)
     if metal == "Mn":
@@ -235,8 +237,8 @@ def _cost_priority(metal: str, kind: str, r: int) -> int:
         return 400 + 10 * r
     if kind == "sym":
         return 190 + 10 * r + {"Ni": 1, "Fe": 2}[metal]
-    if metal == "Fe":  # smeared (FEO_RATTLED_PW): round 0 tests it first
-        return 110 if r == 0 else 700 + 10 * r
+    if metal == "Fe":  # its SCF stalls, smeared or not (FEO_RATTLED_PW)
+        return 700 + 10 * r
     return 100 + 10 * r + 5
 
 
