@@ -130,57 +130,99 @@ def predict_labelled(model: ResponseModel, batches) -> tuple[np.ndarray, np.ndar
     return np.concatenate(preds), np.concatenate(trues)
 
 
-def train(formulation: str, runs: Path, data: dict) -> dict:
-    t0 = time.perf_counter()
+def member_dirs(formulation: str, runs: Path) -> list[Path]:
+    """Run folder of every ensemble member: ``<runs>/<form>``, then ``<runs>/<form>-seed<k>``."""
+    seeds = SETTINGS[formulation].get("seeds", [SEED])
+    return [
+        runs / (formulation if i == 0 else f"{formulation}-seed{s}") for i, s in enumerate(seeds)
+    ]
+
+
+def train_member(formulation: str, out: Path, data: dict, seed: int) -> tuple[ResponseModel, dict]:
+    """Train one model (resumable under `out`); its summary on the validation split."""
     species = species_of(data["train"] + data["validation"])
     r_max = SETTINGS[formulation]["backbone"]["r_max"]
-    train_b = make_batches(data["train"], r_max, max_atoms=MAX_ATOMS, seed=SEED)
-    val_b = make_batches(data["validation"], r_max, max_atoms=MAX_ATOMS, seed=SEED)
+    train_b = make_batches(data["train"], r_max, max_atoms=MAX_ATOMS, seed=seed)
+    val_b = make_batches(data["validation"], r_max, max_atoms=MAX_ATOMS, seed=seed)
     cfg = model_config(formulation, species, data["train"], train_b)
-    model = ResponseModel(cfg, key=jax.random.key(SEED))
+    model = ResponseModel(cfg, key=jax.random.key(seed))
     loss_fn, _ = make_fns(cfg["heads"]["shielding"]["scale"])
-    tc = TrainConfig(seed=SEED, schedule="cosine", grad_clip=10.0, **SETTINGS[formulation]["train"])
-    out = runs / formulation
+    tc = TrainConfig(seed=seed, schedule="cosine", grad_clip=10.0, **SETTINGS[formulation]["train"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "model_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
     result = fit(model, loss_fn, train_b, val_b, tc, out_dir=out, progress=False)
     history = list(result.history)
-    stage1 = shielding_metrics(*predict_labelled(result.model, val_b))
+    stage1 = shielding_metrics(*predict_labelled(result.model, _eval_batches(data, formulation)))
     settings = SETTINGS[formulation]
     if "finetune" in settings:
         loss_fn, _ = make_fns(cfg["heads"]["shielding"]["scale"], settings["finetune_0e_weight"])
-        tc = TrainConfig(seed=SEED, schedule="cosine", grad_clip=10.0, **settings["finetune"])
+        tc = TrainConfig(seed=seed, schedule="cosine", grad_clip=10.0, **settings["finetune"])
         result = fit(result.model, loss_fn, train_b, val_b, tc, out_dir=out / "finetune",
                      progress=False)  # fmt: skip
         history += result.history
-    pred, true = predict_labelled(result.model, val_b)
-    metrics = shielding_metrics(pred, true)
-    wall = sum(h["time_s"] for h in history)
     summary = {
-        "formulation": formulation,
-        "validation": metrics,
+        "seed": seed,
+        "validation": shielding_metrics(
+            *predict_labelled(result.model, _eval_batches(data, formulation))
+        ),
         "stage1_validation": stage1,
         "best_epoch": result.best_epoch,
         "epochs": len(history),
-        "train_wall_time_s": wall,
+        "train_wall_time_s": sum(h["time_s"] for h in history),
+    }
+    return result.model, summary
+
+
+def _eval_batches(data: dict, formulation: str) -> list[dict]:
+    # one fixed batching for every member, so their validation predictions line up
+    r_max = SETTINGS[formulation]["backbone"]["r_max"]
+    return make_batches(data["validation"], r_max, max_atoms=MAX_ATOMS, seed=SEED)
+
+
+def train(formulation: str, runs: Path, data: dict) -> dict:
+    """Every member of `formulation` (one per seed); the summary of their mean."""
+    t0 = time.perf_counter()
+    seeds = SETTINGS[formulation].get("seeds", [SEED])
+    members = [
+        train_member(formulation, out, data, seed)
+        for out, seed in zip(member_dirs(formulation, runs), seeds)
+    ]
+    preds = [predict_labelled(m, _eval_batches(data, formulation)) for m, _ in members]
+    pred, true = np.mean([p for p, _ in preds], axis=0), preds[0][1]
+    metrics = shielding_metrics(pred, true)
+    first = members[0][1]
+    summary = {
+        "formulation": formulation,
+        "validation": metrics,
+        "members": [s for _, s in members],
+        "stage1_validation": first["stage1_validation"],
+        "best_epoch": first["best_epoch"],
+        "epochs": first["epochs"],
+        "train_wall_time_s": sum(s["train_wall_time_s"] for _, s in members),
         "recipe_wall_time_s": time.perf_counter() - t0,
         "n_parameters": int(
-            sum(x.size for x in jax.tree.leaves(result.model) if hasattr(x, "size"))
+            sum(x.size for m, _ in members for x in jax.tree.leaves(m) if hasattr(x, "size"))
         ),
         "settings": SETTINGS[formulation],
     }
+    out = runs / formulation
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     np.savez(out / "validation_predictions.npz", pred=pred, true=true)
     print(f"{formulation}: {json.dumps(metrics)}", flush=True)
     return summary
 
 
-def load_trained(formulation: str, runs: Path) -> ResponseModel:
-    out = runs / formulation
-    cfg = json.loads((out / "model_config.json").read_text())
-    skeleton = ResponseModel(cfg, key=jax.random.key(SEED))
-    best = out / "finetune" / "best_model.safetensors"
-    return load_weights(skeleton, best if best.is_file() else out / "best_model.safetensors")
+def load_trained(formulation: str, runs: Path) -> list[ResponseModel]:
+    """The trained members of `formulation` (best weights of each)."""
+    members = []
+    for out in member_dirs(formulation, runs):
+        cfg = json.loads((out / "model_config.json").read_text())
+        skeleton = ResponseModel(cfg, key=jax.random.key(SEED))
+        best = out / "finetune" / "best_model.safetensors"
+        members.append(
+            load_weights(skeleton, best if best.is_file() else out / "best_model.safetensors")
+        )
+    return members
 
 
 def _training_text() -> str:
@@ -195,12 +237,28 @@ def _training_text() -> str:
             f = s["finetune"]
             text += (f" then {f['max_epochs']} fine-tuning epochs (rate {f['learning_rate']:g}, "
                      f"isotropic part weighted {s['finetune_0e_weight']:g}x)")  # fmt: skip
+        if len(s.get("seeds", [SEED])) > 1:
+            text += (f", {len(s['seeds'])} models from seeds {s['seeds']} (initialisation and "
+                     "batch order), predicting their mean")  # fmt: skip
         parts.append(text)
     return "; ".join(parts) + (
         " (the magnetic model costs ~10x a direct one per epoch: budget-limited, not converged)"
         if "magnetic" in SETTINGS
         else ""
     )
+
+
+def _members_text(summaries: dict) -> str:
+    """A sentence on each ensemble's members alone (empty when no formulation has several)."""
+    parts = []
+    for form, summ in summaries.items():
+        ms = summ.get("members", [])
+        if len(ms) > 1:
+            each = ", ".join(f"seed {x['seed']} {x['validation']['isotropic_mae']:.3f} / "
+                             f"{x['validation']['tensor_mae']:.3f}" for x in ms)  # fmt: skip
+            parts.append(f"`{form}` is the mean of {len(ms)} models; alone (isotropic / tensor "
+                         f"MAE, ppm): {each}.")  # fmt: skip
+    return ("\n" + " ".join(parts) + "\n") if parts else ""
 
 
 def card_text(best: str, summaries: dict, split: dict, n_struct: dict, n_sites: dict) -> str:
@@ -278,7 +336,7 @@ absolute (GIPAW/PBE); fit sigma_ref to experiment for shifts.
 ## Validation metrics (measured by the recipe)
 
 {chr(10).join(rows)}
-
+{_members_text(summaries)}
 0e/1e/2e: MAE of the irreps components of the error tensor (orthonormal basis: 0e = trace/sqrt3,
 1e = antisymmetric, 2e = symmetric traceless part). Span/skew: Herzfeld-Berger convention
 (skew dimensionless). The shipped weights are the **{best}** formulation (lower full-tensor MAE);
@@ -319,10 +377,10 @@ def ship(runs: Path, data: dict, split: dict, weights_dir: Path) -> None:
     if not summaries:
         raise SystemExit(f"no finished run under {runs}: train first")
     best = min(summaries, key=lambda f: summaries[f]["validation"]["tensor_mae"])
-    response = load_trained(best, runs)
-    model = ShieldingModel.wrap(response, atomic_number=14)
+    members = load_trained(best, runs)
+    model = ShieldingModel.wrap(members, atomic_number=14)
     for s in summaries.values():
-        s["species"] = list(response.species)
+        s["species"] = list(model.species)
     n_struct = {k: len(v) for k, v in data.items()}
     n_sites = {k: int(sum(r.mask.sum() for r in v)) for k, v in data.items()}
     folder = weights_dir / NAME
