@@ -14,7 +14,14 @@ import e3nn_jax as e3nn
 import numpy as np
 from jaxtyping import Float
 
-from ._models import IntersiteModel, OnsiteModel, TensorProduct, TensorSquare, _second_moment_scale
+from ._models import (
+    IntersiteModel,
+    OnsiteModel,
+    TensorProduct,
+    TensorSquare,
+    _second_moment_scale,
+    gated_irreps,
+)
 from ._models import intersite_input_irreps as _v_irreps
 
 
@@ -67,9 +74,13 @@ def _out(model, y: np.ndarray) -> np.ndarray:
 
 
 def predict_u(
-    model: OnsiteModel, x: Float[np.ndarray, "*batch dim"], dense: tuple[np.ndarray, ...]
+    model: OnsiteModel,
+    x: Float[np.ndarray, "*batch dim"],
+    dense: tuple[np.ndarray, ...] | None = None,
 ) -> Float[np.ndarray, "*batch"]:
-    """``model(x, dense=dense)`` in numpy: `x` the `.array` of :func:`onsite_features`."""
+    """``model(x, dense=dense)`` in numpy: `x` the `.array` of :func:`onsite_features`;
+    `dense` defaults to ``model.dense_coefficients()`` (cast to the model's dtype here)."""
+    dense = model.dense_coefficients() if dense is None else dense
     dtype = model.readout.linear.weights[0].dtype
     x = _standardize(np.asarray(x, dtype), (model.config["input_stats"] or {}).get("x"))
     irreps = model.irreps_in
@@ -83,9 +94,11 @@ def predict_v(
     p_site: Float[np.ndarray, "*batch p_dim"],
     d_site: Float[np.ndarray, "*batch d_dim"],
     edge: Float[np.ndarray, "*batch 2"],
-    dense: tuple[np.ndarray, ...],
+    dense: tuple[np.ndarray, ...] | None = None,
 ) -> Float[np.ndarray, "*batch"]:
-    """``model(p_site, d_site, edge, dense=dense)`` in numpy (the :func:`intersite_features`)."""
+    """``model(p_site, d_site, edge, dense=dense)`` in numpy (the :func:`intersite_features`);
+    `dense` as in :func:`predict_u`."""
+    dense = model.dense_coefficients() if dense is None else dense
     dtype = model.readout.linear.weights[0].dtype
     irreps = _v_irreps(len(model.config["species"]))
     stats = model.config["input_stats"] or {}
@@ -103,8 +116,4 @@ def predict_v(
 
 def _gated(layer: TensorSquare | TensorProduct) -> e3nn.Irreps:
     """Irreps of `layer`'s output (after its gate, if it has one)."""
-    irreps = layer.linear.irreps_out
-    if not layer.gate:
-        return irreps
-    (n0, _), rest = irreps[0], irreps[1:]
-    return e3nn.Irreps(f"{n0 - sum(mul for mul, _ in rest)}x0e") + rest
+    return gated_irreps(layer.linear.irreps_out) if layer.gate else layer.linear.irreps_out

@@ -49,8 +49,11 @@ def _normal(key: PRNGKeyArray, shapes: tuple, dtype) -> tuple[Array, ...]:
     )
 
 
-def _init_normal(modules, key: PRNGKeyArray, dtype):
-    """`modules` with every array leaf redrawn from N(0, 1) in one compiled call."""
+def _init_normal(modules, key: PRNGKeyArray | None, dtype):
+    """`modules` with every array leaf redrawn from N(0, 1) in one compiled call; with
+    ``key=None`` unchanged (the zero placeholders of a skeleton to load weights into)."""
+    if key is None:
+        return modules
     leaves, treedef = jax.tree_util.tree_flatten(modules)
     return jax.tree_util.tree_unflatten(
         treedef, _normal(key, tuple(x.shape for x in leaves), dtype)
@@ -188,6 +191,12 @@ def _second_moment_scale(name: str) -> float:
     return float(1 / np.sqrt(np.sum(w * f**2) / np.sum(w)))
 
 
+def gated_irreps(irreps: e3nn.Irreps) -> e3nn.Irreps:
+    """Irreps after :func:`_gate` of regrouped `irreps` (the inverse of :func:`_with_gates`)."""
+    (n0, _), rest = irreps[0], irreps[1:]
+    return e3nn.Irreps(f"{n0 - sum(mul for mul, _ in rest)}x0e") + rest
+
+
 def _gate(x: e3nn.IrrepsArray) -> e3nn.IrrepsArray:
     """HubbardML/e3psi gate for even irreps: silu on the first scalars, the last scalars
     (one per non-scalar copy) through a sigmoid multiply the non-scalars. `x` is regrouped."""
@@ -200,8 +209,7 @@ def _gate(x: e3nn.IrrepsArray) -> e3nn.IrrepsArray:
     for (mul, _), c in zip(rest, x.chunks[1:]):
         chunks.append(c * gates[..., start : start + mul, None])
         start += mul
-    irreps = e3nn.Irreps(f"{n0 - n_gates}x0e") + rest
-    return e3nn.from_chunks(irreps, chunks, x.shape[:-1], x.dtype)
+    return e3nn.from_chunks(gated_irreps(x.irreps), chunks, x.shape[:-1], x.dtype)
 
 
 class TensorSquare(eqx.Module):
@@ -397,8 +405,7 @@ class OnsiteModel(eqx.Module):
             )
             irreps = e3nn.Irreps(feature_irreps)
         readout = TensorSquare(irreps, "0e", irrep_normalization, False, dtype, key=None)
-        modules = (tuple(layers), readout)
-        self.layers, self.readout = modules if key is None else _init_normal(modules, key, dtype)
+        self.layers, self.readout = _init_normal((tuple(layers), readout), key, dtype)
 
     @classmethod
     def from_config(cls, config: dict) -> "OnsiteModel":
@@ -486,10 +493,9 @@ class IntersiteModel(eqx.Module):
             for _ in range(hidden_layers - 1)
         )
         readout = TensorSquare(feats, "0e", norm, False, dtype, key=None)
-        modules = (sites, edge, layers, readout)
-        if key is not None:
-            modules = _init_normal(modules, key, dtype)
-        self.sites, self.edge, self.layers, self.readout = modules
+        self.sites, self.edge, self.layers, self.readout = _init_normal(
+            (sites, edge, layers, readout), key, dtype
+        )
 
     @classmethod
     def from_config(cls, config: dict) -> "IntersiteModel":

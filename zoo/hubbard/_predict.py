@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import equinox as eqx
-import jax
 import numpy as np
 from ase.data import chemical_symbols
 
@@ -117,13 +116,6 @@ def _manifold(element: str, site: int) -> str:
     if element not in MANIFOLD:
         raise ValueError(f"site {site}: element {element!r} has no known Hubbard manifold")
     return MANIFOLD[element]
-
-
-def _dense(model: eqx.Module) -> tuple[np.ndarray, ...]:
-    # the dense bilinear form of every layer, built in numpy from the weights (~0.2 s, mostly
-    # e3nn's Clebsch-Gordan tables); numpy inference on it (`_infer`) skips XLA compilation
-    dtype = np.dtype(jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_array))[0].dtype)
-    return tuple(np.asarray(w, dtype) for w in model.dense_coefficients())
 
 
 class HubbardUV(eqx.Module):
@@ -272,7 +264,8 @@ class HubbardUV(eqx.Module):
             species=self.u_model.config["species"],
             labels=[f"site {i} ({labels[i - 1]})" for i in sites],
         )  # fmt: skip
-        y = predict_u(self.u_model, np.asarray(x.array), _dense(self.u_model))
+        # numpy on the dense form of each layer (`_infer`): no tracing or XLA compilation
+        y = predict_u(self.u_model, np.asarray(x.array))
         _check_range(y, self.u_model.config, [f"U of site {i} ({labels[i - 1]})" for i in sites])
         return {i: float(u) for i, u in zip(sites, np.asarray(y))}
 
@@ -292,7 +285,7 @@ class HubbardUV(eqx.Module):
             [keyed[k][1] for k in keys], [keyed[k][2] for k in keys],
             species=self.v_model.config["species"], labels=[f"pair {k}" for k in keys],
         )  # fmt: skip
-        y = predict_v(self.v_model, *(np.asarray(f.array) for f in feats), _dense(self.v_model))
+        y = predict_v(self.v_model, *(np.asarray(f.array) for f in feats))
         _check_range(y, self.v_model.config, [f"V of pair {k}" for k in keys])
         return {k: float(v) for k, v in zip(keys, np.asarray(y))}
 
