@@ -130,16 +130,24 @@ def predict_labelled(model: ResponseModel, batches) -> tuple[np.ndarray, np.ndar
     return np.concatenate(preds), np.concatenate(trues)
 
 
+def seeds_of(formulation: str) -> list[int]:
+    """Seeds of the ensemble members of `formulation` (one model unless SETTINGS says more)."""
+    return SETTINGS[formulation].get("seeds", [SEED])
+
+
 def member_dirs(formulation: str, runs: Path) -> list[Path]:
     """Run folder of every ensemble member: ``<runs>/<form>``, then ``<runs>/<form>-seed<k>``."""
-    seeds = SETTINGS[formulation].get("seeds", [SEED])
     return [
-        runs / (formulation if i == 0 else f"{formulation}-seed{s}") for i, s in enumerate(seeds)
+        runs / (formulation if i == 0 else f"{formulation}-seed{s}")
+        for i, s in enumerate(seeds_of(formulation))
     ]
 
 
-def train_member(formulation: str, out: Path, data: dict, seed: int) -> tuple[ResponseModel, dict]:
-    """Train one model (resumable under `out`); its summary on the validation split."""
+def train_member(
+    formulation: str, out: Path, data: dict, seed: int, eval_b: list[dict]
+) -> tuple[ResponseModel, dict, tuple[np.ndarray, np.ndarray]]:
+    """Train one model (resumable under `out`): the model, its summary and its (pred, true)
+    on `eval_b`, the validation batches shared by all members."""
     species = species_of(data["train"] + data["validation"])
     r_max = SETTINGS[formulation]["backbone"]["r_max"]
     train_b = make_batches(data["train"], r_max, max_atoms=MAX_ATOMS, seed=seed)
@@ -152,7 +160,8 @@ def train_member(formulation: str, out: Path, data: dict, seed: int) -> tuple[Re
     (out / "model_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
     result = fit(model, loss_fn, train_b, val_b, tc, out_dir=out, progress=False)
     history = list(result.history)
-    stage1 = shielding_metrics(*predict_labelled(result.model, _eval_batches(data, formulation)))
+    pred_true = predict_labelled(result.model, eval_b)
+    stage1 = shielding_metrics(*pred_true)
     settings = SETTINGS[formulation]
     if "finetune" in settings:
         loss_fn, _ = make_fns(cfg["heads"]["shielding"]["scale"], settings["finetune_0e_weight"])
@@ -160,17 +169,16 @@ def train_member(formulation: str, out: Path, data: dict, seed: int) -> tuple[Re
         result = fit(result.model, loss_fn, train_b, val_b, tc, out_dir=out / "finetune",
                      progress=False)  # fmt: skip
         history += result.history
+        pred_true = predict_labelled(result.model, eval_b)
     summary = {
         "seed": seed,
-        "validation": shielding_metrics(
-            *predict_labelled(result.model, _eval_batches(data, formulation))
-        ),
+        "validation": shielding_metrics(*pred_true),
         "stage1_validation": stage1,
         "best_epoch": result.best_epoch,
         "epochs": len(history),
         "train_wall_time_s": sum(h["time_s"] for h in history),
     }
-    return result.model, summary
+    return result.model, summary, pred_true
 
 
 def _eval_batches(data: dict, formulation: str) -> list[dict]:
@@ -182,26 +190,26 @@ def _eval_batches(data: dict, formulation: str) -> list[dict]:
 def train(formulation: str, runs: Path, data: dict) -> dict:
     """Every member of `formulation` (one per seed); the summary of their mean."""
     t0 = time.perf_counter()
-    seeds = SETTINGS[formulation].get("seeds", [SEED])
+    eval_b = _eval_batches(data, formulation)
     members = [
-        train_member(formulation, out, data, seed)
-        for out, seed in zip(member_dirs(formulation, runs), seeds)
+        train_member(formulation, out, data, seed, eval_b)
+        for out, seed in zip(member_dirs(formulation, runs), seeds_of(formulation))
     ]
-    preds = [predict_labelled(m, _eval_batches(data, formulation)) for m, _ in members]
-    pred, true = np.mean([p for p, _ in preds], axis=0), preds[0][1]
+    pred = np.mean([p for _, _, (p, _) in members], axis=0)
+    true = members[0][2][1]
     metrics = shielding_metrics(pred, true)
     first = members[0][1]
     summary = {
         "formulation": formulation,
         "validation": metrics,
-        "members": [s for _, s in members],
+        "members": [s for _, s, _ in members],
         "stage1_validation": first["stage1_validation"],
         "best_epoch": first["best_epoch"],
         "epochs": first["epochs"],
-        "train_wall_time_s": sum(s["train_wall_time_s"] for _, s in members),
+        "train_wall_time_s": sum(s["train_wall_time_s"] for _, s, _ in members),
         "recipe_wall_time_s": time.perf_counter() - t0,
         "n_parameters": int(
-            sum(x.size for m, _ in members for x in jax.tree.leaves(m) if hasattr(x, "size"))
+            sum(x.size for m, _, _ in members for x in jax.tree.leaves(m) if hasattr(x, "size"))
         ),
         "settings": SETTINGS[formulation],
     }
@@ -237,7 +245,7 @@ def _training_text() -> str:
             f = s["finetune"]
             text += (f" then {f['max_epochs']} fine-tuning epochs (rate {f['learning_rate']:g}, "
                      f"isotropic part weighted {s['finetune_0e_weight']:g}x)")  # fmt: skip
-        if len(s.get("seeds", [SEED])) > 1:
+        if len(seeds_of(form)) > 1:
             text += (f", {len(s['seeds'])} models from seeds {s['seeds']} (initialisation and "
                      "batch order), predicting their mean")  # fmt: skip
         parts.append(text)
