@@ -191,7 +191,8 @@ def parity_png(part: dict, path: Path, name: str) -> None:
 
 
 def _worst_test(report: dict, parts: list[str]) -> str:
-    """', e.g. ...' naming the largest held-out test prediction of each part (from the run)."""
+    """': worst held-out test row ...' naming each part's test row with the largest error in
+    this run (empty without test rows): the card's blow-up example, never a stale number."""
     worst = []
     for p in parts:
         pairs = report[p].get("test_predictions", {})

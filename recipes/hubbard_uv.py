@@ -68,10 +68,11 @@ def select_steps(rows: list[dict], path: Path) -> list[dict]:
     steps = json.loads(Path(path).read_text())
     if not isinstance(steps, list) or not all(isinstance(x, str) for x in steps):
         raise SystemExit(f"{path}: expected a JSON list of '<sc_path>/it<k>' strings")
-    missing = sorted(set(steps) - {step_of(r) for r in rows})
+    wanted = set(steps)
+    missing = sorted(wanted - {step_of(r) for r in rows})
     if missing:
         raise SystemExit(f"{path}: steps not in the data: {', '.join(missing[:5])}")
-    return [r for r in rows if step_of(r) in set(steps)]
+    return [r for r in rows if step_of(r) in wanted]
 
 
 def _spectra(up: np.ndarray, down: np.ndarray, l: int) -> list[np.ndarray]:
