@@ -163,4 +163,5 @@ def test_learns_born_charges():
         f"Allegro Born charges: train MSE {final:.4f} e^2, mean predictor {mean_mse:.4f}, "
         f"per-species mean {species_mse:.4f} ({time.perf_counter() - t0:.0f} s)"
     )
-    assert final < 0.1 * mean_mse
+    # the per-species mean is the bar that needs the environment (measured: 0.052 vs 0.46)
+    assert final < 0.1 * mean_mse and final < 0.5 * species_mse

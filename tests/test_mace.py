@@ -211,14 +211,18 @@ def test_config_round_trip_and_validation():
         MACEConfig(species=(8,), output_irreps="1x2e")
 
 
-def born_charge_batches(n_structures, r_max, capacity):
+def born_charge_batches(n_structures, r_max):
     files = sorted(glob.glob(f"{BTO}/structures/cif/*.cif"))[:n_structures]
+    structures = [ase.io.read(f) for f in files]
+    # one padded size for all (one compile), as small as the largest structure's bucket:
+    # a fixed 8192-edge capacity tripled the cost of these tests for ~2,500 real edges
+    sizes = [build_graph(a, r_max) for a in structures]
+    n_nodes, n_edges = max(g.n_nodes for g in sizes), max(g.n_edges for g in sizes)
     batches = []
-    for f in files:
+    for f, atoms in zip(files, structures):
         sid = f.split("_")[-1].split(".")[0]
-        atoms = ase.io.read(f)
         z = np.load(f"{BTO}/born_charges/{sid}.npy")
-        g = build_graph(atoms, r_max, n_nodes=capacity[0], n_edges=capacity[1])
+        g = build_graph(atoms, r_max, n_nodes=n_nodes, n_edges=n_edges)
         target = np.zeros((g.n_nodes, 9), np.float32)
         target[: len(atoms)] = np.asarray(to_irreps("rank2", z).array)
         batches.append({"graph": g, "target": jnp.asarray(target)})
@@ -228,7 +232,7 @@ def born_charge_batches(n_structures, r_max, capacity):
 def learn_born_charges(model, n_structures=3, epochs=60, lr=1e-2):
     """Fit per-atom Born charges (0e+1e+2e) of the first structures; return the train MSE
     of the model, of the global mean and of the per-species mean."""
-    batches = born_charge_batches(n_structures, model.config.r_max, (140, 8192))
+    batches = born_charge_batches(n_structures, model.config.r_max)
 
     def loss_fn(m, b):
         pred = m(b["graph"]).array
@@ -269,7 +273,8 @@ def test_learns_born_charges():
         f"MACE Born charges: train MSE {final:.4f} e^2, mean predictor {mean_mse:.4f}, "
         f"per-species mean {species_mse:.4f} ({time.perf_counter() - t0:.0f} s)"
     )
-    assert final < 0.1 * mean_mse
+    # the per-species mean is the bar that needs the environment (measured: 0.022 vs 0.46)
+    assert final < 0.1 * mean_mse and final < 0.5 * species_mse
 
 
 def test_edge_chunks_give_the_same_energy_and_forces(x64):
