@@ -19,6 +19,7 @@ U_in/V_in baseline are written to ``<out>/metrics.json``; the models to ``<out>/
 """
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -101,7 +102,15 @@ def u_dataset(rows: list[dict]) -> dict | None:
     }  # fmt: skip
 
 
-def v_dataset(rows: list[dict]) -> dict | None:
+def bond_vector(row: dict) -> np.ndarray:
+    """The TM (atom 1) -> O (atom 2 in its cell image) vector of a V row, Å."""
+    st = row["structure"]
+    pos, cell = np.asarray(st["positions"]), np.asarray(st["cell"])
+    image = np.asarray(row["atom_2_image"], dtype=np.float64)
+    return pos[row["atom_2_idx"] - 1] + image @ cell - pos[row["atom_1_idx"] - 1]
+
+
+def v_dataset(rows: list[dict], bond_lmax: int = 0) -> dict | None:
     rows = [
         r for r in rows
         if r["param_type"] == "V" and (r["atom_1_manifold"], r["atom_2_manifold"]) == ("3d", "2p")
@@ -118,6 +127,7 @@ def v_dataset(rows: list[dict]) -> dict | None:
     feats = intersite_features(
         p_el, p_occ[:, 0], p_occ[:, 1], d_el, d_occ[:, 0], d_occ[:, 1], dist, p_in,
         species=species, labels=[r["id"] for r in rows],
+        bond=np.array([bond_vector(r) for r in rows]), bond_lmax=bond_lmax,
     )  # fmt: skip
     return {
         "rows": rows, "species": species, "inputs": tuple(f.array for f in feats),
@@ -197,7 +207,7 @@ def evaluate(model, ds: dict, idx: np.ndarray, name: str) -> dict:
     }
 
 
-def train_one(model, ds: dict, labels: np.ndarray, args, out: Path, batch_size: int):
+def train_one(model, ds: dict, labels: np.ndarray, args, out: Path, batch_size: int, seed: int):
     tr, va = np.flatnonzero(labels == TRAIN), np.flatnonzero(labels == VALIDATE)
     model = fit_scalers(
         model,
@@ -205,7 +215,7 @@ def train_one(model, ds: dict, labels: np.ndarray, args, out: Path, batch_size: 
         ds["y"][tr],
     )
     config = TrainConfig(
-        seed=args.seed, max_epochs=args.epochs, optimizer="adamw", learning_rate=args.lr,
+        seed=seed, max_epochs=args.epochs, optimizer="adamw", learning_rate=args.lr,
         weight_decay=args.weight_decay, schedule="exponential", final_lr_factor=0.05, grad_clip=10.0,
         early_stopping_patience=args.patience if len(va) else None, eval_every=10,
         checkpoint_every=100,
@@ -233,6 +243,33 @@ def train_one(model, ds: dict, labels: np.ndarray, args, out: Path, batch_size: 
     return result.model, metrics
 
 
+def train_restarts(make, ds: dict, labels: np.ndarray, args, out: Path, batch_size: int):
+    """`args.restarts` initialisations (and batch orders) on one split; keeps the one with the
+    lowest *training* MSE, so a start stuck on a plateau is dropped without the validation
+    rows choosing the model. Restart 0 is the single run of ``--restarts 1``."""
+    runs = []
+    for r in range(args.restarts):
+        key = jax.random.key(args.seed)
+        if r:
+            key = jax.random.fold_in(key, r)
+        run_out = out if r == 0 else out.with_name(f"{out.name}-r{r}")
+        runs.append(
+            train_one(make(key), ds, labels, args, run_out, batch_size, args.seed + 1000 * r)
+        )
+    mse = [m["train_model"]["all"]["rmse"] ** 2 for _, m in runs]
+    best = int(np.argmin(mse))
+    model, metrics = runs[best]
+    metrics["restarts"] = {
+        "chosen": best,
+        "by": "training MSE",
+        "train_mse": mse,
+        "validation_mare": [
+            m.get("validation_model", {}).get("all", {}).get("mare") for _, m in runs
+        ],
+    }
+    return model, metrics
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -244,7 +281,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--patience", type=int, default=50, help="evaluations (every 10 epochs)")
     ap.add_argument("--weight-decay", type=float, default=1e-2)
     ap.add_argument("--hidden-layers", type=int, default=2)
+    ap.add_argument(
+        "--bond-lmax", type=int, default=0,
+        help="V: bond-direction harmonics l = 2, 4, .. up to this in the edge (0: HubbardML's)",
+    )  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--restarts", type=int, default=1,
+        help="initialisations per model; the lowest training MSE is kept",
+    )  # fmt: skip
     ap.add_argument("--steps", type=Path, help="JSON list of sc steps to train on (default: all)")
     ap.add_argument("--transfer", type=int, default=None, metavar="K")
     ap.add_argument("--test-paths", nargs="*", default=list(TEST_PATHS), metavar="SC_PATH")
@@ -269,6 +314,7 @@ def main(argv=None) -> dict:
         "n_rows": len(rows),
         "steps": sorted({step_of(r) for r in rows}),
         "seed": args.seed,
+        "restarts": args.restarts,
         "transfer": args.transfer,
         "test_paths": list(args.test_paths),
         "command": "python -m recipes.hubbard_uv "
@@ -284,8 +330,10 @@ def main(argv=None) -> dict:
         ),
         (
             "V",
-            v_dataset,
-            lambda sp, k: IntersiteModel(sp, hidden_layers=args.hidden_layers, key=k),
+            functools.partial(v_dataset, bond_lmax=args.bond_lmax),
+            lambda sp, k: IntersiteModel(
+                sp, hidden_layers=args.hidden_layers, bond_lmax=args.bond_lmax, key=k
+            ),
             64,
         ),
     ]:
@@ -294,9 +342,8 @@ def main(argv=None) -> dict:
             report[name] = "not enough rows"
             continue
         labels = split(ds, args.seed, args.transfer, args.test_paths)
-        model = make(ds["species"], jax.random.key(args.seed))
-        models[name], report[name] = train_one(
-            model, ds, labels, args, args.out / f"train-{name}", bs
+        models[name], report[name] = train_restarts(
+            lambda key: make(ds["species"], key), ds, labels, args, args.out / f"train-{name}", bs
         )
         print(name, json.dumps(report[name], indent=1))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -20,9 +20,23 @@ def test_pw_output():
     assert out["total_mag"] == 0.0 and out["abs_mag"] == pytest.approx(9.46)
     assert out["cpu_s"] == pytest.approx(26.95)
     assert out["version"].startswith("6.7")
+    assert out["labels"] == ["Mn1", "Mn2", "O", "O"]
+    np.testing.assert_allclose(out["cell_bohr"][0], [8.4, 4.2, 4.2])  # alat x a(1)
+    np.testing.assert_allclose(out["positions_bohr"][2], [4.2, 4.2, 4.2])
     rat = parsers.parse_pw_output(_read("MnO_rattled.scf.out"))
     assert (1, 12, 4.14573828, 0.0) in rat["pairs"]
     assert sum(1 for i, j, _, _ in rat["pairs"] if i == 1 and j != 1) == 6
+    # the header geometry reproduces pw.x's own pair distances
+    from zoo.hubbard.dft.inputs import supercell_atom
+
+    pos, cell = rat["positions_bohr"], rat["cell_bohr"]
+    for i, j, dist, _ in rat["pairs"]:
+        a, image = supercell_atom(j, rat["nat"])
+        assert np.linalg.norm(pos[a] + np.asarray(image) @ cell - pos[i - 1]) == pytest.approx(
+            dist, abs=2e-5
+        )
+    trimmed = _read("MnO.scf.out").replace(" tau(", " pos(")
+    assert parsers.parse_pw_output(trimmed)["positions_bohr"] is None
 
 
 def test_pw_output_not_converged_is_recorded_not_raised():

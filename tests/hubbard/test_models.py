@@ -122,6 +122,50 @@ def test_intersite_invariances(dtype):
     assert np.ptp(y[:n]) > 1e-3
 
 
+def test_intersite_bond_directions(dtype):
+    """With bond harmonics (bond_lmax=4): rotating occupations *and* bond (proper, improper)
+    or reversing the bond keeps V; rotating the bond alone changes it (it is an input)."""
+    rng = np.random.default_rng(2)
+    p_el, p_up, p_dn, d_el, d_up, d_dn, dist, v_in = _v_data(rng)
+    bond = rng.normal(size=(len(p_el), 3))
+    bond *= (dist / np.linalg.norm(bond, axis=1))[:, None]
+
+    def feats(p_up, p_dn, d_up, d_dn, bond, k=len(p_el)):
+        return intersite_features(
+            p_el[:k], p_up, p_dn, d_el[:k], d_up, d_dn, dist[:k], v_in[:k],
+            species=V_SPECIES, bond=bond, bond_lmax=4,
+        )  # fmt: skip
+
+    model = IntersiteModel(V_SPECIES, bond_lmax=4, dtype=dtype, key=jax.random.key(1))
+    model = fit_scalers(model, feats(p_up, p_dn, d_up, d_dn, bond), rng.uniform(0.5, 1.5, 16))
+    assert model.irreps_in["edge"] == e3nn.Irreps("2x0e+2e+4e")
+
+    def v(*args):
+        f = feats(*args, k=4)
+        return np.asarray(_predict_v(model, *(jnp.asarray(a.array, dtype) for a in f)))
+
+    y = v(p_up[:4], p_dn[:4], d_up[:4], d_dn[:4], bond[:4])
+    tol = (1e-9 if dtype == np.float64 else 2e-4) * np.abs(y).max()
+    rot = [_rotation(20 + i, proper=i % 2 == 0) for i in range(4)]
+    turn = lambda m, l: np.array(
+        [wigner_d_qe(l, r) @ x @ wigner_d_qe(l, r).T for r, x in zip(rot, m)]
+    )  # noqa: E501, E731
+    bond_rot = np.einsum("nab,nb->na", np.array(rot), bond[:4])
+    occ = (turn(p_up[:4], 1), turn(p_dn[:4], 1), turn(d_up[:4], 2), turn(d_dn[:4], 2))
+    np.testing.assert_allclose(v(*occ, bond_rot), y, atol=tol)
+    np.testing.assert_allclose(v(p_up[:4], p_dn[:4], d_up[:4], d_dn[:4], -bond[:4]), y, atol=tol)
+    moved = v(p_up[:4], p_dn[:4], d_up[:4], d_dn[:4], bond_rot)
+    assert np.abs(moved - y).max() > 100 * tol
+    with pytest.raises(ValueError, match="bond: the d -> p vectors are needed"):
+        intersite_features(
+            p_el, p_up, p_dn, d_el, d_up, d_dn, dist, v_in, species=V_SPECIES, bond_lmax=4
+        )
+    with pytest.raises(ValueError, match="finite and non-zero"):
+        feats(p_up, p_dn, d_up, d_dn, np.zeros_like(bond))
+    with pytest.raises(ValueError, match="bond_lmax must be an even integer"):
+        IntersiteModel(V_SPECIES, bond_lmax=3, key=None)
+
+
 @pytest.mark.parametrize("gate", [True, False])
 def test_layers_are_equivariant(gate, x64):
     irreps = e3nn.Irreps("3x0e+1e+2x2e")

@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 
 from zoo.hubbard._predict import HubbardUV, element_of
@@ -46,6 +47,36 @@ def test_hubbard_cards(mno):
     assert "V Mn1-3d O-2p 1 12 " in mno.hubbard_card("qe7")
     with pytest.raises(ValueError, match="syntax"):
         mno.hubbard_card("qe5")
+
+
+def test_bond_directions_from_the_header(tmp_path):
+    """A V model with bond harmonics gets the geometry from the pw.x header (labels too);
+    from parsed data without positions it refuses; its pair vectors match pw.x's distances."""
+    from zoo.hubbard._models import IntersiteModel, OnsiteModel
+    from zoo.hubbard.dft.parsers import parse_occup, parse_pw_output
+
+    small = {"hidden_layers": 1, "key": jax.random.key(0)}
+    uv = HubbardUV(
+        OnsiteModel(["Fe", "Mn", "Ni"], feature_irreps="2x0e+2x2e", **small),
+        IntersiteModel(["Fe", "Mn", "Ni", "O"], feature_irreps="2x0e+2x1e+2x2e", bond_lmax=4, **small),
+    )  # fmt: skip
+    out = DATA / "MnO.scf.out"
+    res = uv.predict(out, occup=DATA / "MnO.occup.txt")  # labels from the header
+    assert res.labels == {1: "Mn1", 2: "Mn2", 3: "O", 4: "O"} and len(res.V) == 24
+    # six bond directions per Mn, but the pairs are symmetry-equivalent (D3d Mn sites of AFM
+    # MnO): the occupations turn with the bonds, so V is one value (equivariance on real data)
+    values = np.array(list(res.V.values()))
+    assert np.isfinite(values).all()
+    assert np.ptp(values) < 1e-4 * max(1.0, abs(values[0]))
+    pw = parse_pw_output(out.read_text())
+    occ = parse_occup((DATA / "MnO.occup.txt").read_text(), nat=4)
+    keys = list(res.V)
+    bonds = uv._bonds(keys, pw["positions_bohr"], pw["cell_bohr"], 4)
+    np.testing.assert_allclose(
+        np.linalg.norm(bonds, axis=1), [res.distances[k] for k in keys], atol=2e-5
+    )
+    with pytest.raises(ValueError, match="uses bond directions"):
+        uv.predict_parsed(LABELS, pw["pairs"], occ)
 
 
 def test_default_occup_location_and_pair_selection(uv, tmp_path):

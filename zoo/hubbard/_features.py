@@ -13,7 +13,9 @@ One site (an atom's p or d manifold) with occupation matrices ``n_up``, ``n_down
 4. U only: ``param_in``, the U used in that run (eV), ``1x0e``.
 
 For V the sites are the p atom and the d atom (no ``param_in``), and the edge is ``2x0e`` =
-``[distance (Bohr), V_in (eV)]``.
+``[distance (Bohr), V_in (eV)]`` (HubbardML), optionally followed by the spherical harmonics of
+the bond direction, ``2e+4e+...`` (zoo: the occupations are anisotropic, and which orbitals
+point along the bond is what a hopping integral sees).
 Sizes: U 80 (3 species); V p-site 26, d-site 80, edge 2 (4 species).
 
 A symmetric matrix maps to irreps with the orthonormal basis of
@@ -269,13 +271,19 @@ def intersite_features(
     *,
     species: Sequence[str],
     labels: Sequence[str] | None = None,
+    bond: Float[np.ndarray, "... 3"] | None = None,
+    bond_lmax: int = 0,
 ) -> tuple[e3nn.IrrepsArray, e3nn.IrrepsArray, e3nn.IrrepsArray]:
     """Inputs of :class:`IntersiteModel` (V) for p-d pairs: ``(p_site, d_site, edge)``.
 
     `distance` is the pair distance in Bohr, `v_in` the V used in that run (eV); the edge is
-    ``2x0e = [distance, v_in]``. Occupations in QE's basis. float64 IrrepsArrays of shapes
-    `(N, site_irreps(n, 1).dim)`, `(N, site_irreps(n, 2).dim)`, `(N, 2)` (no N for one pair).
+    ``2x0e = [distance, v_in]``, then (``bond_lmax >= 2``) the spherical harmonics of the
+    direction of `bond` (the d atom -> p atom vector, Cartesian, any length unit), even
+    ``l = 2 .. bond_lmax``: :func:`edge_irreps`. Occupations in QE's basis, the Cartesian frame
+    of `bond`. float64 IrrepsArrays of shapes `(N, site_irreps(n, 1).dim)`,
+    `(N, site_irreps(n, 2).dim)`, `(N, edge_irreps(bond_lmax).dim)` (no N for one pair).
     """
+    irreps_edge = edge_irreps(bond_lmax)
     p = site_features(
         p_elements, p_up, p_down, species=species, l=1, labels=labels, name="V p-site"
     )
@@ -289,8 +297,40 @@ def intersite_features(
     dist = _column(distance, n, name="distance (Bohr)")
     if (dist <= 0).any():
         raise ValueError("distance (Bohr): pair distances must be > 0")
-    edge = np.stack([dist, _param_in(v_in, n, name="v_in")], axis=-1).reshape(batch + (2,))
-    return p, d, e3nn.IrrepsArray("2x0e", edge)
+    edge = np.stack([dist, _param_in(v_in, n, name="v_in")], axis=-1)
+    if bond_lmax:
+        if bond is None:
+            raise ValueError(f"bond: the d -> p vectors are needed (bond_lmax = {bond_lmax})")
+        edge = np.concatenate([edge, bond_harmonics(bond, bond_lmax, n)], axis=-1)
+    return p, d, e3nn.IrrepsArray(irreps_edge, edge.reshape(batch + (irreps_edge.dim,)))
+
+
+def edge_irreps(bond_lmax: int = 0) -> e3nn.Irreps:
+    """Irreps of the V edge: ``2x0e`` (distance, V_in), then ``2e+4e+...`` up to `bond_lmax`.
+
+    Odd l are left out: they would change sign with the bond, and with even-parity site
+    features they cannot reach the scalar output anyway.
+    """
+    if not (isinstance(bond_lmax, int) and bond_lmax >= 0 and bond_lmax % 2 == 0):
+        raise ValueError(f"bond_lmax must be an even integer >= 0, got {bond_lmax!r}")
+    return e3nn.Irreps("2x0e" + "".join(f"+1x{ll}e" for ll in range(2, bond_lmax + 1, 2)))
+
+
+def bond_harmonics(
+    bond: Float[np.ndarray, "... 3"], bond_lmax: int, n: int | None = None
+) -> Float[np.ndarray, "N dim"]:
+    """Real spherical harmonics (e3nn-jax's, "component" normalisation) of the directions of
+    `bond`, even ``l = 2 .. bond_lmax``: float64 ``(N, edge_irreps(bond_lmax).dim - 2)``.
+    Rotating the vectors by R multiplies them by e3nn's Wigner D of R, as the occupations."""
+    v = np.asarray(bond, dtype=np.float64).reshape(-1, 3)
+    if n is not None and len(v) != n:
+        raise ValueError(f"bond: expected {n} vectors of shape (3,), got shape {np.shape(bond)}")
+    norm = np.linalg.norm(v, axis=1)
+    if not (np.isfinite(v).all() and (norm > 1e-6).all()):
+        raise ValueError("bond: vectors must be finite and non-zero")
+    irreps = edge_irreps(bond_lmax)[1:]
+    sh = e3nn.spherical_harmonics(irreps, v / norm[:, None], normalize=False)
+    return np.asarray(sh.array, dtype=np.float64)
 
 
 __all__ = [
@@ -306,4 +346,6 @@ __all__ = [
     "onsite_irreps",
     "onsite_features",
     "intersite_features",
+    "edge_irreps",
+    "bond_harmonics",
 ]

@@ -22,7 +22,6 @@ from ._models import (
     _second_moment_scale,
     gated_irreps,
 )
-from ._models import intersite_input_irreps as _v_irreps
 
 
 @functools.cache
@@ -93,14 +92,14 @@ def predict_v(
     model: IntersiteModel,
     p_site: Float[np.ndarray, "*batch p_dim"],
     d_site: Float[np.ndarray, "*batch d_dim"],
-    edge: Float[np.ndarray, "*batch 2"],
+    edge: Float[np.ndarray, "*batch edge_dim"],
     dense: tuple[np.ndarray, ...] | None = None,
 ) -> Float[np.ndarray, "*batch"]:
     """``model(p_site, d_site, edge, dense=dense)`` in numpy (the :func:`intersite_features`);
     `dense` as in :func:`predict_u`."""
     dense = model.dense_coefficients() if dense is None else dense
     dtype = model.readout.linear.weights[0].dtype
-    irreps = _v_irreps(len(model.config["species"]))
+    irreps = model.irreps_in
     stats = model.config["input_stats"] or {}
     p, d, e = (
         _standardize(np.asarray(v, dtype), stats.get(k))

@@ -6,7 +6,8 @@ sample; batch with ``jax.vmap`` or leading axes) and return one scalar in eV:
 - :class:`OnsiteModel` (U): ``hidden_layers`` x (tensor square -> linear -> gate), then a tensor
   square -> linear -> ``1x0e``, then ``y = target_std * x + target_mean``.
 - :class:`IntersiteModel` (V): tensor product of the p-site and d-site features -> linear
-  (no activation); tensor product with the edge ``2x0e`` -> linear -> gate; ``hidden_layers - 1``
+  (no activation); tensor product with the edge (``2x0e``, + bond harmonics up to
+  ``bond_lmax``) -> linear -> gate; ``hidden_layers - 1``
   x (tensor square -> linear -> gate); tensor square -> linear -> ``1x0e``; rescaling.
 
 A "tensor square -> linear" pair is e3nn-torch's ``o3.TensorSquare(irreps_in, irreps_out)``
@@ -29,7 +30,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._dtype import resolve_float
 from .._serialization import FORMAT_VERSION
-from ._features import onsite_irreps, site_irreps
+from ._features import edge_irreps, onsite_irreps, site_irreps
 
 ONSITE_TYPE = "hubbard-onsite"
 INTERSITE_TYPE = "hubbard-intersite"
@@ -459,6 +460,7 @@ class IntersiteModel(eqx.Module):
         feature_irreps: str = "4x0e+4x1e+4x2e+4x3e",
         hidden_layers: int = 2,
         irrep_normalization: str = "component",
+        bond_lmax: int = 0,
         target_mean: float = 0.0,
         target_std: float = 1.0,
         input_stats: dict | None = None,
@@ -466,6 +468,7 @@ class IntersiteModel(eqx.Module):
         key: PRNGKeyArray | None,
     ):
         """Arguments as :class:`OnsiteModel`; `species` covers both the p and d elements,
+        `bond_lmax` (even) the bond-direction harmonics in the edge (0: HubbardML's edge),
         `input_stats` has the keys ``p_site``, ``d_site``, ``edge``."""
         dtype = resolve_float(dtype)
         self.config = {
@@ -475,19 +478,21 @@ class IntersiteModel(eqx.Module):
             "feature_irreps": str(e3nn.Irreps(feature_irreps)),
             "hidden_layers": hidden_layers,
             "irrep_normalization": irrep_normalization,
+            "bond_lmax": bond_lmax,
             "target_mean": float(target_mean),
             "target_std": float(target_std),
             "input_stats": input_stats,
             "dtype": jnp.dtype(dtype).name,
         }
         _check_common(self.config)
-        _check_stats(input_stats, intersite_input_irreps(len(species)))
+        irreps_in = intersite_input_irreps(len(species), bond_lmax)
+        _check_stats(input_stats, irreps_in)
         n, norm = len(species), irrep_normalization
         feats = e3nn.Irreps(feature_irreps)
         sites = TensorProduct(
             site_irreps(n, 1), site_irreps(n, 2), feats, norm, False, dtype, key=None
         )
-        edge = TensorProduct(feats, "2x0e", feats, norm, True, dtype, key=None)
+        edge = TensorProduct(feats, irreps_in["edge"], feats, norm, True, dtype, key=None)
         layers = tuple(
             TensorSquare(feats, feats, norm, True, dtype, key=None)
             for _ in range(hidden_layers - 1)
@@ -507,6 +512,11 @@ class IntersiteModel(eqx.Module):
         """:meth:`from_config` with zero weights (no random draw): for loading weights into."""
         return cls(**_init_kwargs(config, INTERSITE_TYPE), key=None)
 
+    @property
+    def irreps_in(self) -> dict[str, e3nn.Irreps]:
+        c = self.config
+        return intersite_input_irreps(len(c["species"]), c.get("bond_lmax", 0))
+
     def dense_coefficients(self) -> tuple[np.ndarray, ...]:
         """Every layer's bilinear coefficients (sites, edge, layers, readout), for ``dense=``."""
         return tuple(
@@ -515,9 +525,9 @@ class IntersiteModel(eqx.Module):
 
     def __call__(self, p_site, d_site, edge, dense=None) -> Float[Array, "..."]:
         """**Arguments:** the three outputs of :func:`intersite_features` (IrrepsArrays or arrays),
-        shapes `(..., p_dim)`, `(..., d_dim)`, `(..., 2)`; `dense` as in :class:`OnsiteModel`.
-        **Returns:** V in eV, shape `(...)`."""
-        irreps = intersite_input_irreps(len(self.config["species"]))
+        shapes `(..., p_dim)`, `(..., d_dim)`, `(..., edge_dim)`; `dense` as in
+        :class:`OnsiteModel`. **Returns:** V in eV, shape `(...)`."""
+        irreps = self.irreps_in
         stats = self.config["input_stats"] or {}
         dtype = self.readout.linear.weights[0].dtype
         p, d, e = (
@@ -532,12 +542,12 @@ class IntersiteModel(eqx.Module):
         return self.config["target_std"] * y + self.config["target_mean"]
 
 
-def intersite_input_irreps(n_species: int) -> dict[str, e3nn.Irreps]:
+def intersite_input_irreps(n_species: int, bond_lmax: int = 0) -> dict[str, e3nn.Irreps]:
     """Irreps of the three inputs of :class:`IntersiteModel`."""
     return {
         "p_site": site_irreps(n_species, 1),
         "d_site": site_irreps(n_species, 2),
-        "edge": e3nn.Irreps("2x0e"),
+        "edge": edge_irreps(bond_lmax),
     }
 
 
@@ -584,12 +594,11 @@ def fit_scalers(model, inputs, targets: Float[np.ndarray, " n"], *, init_weights
     t = np.asarray(targets, dtype=np.float64).reshape(-1)
     if t.size < 2 or not np.isfinite(t).all():
         raise ValueError(f"targets: need >= 2 finite values, got {t.size}")
-    n = len(model.config["species"])
     if model.config["model_type"] == ONSITE_TYPE:
         names = {"x": model.irreps_in}
         inputs = (inputs,)
     else:
-        names = intersite_input_irreps(n)
+        names = model.irreps_in
         if not isinstance(inputs, tuple | list) or len(inputs) != 3:
             raise ValueError("inputs: expected the tuple (p_site, d_site, edge) for V")
     stats = {}

@@ -14,6 +14,7 @@ from typing import Any
 import equinox as eqx
 import numpy as np
 from ase.data import chemical_symbols
+from jaxtyping import Float
 
 from ._features import intersite_features, onsite_features
 from ._infer import predict_u, predict_v
@@ -187,7 +188,7 @@ class HubbardUV(eqx.Module):
             raise ValueError(
                 f"{path.name}: no Hubbard pair table: not a DFT+U+V (lda_plus_u_kind=2) run"
             )
-        labels = labels if labels is not None else pw.get("labels")
+        labels = labels if labels is not None else pw["labels"]
         if labels is None or len(labels) != pw["nat"]:
             raise ValueError(
                 f"labels: need one species label per atom ({pw['nat']}), got {labels!r}"
@@ -198,7 +199,10 @@ class HubbardUV(eqx.Module):
                 f"occup: {str(occ_path)!r} not found; pass occup=<outdir>/<prefix>.save/occup.txt"
             )
         occ = parse_occup(occ_path.read_text(), nat=pw["nat"])
-        return self.predict_parsed(list(labels), pw["pairs"], occ, pairs=pairs)
+        return self.predict_parsed(
+            list(labels), pw["pairs"], occ, pairs=pairs,
+            positions=pw["positions_bohr"], cell=pw["cell_bohr"],
+        )  # fmt: skip
 
     def predict_parsed(
         self,
@@ -208,9 +212,13 @@ class HubbardUV(eqx.Module):
         *,
         pairs: list[PairKey] | None = None,
         projector: str = "ortho-atomic",
+        positions: Float[np.ndarray, "nat 3"] | None = None,
+        cell: Float[np.ndarray, "3 3"] | None = None,
     ) -> HubbardPrediction:
         """As :meth:`predict`, from parsed data: species `labels`, pw.x's pair `table`
-        ``[(i, j, dist_bohr, V_eV)]`` and ``parse_occup``'s array ``[2, nat, n_neigh, 5, 5]``."""
+        ``[(i, j, dist_bohr, V_eV)]`` and ``parse_occup``'s array ``[2, nat, n_neigh, 5, 5]``;
+        `positions` and `cell` (rows a1..a3, same length unit) for a V model that sees bond
+        directions (``bond_lmax > 0``), in the Cartesian frame of the occupations."""
         nat = len(labels)
         if occupations.ndim != 5 or occupations.shape[:2] != (2, nat):
             raise ValueError(
@@ -244,7 +252,8 @@ class HubbardUV(eqx.Module):
                     f"{elements[i]}-{elements[b]} ({mi}-{mb}): V model covers p-d pairs only"
                 )
         u_pred = self._predict_u(u_sites, elements, onsite, keyed, labels)
-        v_pred = self._predict_v(v_pairs, elements, onsite, keyed, labels)
+        bonds = self._bonds(v_pairs, positions, cell, nat)
+        v_pred = self._predict_v(v_pairs, elements, onsite, keyed, labels, bonds)
         return HubbardPrediction(
             U=u_pred, V=v_pred, labels={i + 1: lab for i, lab in enumerate(labels)},
             elements=elements, distances={k: d for k, (_, d, _) in keyed.items()},
@@ -269,7 +278,26 @@ class HubbardUV(eqx.Module):
         _check_range(y, self.u_model.config, [f"U of site {i} ({labels[i - 1]})" for i in sites])
         return {i: float(u) for i, u in zip(sites, np.asarray(y))}
 
-    def _predict_v(self, keys, elements, onsite, keyed, labels) -> dict[PairKey, float]:
+    def _bonds(self, keys, positions, cell, nat) -> np.ndarray | None:
+        """``(n_pairs, 3)`` vectors atom i -> atom j (in its image) of V `keys`, or None when
+        the V model does not use them (the sign is irrelevant: even harmonics only)."""
+        if not keys or not self.v_model.config.get("bond_lmax", 0):
+            return None
+        if positions is None or cell is None:
+            raise ValueError(
+                "positions, cell: this V model uses bond directions; pass the structure "
+                "(pw.x outputs give it; predict() reads it from the header)"
+            )
+        pos, cell = np.asarray(positions, np.float64), np.asarray(cell, np.float64)
+        if pos.shape != (nat, 3) or cell.shape != (3, 3):
+            raise ValueError(
+                f"positions {pos.shape}, cell {cell.shape}: expected ({nat}, 3), (3, 3)"
+            )
+        if not (np.isfinite(pos).all() and np.isfinite(cell).all()):
+            raise ValueError("positions, cell: values must be finite")
+        return np.array([pos[b - 1] + np.asarray(im) @ cell - pos[i - 1] for i, b, im in keys])
+
+    def _predict_v(self, keys, elements, onsite, keyed, labels, bonds) -> dict[PairKey, float]:
         if not keys:
             return {}
         p_at, d_at = [], []
@@ -284,6 +312,7 @@ class HubbardUV(eqx.Module):
             np.stack([onsite[a][1] for a in d_at]),
             [keyed[k][1] for k in keys], [keyed[k][2] for k in keys],
             species=self.v_model.config["species"], labels=[f"pair {k}" for k in keys],
+            bond=bonds, bond_lmax=self.v_model.config.get("bond_lmax", 0),
         )  # fmt: skip
         y = predict_v(self.v_model, *(np.asarray(f.array) for f in feats))
         _check_range(y, self.v_model.config, [f"V of pair {k}" for k in keys])

@@ -66,11 +66,32 @@ def parse_pw_output(text: str) -> dict:
             r"^\s+(\d+)\s+(\d+)\s+(" + _FLOAT + r")\s+V =\s+(" + _FLOAT + ")", text, re.M
         )
     ]
+    out.update(_structure(text, out["nat"]))
     m = re.search(r"PWSCF\s+:\s+(.+?)CPU\s+(.+?)WALL", text)
     out["cpu_s"] = _time_seconds(m.group(1)) if m else None
     out["wall_s"] = _time_seconds(m.group(2)) if m else None
     out["job_done"] = done
     return out
+
+
+def _structure(text: str, nat: int) -> dict:
+    """``labels`` (species label per atom), ``cell_bohr`` (rows a1..a3) and ``positions_bohr``
+    of the run's header (the input geometry; an scf run keeps it), or ``None`` each if the
+    header does not hold them (an older or trimmed output)."""
+    none = {"labels": None, "cell_bohr": None, "positions_bohr": None}
+    m = re.search(r"lattice parameter \(alat\)\s+=\s+(" + _FLOAT + r")\s+a\.u\.", text)
+    axes = re.findall(
+        r"^\s+a\([123]\) = \(\s*(" + (r"(?:" + _FLOAT + r")\s+") * 3 + r")\)", text, re.M
+    )
+    tau = re.findall(
+        r"^\s+\d+\s+(\S+)\s+tau\(\s*\d+\) = \(\s*((?:" + _FLOAT + r"\s+){3})\)", text, re.M
+    )
+    if not m or len(axes) < 3 or len(tau) < nat:
+        return none
+    alat = float(m.group(1))
+    cell = np.array([[float(x) for x in a.split()] for a in axes[:3]]) * alat
+    pos = np.array([[float(x) for x in t.split()] for _, t in tau[:nat]]) * alat
+    return {"labels": [lab for lab, _ in tau[:nat]], "cell_bohr": cell, "positions_bohr": pos}
 
 
 def parse_occup(text: str, *, nat: int, nspin: int = 2, ldim: int = 5) -> np.ndarray:
