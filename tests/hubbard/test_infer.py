@@ -22,7 +22,8 @@ from zoo.hubbard._models import (
 @pytest.mark.parametrize("layers", [1, 2])
 def test_numpy_forward_is_the_jax_forward(precision, layers):
     rng = np.random.default_rng(layers)
-    irr = intersite_input_irreps(3)
+    bond_lmax = 4 if layers == 2 else 0  # with and without bond harmonics in the V edge
+    irr = intersite_input_irreps(3, bond_lmax)
     x = rng.normal(size=(16, onsite_irreps(2).dim)) * rng.uniform(0.1, 3, onsite_irreps(2).dim)
     xs = tuple(rng.normal(size=(16, irr[k].dim)) for k in ("p_site", "d_site", "edge"))
     # non-trivial standardisation and target scaling, as `fit_scalers` sets them
@@ -31,7 +32,9 @@ def test_numpy_forward_is_the_jax_forward(precision, layers):
     kw = {"hidden_layers": layers, "dtype": precision, "target_mean": 4.0, "target_std": 0.5}
     with jax.enable_x64(True) if precision == "float64" else contextlib.nullcontext():
         u = OnsiteModel(["Mn", "Ni"], input_stats=u_stats, key=jax.random.key(1), **kw)
-        v = IntersiteModel(["Mn", "Ni", "O"], input_stats=v_stats, key=jax.random.key(2), **kw)
+        v = IntersiteModel(
+            ["Mn", "Ni", "O"], input_stats=v_stats, bond_lmax=bond_lmax, key=jax.random.key(2), **kw
+        )
         # against JAX on the same dense form (test_models: the dense form is the path form)
         du, dv = u.dense_coefficients(), v.dense_coefficients()
         forward = eqx.filter_jit(lambda m, d, *a: m(*a, dense=d))

@@ -30,3 +30,32 @@ def test_select_steps_refuses_steps_missing_from_the_data(tmp_path):
     f.write_text(json.dumps({"p1-MnO": 0}))
     with pytest.raises(SystemExit, match="JSON list"):
         select_steps(_rows(), f)
+
+
+def test_recipe_end_to_end_with_restarts_and_bond_directions(tmp_path):
+    """A short run of the recipe on two committed sc steps: two restarts per model, the one
+    with the lowest training MSE kept; the V model sees bond directions; the folders load."""
+    import zoo
+    from recipes.hubbard_uv import main
+
+    steps = tmp_path / "steps.json"
+    steps.write_text(json.dumps(["p105-NiO-rat-s0/it0", "p105-NiO-rat-s0/it1"]))
+    out = tmp_path / "run"
+    report = main(
+        ["--out", str(out), "--steps", str(steps), "--epochs", "5", "--restarts", "2",
+         "--bond-lmax", "2", "--hidden-layers", "1", "--test-paths"]
+    )  # fmt: skip
+    for part in ("U", "V"):
+        r = report[part]["restarts"]
+        assert len(r["train_mse"]) == 2 and r["chosen"] == int(
+            min(range(2), key=r["train_mse"].__getitem__)
+        )
+        assert r["train_mse"][r["chosen"]] == pytest.approx(
+            report[part]["train_model"]["all"]["rmse"] ** 2
+        )
+    assert report["restarts"] == 2 and (out / "train-V-r1").is_dir()
+    uv = zoo.load(out / "hubbard-uv")
+    assert uv.v_model.config["bond_lmax"] == 2
+    assert json.loads((out / "hubbard-uv" / "data_steps.json").read_text()) == sorted(
+        json.loads(steps.read_text())
+    )
