@@ -130,6 +130,10 @@ def model_card(name: str, report: dict, parts: list[str], rows: list[dict]) -> s
             "**Validation** (held-out clusters):",
             "",
             *_table(report[p], "validation"),
+            f"Training: the lowest training MSE of {report.get('restarts', 1)} initialisation(s) "
+            "is kept (restarts); early stopping and the kept epoch use the validation loss.",
+            "",
+            *_other_splits(report[p]),
             "**Test** (held-out structures):",
             "",
             *_table(report[p], "test"),
@@ -162,6 +166,32 @@ def model_card(name: str, report: dict, parts: list[str], rows: list[dict]) -> s
         "",
     ]
     return "\n".join(lines)
+
+
+def _other_splits(part: dict) -> list[str]:
+    """Validation MARE of the same recipe on other splits (``--split-seeds``), if run."""
+    other = part.get("other_splits")
+    if not other:
+        return []
+    keys = list(part["validation_model"])
+    lines = [
+        "Other validation splits (the same recipe with another split and initialisation "
+        "seed; not the shipped weights): MARE model / baseline (n).",
+        "",
+        "| split seed | " + " | ".join(keys) + " |",
+        "|---|" + "---:|" * len(keys),
+    ]
+    for seed, m in other.items():
+        cells = []
+        for k in keys:
+            mod, base = m["validation_model"].get(k), m["validation_baseline"].get(k)
+            cells.append(
+                f"{100 * mod['mare']:.1f} % / {100 * base['mare']:.1f} % ({mod['n']})"
+                if mod
+                else "-"
+            )
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def parity_png(part: dict, path: Path, name: str) -> None:

@@ -243,19 +243,17 @@ def train_one(model, ds: dict, labels: np.ndarray, args, out: Path, batch_size: 
     return result.model, metrics
 
 
-def train_restarts(make, ds: dict, labels: np.ndarray, args, out: Path, batch_size: int):
+def train_restarts(make, ds: dict, labels: np.ndarray, args, out: Path, batch_size: int, seed: int):
     """`args.restarts` initialisations (and batch orders) on one split; keeps the one with the
     lowest *training* MSE, so a start stuck on a plateau is dropped without the validation
     rows choosing the model. Restart 0 is the single run of ``--restarts 1``."""
     runs = []
     for r in range(args.restarts):
-        key = jax.random.key(args.seed)
+        key = jax.random.key(seed)
         if r:
             key = jax.random.fold_in(key, r)
         run_out = out if r == 0 else out.with_name(f"{out.name}-r{r}")
-        runs.append(
-            train_one(make(key), ds, labels, args, run_out, batch_size, args.seed + 1000 * r)
-        )
+        runs.append(train_one(make(key), ds, labels, args, run_out, batch_size, seed + 1000 * r))
     mse = [m["train_model"]["all"]["rmse"] ** 2 for _, m in runs]
     best = int(np.argmin(mse))
     model, metrics = runs[best]
@@ -289,6 +287,10 @@ def main(argv=None) -> dict:
     ap.add_argument(
         "--restarts", type=int, default=1,
         help="initialisations per model; the lowest training MSE is kept",
+    )  # fmt: skip
+    ap.add_argument(
+        "--split-seeds", type=int, nargs="*", default=[], metavar="SEED",
+        help="also train on these other validation splits and report their metrics (card)",
     )  # fmt: skip
     ap.add_argument("--steps", type=Path, help="JSON list of sc steps to train on (default: all)")
     ap.add_argument("--transfer", type=int, default=None, metavar="K")
@@ -341,10 +343,19 @@ def main(argv=None) -> dict:
         if ds is None:
             report[name] = "not enough rows"
             continue
+        build_model = functools.partial(make, ds["species"])
         labels = split(ds, args.seed, args.transfer, args.test_paths)
         models[name], report[name] = train_restarts(
-            lambda key: make(ds["species"], key), ds, labels, args, args.out / f"train-{name}", bs
+            build_model, ds, labels, args, args.out / f"train-{name}", bs, args.seed
         )
+        for s in args.split_seeds:  # the same recipe on other splits: how much the split matters
+            other = split(ds, s, args.transfer, args.test_paths)
+            _, m = train_restarts(
+                build_model, ds, other, args, args.out / f"split{s}-{name}", bs, s
+            )
+            report[name].setdefault("other_splits", {})[str(s)] = {
+                k: m[k] for k in ("rows", "validation_model", "validation_baseline") if k in m
+            }
         print(name, json.dumps(report[name], indent=1))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "metrics.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")

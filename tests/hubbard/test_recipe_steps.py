@@ -54,8 +54,28 @@ def test_recipe_end_to_end_with_restarts_and_bond_directions(tmp_path):
             report[part]["train_model"]["all"]["rmse"] ** 2
         )
     assert report["restarts"] == 2 and (out / "train-V-r1").is_dir()
+    assert "lowest training MSE of 2 initialisation(s)" in (out / "hubbard-v/README.md").read_text()
     uv = zoo.load(out / "hubbard-uv")
     assert uv.v_model.config["bond_lmax"] == 2
     assert json.loads((out / "hubbard-uv" / "data_steps.json").read_text()) == sorted(
         json.loads(steps.read_text())
     )
+
+
+def test_card_reports_other_splits():
+    from recipes.hubbard_card import _other_splits
+
+    m = lambda mare, n: {"mae": 0.1, "rmse": 0.1, "mare": mare, "n": n}  # noqa: E731
+    part = {
+        "validation_model": {"O-Ni": m(0.04, 3), "all": m(0.05, 5)},
+        "other_splits": {
+            "1": {
+                "validation_model": {"all": m(0.116, 20)},
+                "validation_baseline": {"all": m(0.4, 20)},
+            }
+        },
+    }
+    lines = _other_splits(part)
+    assert lines[2] == "| split seed | O-Ni | all |"
+    assert lines[4] == "| 1 | - | 11.6 % / 40.0 % (20) |"
+    assert _other_splits({"validation_model": {}}) == []
