@@ -143,7 +143,14 @@ def model_card(name: str, report: dict, parts: list[str], rows: list[dict]) -> s
     lines += [
         "## Reproduce",
         "",
-        "From a fresh clone (CPU, about 2-5 min):",
+        "From a fresh clone (CPU"
+        + (
+            f"; the run that wrote this card took {report['wall_time_s'] / 60:.0f} min of wall "
+            "time on 2 cores"
+            if "wall_time_s" in report
+            else ""
+        )
+        + "):",
         "",
         f"```\n{report['command']}\n```",
         "",

@@ -22,6 +22,7 @@ import argparse
 import functools
 import json
 import sys
+import time
 from pathlib import Path
 
 import equinox as eqx
@@ -269,6 +270,7 @@ def train_restarts(make, ds: dict, labels: np.ndarray, args, out: Path, batch_si
 
 
 def main(argv=None) -> dict:
+    t0 = time.perf_counter()
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -357,6 +359,7 @@ def main(argv=None) -> dict:
                 k: m[k] for k in ("rows", "validation_model", "validation_baseline") if k in m
             }
         print(name, json.dumps(report[name], indent=1))
+    report["wall_time_s"] = round(time.perf_counter() - t0, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "metrics.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     _save(models, report, args.out, rows)
