@@ -12,7 +12,7 @@ steps a shipped model was trained on (its ``data_steps.json``), which reproduces
 
 Options measured against the shipped settings (validation MARE, session 6, 381 rows;
 split seeds 0 / 1 / 2 where given): ``--loss relative`` U 1.75 / 1.85 / 3.75 %, V 5.69 /
-6.12 / 8.52 % against U 1.65 / 1.02 / 1.97 %, V 6.30 / 6.08 / 7.13 % (MSE, shipped);
+6.12 / 8.52 % against U 1.65 / 1.02 / 1.97 %, V 6.30 / 6.08 / 7.13 % (MSE, the default);
 ``--bond-lmax 4`` (bond-direction harmonics) on 373 rows, one start: V 9.35 / 16.4 % against
 4.35 / 11.6 % without (it fits the training rows better and overfits them). Neither shipped.
 
