@@ -37,7 +37,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoo.hubbard._basis import occupations_qe_to_e3nn
-from zoo.hubbard._features import intersite_features, onsite_features, spin_features
+from zoo.hubbard._features import (
+    intersite_features,
+    onsite_features,
+    pair_vectors,
+    spin_features,
+)
 from zoo.hubbard._models import IntersiteModel, OnsiteModel, fit_scalers
 from zoo.hubbard._predict import HubbardUV
 from zoo.hubbard._split import (
@@ -111,10 +116,8 @@ def u_dataset(rows: list[dict]) -> dict | None:
 
 def bond_vector(row: dict) -> np.ndarray:
     """The TM (atom 1) -> O (atom 2 in its cell image) vector of a V row, Å."""
-    st = row["structure"]
-    pos, cell = np.asarray(st["positions"]), np.asarray(st["cell"])
-    image = np.asarray(row["atom_2_image"], dtype=np.float64)
-    return pos[row["atom_2_idx"] - 1] + image @ cell - pos[row["atom_1_idx"] - 1]
+    st, pair = row["structure"], (row["atom_1_idx"], row["atom_2_idx"], row["atom_2_image"])
+    return pair_vectors(st["positions"], st["cell"], [pair])[0]
 
 
 def v_dataset(rows: list[dict], bond_lmax: int = 0) -> dict | None:
@@ -183,21 +186,15 @@ def _call(model, x):
     return model(*x)
 
 
-def loss_fn(model, batch):
+def loss_fn(model, batch, relative: bool = False):
+    """Masked mean squared error (eV^2), or of the *relative* error (MARE is relative)."""
     err = (_call(model, batch["x"]) - batch["y"]) * batch["mask"]
-    mse = jnp.sum(err**2) / jnp.sum(batch["mask"])
-    return mse, {"mae": jnp.sum(jnp.abs(err)) / jnp.sum(batch["mask"])}
+    n = jnp.sum(batch["mask"])
+    loss = jnp.sum((err / batch["y"] if relative else err) ** 2) / n
+    return loss, {"mae": jnp.sum(jnp.abs(err)) / n}
 
 
-def relative_loss_fn(model, batch):
-    """Mean squared *relative* error (the MARE of the targets is a relative metric)."""
-    err = (_call(model, batch["x"]) - batch["y"]) * batch["mask"]
-    rel = err / batch["y"]
-    msre = jnp.sum(rel**2) / jnp.sum(batch["mask"])
-    return msre, {"mae": jnp.sum(jnp.abs(err)) / jnp.sum(batch["mask"])}
-
-
-LOSSES = {"mse": loss_fn, "relative": relative_loss_fn}
+LOSSES = {"mse": loss_fn, "relative": functools.partial(loss_fn, relative=True)}
 
 
 def predict_fn(model, batch):

@@ -305,6 +305,22 @@ def intersite_features(
     return p, d, e3nn.IrrepsArray(irreps_edge, edge.reshape(batch + (irreps_edge.dim,)))
 
 
+def pair_vectors(
+    positions: Float[np.ndarray, "nat 3"],
+    cell: Float[np.ndarray, "3 3"],
+    pairs: Sequence[tuple[int, int, Sequence[int]]],
+) -> Float[np.ndarray, "n_pairs 3"]:
+    """``positions[j] + image @ cell - positions[i]`` for each pair ``(i, j, image)`` (1-based
+    atoms, `image` the lattice translation of atom j; `cell` rows a1..a3, the length unit of
+    `positions`): the bond vectors :func:`intersite_features` takes as `bond`."""
+    pos, cell = np.asarray(positions, np.float64), np.asarray(cell, np.float64)
+    if pos.ndim != 2 or pos.shape[1] != 3 or cell.shape != (3, 3):
+        raise ValueError(f"positions {pos.shape}, cell {cell.shape}: expected (nat, 3), (3, 3)")
+    if not (np.isfinite(pos).all() and np.isfinite(cell).all()):
+        raise ValueError("positions, cell: values must be finite")
+    return np.array([pos[j - 1] + np.asarray(im) @ cell - pos[i - 1] for i, j, im in pairs])
+
+
 def edge_irreps(bond_lmax: int = 0) -> e3nn.Irreps:
     """Irreps of the V edge: ``2x0e`` (distance, V_in), then ``2e+4e+...`` up to `bond_lmax`.
 
@@ -348,4 +364,5 @@ __all__ = [
     "intersite_features",
     "edge_irreps",
     "bond_harmonics",
+    "pair_vectors",
 ]

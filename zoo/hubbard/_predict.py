@@ -16,7 +16,7 @@ import numpy as np
 from ase.data import chemical_symbols
 from jaxtyping import Float
 
-from ._features import intersite_features, onsite_features
+from ._features import intersite_features, onsite_features, pair_vectors
 from ._infer import predict_u, predict_v
 from ._models import IntersiteModel, OnsiteModel, _zoo_version
 from .dft.inputs import MANIFOLD, supercell_atom
@@ -288,14 +288,9 @@ class HubbardUV(eqx.Module):
                 "positions, cell: this V model uses bond directions; pass the structure "
                 "(pw.x outputs give it; predict() reads it from the header)"
             )
-        pos, cell = np.asarray(positions, np.float64), np.asarray(cell, np.float64)
-        if pos.shape != (nat, 3) or cell.shape != (3, 3):
-            raise ValueError(
-                f"positions {pos.shape}, cell {cell.shape}: expected ({nat}, 3), (3, 3)"
-            )
-        if not (np.isfinite(pos).all() and np.isfinite(cell).all()):
-            raise ValueError("positions, cell: values must be finite")
-        return np.array([pos[b - 1] + np.asarray(im) @ cell - pos[i - 1] for i, b, im in keys])
+        if np.shape(positions) != (nat, 3):
+            raise ValueError(f"positions: expected shape ({nat}, 3), got {np.shape(positions)}")
+        return pair_vectors(positions, cell, keys)
 
     def _predict_v(self, keys, elements, onsite, keyed, labels, bonds) -> dict[PairKey, float]:
         if not keys:
