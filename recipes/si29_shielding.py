@@ -103,7 +103,11 @@ def model_config(formulation: str, species, train_recs, train_batches) -> dict:
     return cfg
 
 
-def make_fns(scale: float, weight_0e: float = IRREPS_WEIGHTS["shielding"]["0e"]):
+def make_fns(
+    scale: float, weight_0e: float = IRREPS_WEIGHTS["shielding"]["0e"], loss: dict | None = None
+):
+    """`loss`: keywords of `weighted_loss` (``{"loss": "huber", "huber_delta": ppm}``); MSE."""
+
     def predict_fn(model, batch):
         out = model(batch["graph"])
         return {"shielding": (out["shielding"], batch["shielding"], batch["mask"])}
@@ -114,6 +118,7 @@ def make_fns(scale: float, weight_0e: float = IRREPS_WEIGHTS["shielding"]["0e"])
             {"shielding": 1.0 / scale**2},
             tensor_kinds={"shielding": "rank2_axial"},
             irreps_weights={"shielding": {"0e": weight_0e}},
+            **(loss or {}),
         )
 
     return loss_fn, predict_fn
@@ -154,7 +159,9 @@ def train_member(
     val_b = make_batches(data["validation"], r_max, max_atoms=MAX_ATOMS, seed=seed)
     cfg = model_config(formulation, species, data["train"], train_b)
     model = ResponseModel(cfg, key=jax.random.key(seed))
-    loss_fn, _ = make_fns(cfg["heads"]["shielding"]["scale"])
+    loss_fn, _ = make_fns(
+        cfg["heads"]["shielding"]["scale"], loss=SETTINGS[formulation].get("loss")
+    )
     tc = TrainConfig(seed=seed, schedule="cosine", grad_clip=10.0, **SETTINGS[formulation]["train"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "model_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
@@ -164,7 +171,9 @@ def train_member(
     stage1 = shielding_metrics(*pred_true)
     settings = SETTINGS[formulation]
     if "finetune" in settings:
-        loss_fn, _ = make_fns(cfg["heads"]["shielding"]["scale"], settings["finetune_0e_weight"])
+        loss_fn, _ = make_fns(
+            cfg["heads"]["shielding"]["scale"], settings["finetune_0e_weight"], settings.get("loss")
+        )
         tc = TrainConfig(seed=seed, schedule="cosine", grad_clip=10.0, **settings["finetune"])
         result = fit(result.model, loss_fn, train_b, val_b, tc, out_dir=out / "finetune",
                      progress=False)  # fmt: skip
