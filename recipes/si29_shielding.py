@@ -163,17 +163,15 @@ def train_member(
     val_b = make_batches(data["validation"], r_max, max_atoms=MAX_ATOMS, seed=seed)
     cfg = model_config(formulation, species, data["train"], train_b)
     model = ResponseModel(cfg, key=jax.random.key(seed))
-    loss_fn, _ = make_fns(
-        cfg["heads"]["shielding"]["scale"], loss=SETTINGS[formulation].get("loss")
-    )
-    tc = TrainConfig(seed=seed, schedule="cosine", grad_clip=10.0, **SETTINGS[formulation]["train"])
+    settings = SETTINGS[formulation]
+    loss_fn, _ = make_fns(cfg["heads"]["shielding"]["scale"], loss=settings.get("loss"))
+    tc = TrainConfig(seed=seed, schedule="cosine", grad_clip=10.0, **settings["train"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "model_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
     result = fit(model, loss_fn, train_b, val_b, tc, out_dir=out, progress=False)
     history = list(result.history)
     pred_true = predict_labelled(result.model, eval_b)
     stage1 = shielding_metrics(*pred_true)
-    settings = SETTINGS[formulation]
     if "finetune" in settings:
         loss_fn, _ = make_fns(
             cfg["heads"]["shielding"]["scale"], settings["finetune_0e_weight"], settings.get("loss")
@@ -251,8 +249,11 @@ def _training_text() -> str:
     for form, s in SETTINGS.items():
         t = s["train"]
         text = f"`{form}` = {t['max_epochs']} epochs (Adam, cosine from {t['learning_rate']:g}"
-        if s.get("loss", {}).get("loss", "mse") != "mse":
-            text += f", {s['loss']['loss']} loss (delta {s['loss'].get('huber_delta', 1.0):g} ppm)"
+        loss = s.get("loss", {})
+        if loss.get("loss", "mse") != "mse":
+            text += f", {loss['loss']} loss"
+            if "huber_delta" in loss:
+                text += f" (delta {loss['huber_delta']:g} ppm)"
         if t.get("ema_decay"):
             text += f", exponential moving average of the weights, decay {t['ema_decay']:g}/step"
         text += ")"
