@@ -131,7 +131,17 @@ def model_card(name: str, report: dict, parts: list[str], rows: list[dict]) -> s
             "",
             *_table(report[p], "validation"),
             f"Training: the lowest training MSE of {report.get('restarts', 1)} initialisation(s) "
-            "is kept (restarts); early stopping and the kept epoch use the validation loss.",
+            "is kept (restarts); "
+            + (
+                "the last weights of the schedule are kept (the validation rows only report)."
+                if report.get("keep") == "final"
+                else "early stopping and the kept epoch use the validation loss."
+            )
+            + (
+                f" The network predicts the change from the run's {p}_in ({p} = {p}_in + output)."
+                if report.get("residual")
+                else ""
+            ),
             "",
             *_other_splits(report[p]),
             "**Test** (held-out structures):",

@@ -238,11 +238,15 @@ def train_one(model, ds: dict, labels: np.ndarray, args, out: Path, batch_size: 
     config = TrainConfig(
         seed=seed, max_epochs=args.epochs, optimizer="adamw", learning_rate=args.lr,
         weight_decay=args.weight_decay, schedule="exponential", final_lr_factor=0.05, grad_clip=10.0,
-        early_stopping_patience=args.patience if len(va) else None, eval_every=10,
+        early_stopping_patience=args.patience if len(va) and args.keep == "best-val" else None,
+        eval_every=10,
         checkpoint_every=100,
     )  # fmt: skip
+    # --keep final: the validation rows take no part in training (no early stopping, no
+    # chosen epoch) and only report; evaluate() below measures them either way
+    watch = len(va) and args.keep == "best-val"
     result = fit(
-        model, LOSSES[args.loss], batches(ds, tr, batch_size), batches(ds, va, 256) if len(va) else None,
+        model, LOSSES[args.loss], batches(ds, tr, batch_size), batches(ds, va, 256) if watch else None,
         config, out_dir=out, predict_fn=predict_fn, units={"param": "eV"}, progress=False,
     )  # fmt: skip
     counts = {
@@ -305,6 +309,14 @@ def main(argv=None) -> dict:
         "--bond-lmax", type=int, default=0,
         help="V: bond-direction harmonics l = 2, 4, .. up to this in the edge (0: HubbardML's)",
     )  # fmt: skip
+    ap.add_argument(
+        "--residual", action="store_true",
+        help="predict the change from the run's U_in / V_in (default: the value itself)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--keep", choices=("best-val", "final"), default="best-val",
+        help="the weights of the lowest validation loss (early stopping), or the last ones",
+    )  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--loss", choices=sorted(LOSSES), default="mse", help="training loss")
     ap.add_argument(
@@ -340,6 +352,8 @@ def main(argv=None) -> dict:
         "steps": sorted({step_of(r) for r in rows}),
         "seed": args.seed,
         "restarts": args.restarts,
+        "residual": args.residual,
+        "keep": args.keep,
         "transfer": args.transfer,
         "test_paths": list(args.test_paths),
         "command": "python -m recipes.hubbard_uv "
@@ -350,15 +364,21 @@ def main(argv=None) -> dict:
         (
             "U",
             u_dataset,
-            lambda sp, k: OnsiteModel(sp, hidden_layers=args.hidden_layers, key=k),
+            lambda sp, k: OnsiteModel(
+                sp, hidden_layers=args.hidden_layers, residual=args.residual, key=k
+            ),
             16,
         ),
         (
             "V",
             functools.partial(v_dataset, bond_lmax=args.bond_lmax),
             lambda sp, k: IntersiteModel(
-                sp, hidden_layers=args.hidden_layers, bond_lmax=args.bond_lmax, key=k
-            ),
+                sp,
+                hidden_layers=args.hidden_layers,
+                bond_lmax=args.bond_lmax,
+                residual=args.residual,
+                key=k,
+            ),  # fmt: skip
             64,
         ),
     ]:

@@ -225,6 +225,40 @@ def test_fit_scalers_uses_given_targets_only():
     assert half.config["target_mean"] == pytest.approx(u_out[:8].mean())
 
 
+def test_residual_models_predict_the_change_from_the_run_value():
+    """``residual=True``: the same network plus U_in (V_in); scalers fit on label - U_in."""
+    rng = np.random.default_rng(6)
+    elements, up, down, u_in, u_out = _u_data(rng)
+    x = onsite_features(elements, up, down, u_in, species=U_SPECIES).array
+    direct = OnsiteModel(U_SPECIES, key=jax.random.key(0))
+    resid = OnsiteModel(U_SPECIES, residual=True, key=jax.random.key(0))
+    fitted = fit_scalers(resid, x, u_out)
+    assert fitted.config["target_mean"] == pytest.approx((u_out - u_in).mean())
+    assert fitted.config["target_std"] == pytest.approx((u_out - u_in).std())
+    # same weights and scalers, the residual output is the direct one shifted by U_in
+    same = fit_scalers(direct, x, u_out - u_in, init_weights=False)
+    as_resid = fit_scalers(resid, x, u_out, init_weights=False)
+    np.testing.assert_allclose(
+        _predict_u(as_resid, x), _predict_u(same, x) + u_in, rtol=1e-5, atol=1e-5
+    )
+    p_el, p_up, p_dn, d_el, d_up, d_dn, dist, v_in = _v_data(rng)
+    feats = intersite_features(
+        p_el, p_up, p_dn, d_el, d_up, d_dn, dist, v_in, species=V_SPECIES
+    )  # fmt: skip
+    xs = tuple(f.array for f in feats)
+    v_out = v_in + rng.normal(size=len(v_in)) * 0.05
+    v = IntersiteModel(V_SPECIES, residual=True, key=jax.random.key(1))
+    fitted_v = fit_scalers(v, xs, v_out, init_weights=False)
+    assert fitted_v.config["target_mean"] == pytest.approx((v_out - v_in).mean())
+    plain = IntersiteModel(V_SPECIES, key=jax.random.key(1))
+    plain = fit_scalers(plain, xs, v_out - v_in, init_weights=False)
+    np.testing.assert_allclose(
+        _predict_v(fitted_v, *xs), _predict_v(plain, *xs) + v_in, rtol=1e-5, atol=1e-5
+    )
+    with pytest.raises(ValueError, match="with_param_in=True"):
+        OnsiteModel(U_SPECIES, residual=True, with_param_in=False, key=None)
+
+
 def test_fit_scalers_data_dependent_init():
     # raw init: a chain of tensor squares gives outputs far beyond the target spread;
     # init_weights=True rescales each layer to unit pre-activation RMS on the training inputs

@@ -55,6 +55,34 @@ def test_recipe_end_to_end_with_bond_directions(tmp_path):
     )
 
 
+def test_recipe_residual_models_keep_the_final_weights(tmp_path):
+    """``--residual --keep final``: the loaded models predict U - U_in / V - V_in, and the
+    validation rows never reach training (no validation loss in the history)."""
+    import numpy as np
+
+    import zoo
+    from recipes.hubbard_uv import main
+
+    steps = tmp_path / "steps.json"
+    steps.write_text(json.dumps(["p105-NiO-rat-s0/it1", "p105-NiO-rat-s0/it2"]))
+    out = tmp_path / "run"
+    report = main(
+        ["--out", str(out), "--steps", str(steps), "--epochs", "5", "--hidden-layers", "1",
+         "--residual", "--keep", "final", "--test-paths"]
+    )  # fmt: skip
+    assert report["residual"] and report["keep"] == "final"
+    assert report["V"]["rows"]["validate"] > 0
+    history = json.loads((out / "train-V" / "history.json").read_text())
+    assert len(history) == 5 and not any("val_loss" in h for h in history)
+    uv = zoo.load(out / "hubbard-uv")
+    assert uv.u_model.config["residual"] and uv.v_model.config["residual"]
+    card = (out / "hubbard-v/README.md").read_text()
+    assert "the last weights of the schedule are kept" in card and "V = V_in + output" in card
+    # the validation predictions are V_in + the network: finite and near the labels' scale
+    pred = np.array(list(report["V"]["validation_predictions"].values()))
+    assert np.isfinite(pred).all() and np.abs(pred[:, 1]).max() < 10
+
+
 def test_restarts_keep_the_lowest_training_mse(monkeypatch, tmp_path):
     """Restart r uses key fold_in(seed, r) and batch seed seed + 1000 r; the lowest training
     MSE wins, whatever the validation rows say."""

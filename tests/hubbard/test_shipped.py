@@ -113,6 +113,6 @@ def test_extrapolation_is_an_error_not_a_number():
     data = ROOT / "tests" / "data" / "qe"
     uv = zoo.load("hubbard-uv")
     labels = (data / "FeO_strain-3pc_it0.labels.txt").read_text().split()
-    with pytest.raises(ValueError, match=r"U of site 2 \(Fe2\).*outside the training labels"):
+    with pytest.raises(ValueError, match=r"U of site 2 \(Fe2\).*outside the range of the training"):
         uv.predict(data / "FeO_strain-3pc_it0.out", occup=data / "FeO_strain-3pc_it0.occup.txt",
                    labels=labels)  # fmt: skip

@@ -21,6 +21,7 @@ from ._models import (
     TensorSquare,
     _second_moment_scale,
     gated_irreps,
+    param_offset,
 )
 
 
@@ -68,8 +69,10 @@ def _layer(
     return _gate(y, layer.linear.irreps_out) if layer.gate else y
 
 
-def _out(model, y: np.ndarray) -> np.ndarray:
-    return model.config["target_std"] * y[..., 0] + model.config["target_mean"]
+def _out(model, y: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    # `raw`: the unstandardised input holding the run's parameter (see `param_offset`)
+    c = model.config
+    return c["target_std"] * y[..., 0] + c["target_mean"] + param_offset(c, raw)
 
 
 def predict_u(
@@ -81,11 +84,12 @@ def predict_u(
     `dense` defaults to ``model.dense_coefficients()`` (cast to the model's dtype here)."""
     dense = model.dense_coefficients() if dense is None else dense
     dtype = model.readout.linear.weights[0].dtype
-    x = _standardize(np.asarray(x, dtype), (model.config["input_stats"] or {}).get("x"))
+    raw = np.asarray(x, dtype)
+    x = _standardize(raw, (model.config["input_stats"] or {}).get("x"))
     irreps = model.irreps_in
     for layer, w in zip(model.layers, dense):
         x, irreps = _layer(layer, w, x, irreps), _gated(layer)
-    return _out(model, _layer(model.readout, dense[-1], x, irreps))
+    return _out(model, _layer(model.readout, dense[-1], x, irreps), raw)
 
 
 def predict_v(
@@ -110,7 +114,7 @@ def predict_v(
     irreps = _gated(model.edge)
     for layer, w in zip(model.layers, dense[2:]):
         x, irreps = _layer(layer, w, x, irreps), _gated(layer)
-    return _out(model, _layer(model.readout, dense[-1], x, irreps))
+    return _out(model, _layer(model.readout, dense[-1], x, irreps), np.asarray(edge, dtype))
 
 
 def _gated(layer: TensorSquare | TensorProduct) -> e3nn.Irreps:

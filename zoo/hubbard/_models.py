@@ -10,6 +10,12 @@ sample; batch with ``jax.vmap`` or leading axes) and return one scalar in eV:
   ``bond_lmax``) -> linear -> gate; ``hidden_layers - 1``
   x (tensor square -> linear -> gate); tensor square -> linear -> ``1x0e``; rescaling.
 
+With ``residual=True`` either model predicts the *change* from the parameter the pw.x run used,
+``y = U_in + target_std * x + target_mean`` (V alike): the network fits the hp.x correction, so a
+run that is already self-consistent needs only a small output, where a direct fit has to
+rebuild U_in from its inputs (HubbardML's form; its later-iteration errors exceed the
+U_in baseline's).
+
 A "tensor square -> linear" pair is e3nn-torch's ``o3.TensorSquare(irreps_in, irreps_out)``
 with learned weights. Gates: silu on even scalars, sigmoid on even gates (all features are even).
 ``target_mean``/``target_std`` and the input standardisation ``input_stats`` are data statistics
@@ -367,6 +373,7 @@ class OnsiteModel(eqx.Module):
         hidden_layers: int = 2,
         irrep_normalization: str = "component",
         with_param_in: bool = True,
+        residual: bool = False,
         target_mean: float = 0.0,
         target_std: float = 1.0,
         input_stats: dict | None = None,
@@ -375,7 +382,8 @@ class OnsiteModel(eqx.Module):
     ):
         """**Arguments:** `species` (one-hot order), `l` of the manifold (2: d), the hidden
         `feature_irreps` and number of gated `hidden_layers`, the tensor products'
-        `irrep_normalization`, `with_param_in` (U_in as an input), the data statistics
+        `irrep_normalization`, `with_param_in` (U_in as an input), `residual` (predict
+        U - U_in; needs `with_param_in`), the data statistics
         (`target_mean`, `target_std`, `input_stats`; set them with :func:`fit_scalers`),
         `dtype` (None: float32, or float64 under x64), `key` (None: zero weights, a skeleton
         to load weights into)."""
@@ -389,6 +397,7 @@ class OnsiteModel(eqx.Module):
             "hidden_layers": hidden_layers,
             "irrep_normalization": irrep_normalization,
             "with_param_in": bool(with_param_in),
+            "residual": bool(residual),
             "target_mean": float(target_mean),
             "target_std": float(target_std),
             "input_stats": input_stats,
@@ -398,6 +407,8 @@ class OnsiteModel(eqx.Module):
         _check_stats(input_stats, {"x": onsite_irreps(len(species), l, with_param_in)})
         if l not in (1, 2):
             raise ValueError(f"l must be 1 (p) or 2 (d), got {l!r}")
+        if residual and not with_param_in:
+            raise ValueError("residual=True predicts U - U_in: it needs with_param_in=True")
         irreps = onsite_irreps(len(species), l, with_param_in)
         layers = []
         for _ in range(hidden_layers):
@@ -436,12 +447,13 @@ class OnsiteModel(eqx.Module):
         **Returns:** U in eV, shape `(...)`, in the model's dtype."""
         dtype = self.readout.linear.weights[0].dtype
         x = _as_input(x, self.irreps_in, dtype, "OnsiteModel input")
+        offset = param_offset(self.config, x.array)
         x = _standardize(x, (self.config["input_stats"] or {}).get("x"))
         dense = dense or (None,) * (len(self.layers) + 1)
         for layer, w in zip(self.layers, dense):
             x = layer(x, w)
         y = self.readout(x, dense[-1]).array[..., 0]
-        return self.config["target_std"] * y + self.config["target_mean"]
+        return self.config["target_std"] * y + self.config["target_mean"] + offset
 
 
 class IntersiteModel(eqx.Module):
@@ -461,6 +473,7 @@ class IntersiteModel(eqx.Module):
         hidden_layers: int = 2,
         irrep_normalization: str = "component",
         bond_lmax: int = 0,
+        residual: bool = False,
         target_mean: float = 0.0,
         target_std: float = 1.0,
         input_stats: dict | None = None,
@@ -469,6 +482,7 @@ class IntersiteModel(eqx.Module):
     ):
         """Arguments as :class:`OnsiteModel`; `species` covers both the p and d elements,
         `bond_lmax` (even) the bond-direction harmonics in the edge (0: HubbardML's edge),
+        `residual` (predict V - V_in),
         `input_stats` has the keys ``p_site``, ``d_site``, ``edge``."""
         dtype = resolve_float(dtype)
         self.config = {
@@ -479,6 +493,7 @@ class IntersiteModel(eqx.Module):
             "hidden_layers": hidden_layers,
             "irrep_normalization": irrep_normalization,
             "bond_lmax": bond_lmax,
+            "residual": bool(residual),
             "target_mean": float(target_mean),
             "target_std": float(target_std),
             "input_stats": input_stats,
@@ -531,15 +546,27 @@ class IntersiteModel(eqx.Module):
         stats = self.config["input_stats"] or {}
         dtype = self.readout.linear.weights[0].dtype
         p, d, e = (
-            _standardize(_as_input(v, irreps[k], dtype, f"IntersiteModel {k}"), stats.get(k))
+            _as_input(v, irreps[k], dtype, f"IntersiteModel {k}")
             for k, v in (("p_site", p_site), ("d_site", d_site), ("edge", edge))
         )
+        offset = param_offset(self.config, e.array)
+        p, d, e = (_standardize(v, stats.get(k)) for k, v in zip(irreps, (p, d, e)))
         dense = dense or (None,) * (len(self.layers) + 3)
         x = self.edge(self.sites(p, d, dense[0]), e, dense[1])
         for layer, w in zip(self.layers, dense[2:]):
             x = layer(x, w)
         y = self.readout(x, dense[-1]).array[..., 0]
-        return self.config["target_std"] * y + self.config["target_mean"]
+        return self.config["target_std"] * y + self.config["target_mean"] + offset
+
+
+def param_offset(config: dict, x):
+    """What a model adds to its rescaled output: the parameter of the run (U_in: the last
+    column of the on-site features; V_in: column 1 of the edge, after the distance) for a
+    ``residual`` model, else 0. `x`: the *raw* (unstandardised) on-site features or V edge,
+    `(..., dim)` array (jax or numpy); returns `(...)` (or the scalar 0)."""
+    if not config.get("residual", False):  # configs written before the option: direct
+        return 0.0
+    return x[..., -1] if config["model_type"] == ONSITE_TYPE else x[..., 1]
 
 
 def intersite_input_irreps(n_species: int, bond_lmax: int = 0) -> dict[str, e3nn.Irreps]:
@@ -601,12 +628,14 @@ def fit_scalers(model, inputs, targets: Float[np.ndarray, " n"], *, init_weights
         names = model.irreps_in
         if not isinstance(inputs, tuple | list) or len(inputs) != 3:
             raise ValueError("inputs: expected the tuple (p_site, d_site, edge) for V")
-    stats = {}
+    stats, raw = {}, {}
     for (k, ir), x in zip(names.items(), inputs):
         x = np.asarray(x.array if isinstance(x, e3nn.IrrepsArray) else x)
         if x.shape[0] != t.size:
             raise ValueError(f"inputs {k}: {x.shape[0]} rows but {t.size} targets")
-        stats[k] = input_statistics(x, ir)
+        stats[k], raw[k] = input_statistics(x, ir), x
+    # a residual model's scalers describe the change from the run's parameter, not the label
+    t = t - param_offset(model.config, raw["x" if "x" in raw else "edge"])
     std = float(t.std())
     config = {
         **model.config,
@@ -664,5 +693,6 @@ __all__ = [
     "IntersiteModel",
     "input_statistics",
     "intersite_input_irreps",
+    "param_offset",
     "fit_scalers",
 ]

@@ -18,7 +18,7 @@ from jaxtyping import Float
 
 from ._features import intersite_features, onsite_features, pair_vectors
 from ._infer import predict_u, predict_v
-from ._models import IntersiteModel, OnsiteModel, _zoo_version
+from ._models import IntersiteModel, OnsiteModel, _zoo_version, param_offset
 from .dft.inputs import MANIFOLD, supercell_atom
 from .dft.parsers import occupation_blocks, parse_occup, parse_pw_output
 
@@ -275,7 +275,8 @@ class HubbardUV(eqx.Module):
         )  # fmt: skip
         # numpy on the dense form of each layer (`_infer`): no tracing or XLA compilation
         y = predict_u(self.u_model, np.asarray(x.array))
-        _check_range(y, self.u_model.config, [f"U of site {i} ({labels[i - 1]})" for i in sites])
+        names = [f"U of site {i} ({labels[i - 1]})" for i in sites]
+        _check_range(y, np.asarray(x.array), self.u_model.config, names)
         return {i: float(u) for i, u in zip(sites, np.asarray(y))}
 
     def _bonds(self, keys, positions, cell, nat) -> np.ndarray | None:
@@ -310,7 +311,8 @@ class HubbardUV(eqx.Module):
             bond=bonds, bond_lmax=self.v_model.config.get("bond_lmax", 0),
         )  # fmt: skip
         y = predict_v(self.v_model, *(np.asarray(f.array) for f in feats))
-        _check_range(y, self.v_model.config, [f"V of pair {k}" for k in keys])
+        names = [f"V of pair {k}" for k in keys]
+        _check_range(y, np.asarray(feats[2].array), self.v_model.config, names)
         return {k: float(v) for k, v in zip(keys, np.asarray(y))}
 
     def hubbard_card(self, pw_output: str | Path, syntax: str = "qe7", **kwargs) -> str:
@@ -325,18 +327,25 @@ class HubbardUV(eqx.Module):
 RANGE_STDS = 8.0
 
 
-def _check_range(y: np.ndarray, config: dict, names: list[str]) -> None:
+def _check_range(y: np.ndarray, raw: np.ndarray, config: dict, names: list[str]) -> None:
+    """`raw`: the unstandardised input holding the run's parameter (``param_offset``): a
+    residual model's training range is that of the change from it."""
     if config.get("input_stats") is None:
         return  # scalers never fit to data (an untrained model): no label range to judge by
     mean, std = config["target_mean"], config["target_std"]
     half = RANGE_STDS * std + 1.0
-    bad = [(n, float(v)) for n, v in zip(names, y) if not abs(v - mean) <= half]
+    change = y - param_offset(config, raw)
+    what = "changes from the run's value" if config.get("residual") else "labels"
+    bad = [
+        (n, float(v), float(c)) for n, v, c in zip(names, y, change) if not abs(c - mean) <= half
+    ]
     if bad:
-        name, v = bad[0]
+        name, v, c = bad[0]
         raise ValueError(
-            f"{name}: predicted {v:.4g} eV, outside the training labels' range "
-            f"({mean:.2f} +- {half:.2f} eV; {len(bad)} of {len(names)} such values): this run's "
-            "occupations are outside what the model was trained on; use hp.x for it"
+            f"{name}: predicted {v:.4g} eV, outside the range of the training {what} "
+            f"({mean:.2f} +- {half:.2f} eV, here {c:.4g}; {len(bad)} of {len(names)} such "
+            "values): this run's occupations are outside what the model was trained on; use "
+            "hp.x for it"
         )
 
 
