@@ -130,8 +130,13 @@ def model_card(name: str, report: dict, parts: list[str], rows: list[dict]) -> s
             "**Validation** (held-out clusters):",
             "",
             *_table(report[p], "validation"),
-            f"Training: the lowest training MSE of {report.get('restarts', 1)} initialisation(s) "
-            "is kept (restarts); "
+            (
+                f"Training: the model is the mean of {report.get('restarts', 1)} initialisations "
+                "(restarts, an ensemble); "
+                if report.get("ensemble")
+                else f"Training: the lowest training MSE of {report.get('restarts', 1)} "
+                "initialisation(s) is kept (restarts); "
+            )
             + (
                 "the last weights of the schedule are kept (the validation rows only report)."
                 if report.get("keep") == "final"

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoo.hubbard._basis import occupations_qe_to_e3nn
+from zoo.hubbard._ensemble import HubbardEnsemble
 from zoo.hubbard._features import (
     intersite_features,
     onsite_features,
@@ -271,7 +272,8 @@ def train_one(model, ds: dict, labels: np.ndarray, args, out: Path, batch_size: 
 def train_restarts(make, ds: dict, labels: np.ndarray, args, out: Path, batch_size: int, seed: int):
     """`args.restarts` initialisations (and batch orders) on one split; keeps the one with the
     lowest *training* MSE, so a start stuck on a plateau is dropped without the validation
-    rows choosing the model. Restart 0 is the single run of ``--restarts 1``."""
+    rows choosing the model, or with ``args.ensemble`` the mean of them all (a
+    :class:`HubbardEnsemble`). Restart 0 is the single run of ``--restarts 1``."""
     runs = []
     for r in range(args.restarts):
         key = jax.random.key(seed)
@@ -282,7 +284,7 @@ def train_restarts(make, ds: dict, labels: np.ndarray, args, out: Path, batch_si
     mse = [m["train_model"]["all"]["rmse"] ** 2 for _, m in runs]
     best = int(np.argmin(mse))
     model, metrics = runs[best]
-    metrics["restarts"] = {
+    restarts = {
         "chosen": best,
         "by": "training MSE",
         "train_mse": mse,
@@ -290,6 +292,13 @@ def train_restarts(make, ds: dict, labels: np.ndarray, args, out: Path, batch_si
             m.get("validation_model", {}).get("all", {}).get("mare") for _, m in runs
         ],
     }
+    if getattr(args, "ensemble", False):  # the mean of every restart is the model
+        model = HubbardEnsemble([m for m, _ in runs])
+        metrics = {"rows": metrics["rows"]}
+        for name, label in (("train", TRAIN), ("validation", VALIDATE), ("test", TEST)):
+            metrics.update(evaluate(model, ds, np.flatnonzero(labels == label), name))
+        restarts |= {"chosen": "all", "by": "ensemble mean"}
+    metrics["restarts"] = restarts
     return model, metrics
 
 
@@ -324,6 +333,10 @@ def main(argv=None) -> dict:
         help="initialisations per model; the lowest training MSE is kept",
     )  # fmt: skip
     ap.add_argument(
+        "--ensemble", action="store_true",
+        help="the model is the mean of all restarts (default: the lowest training MSE)",
+    )  # fmt: skip
+    ap.add_argument(
         "--split-seeds", type=int, nargs="*", default=[], metavar="SEED",
         help="also train on these other validation splits and report their metrics (card)",
     )  # fmt: skip
@@ -353,6 +366,7 @@ def main(argv=None) -> dict:
         "seed": args.seed,
         "restarts": args.restarts,
         "residual": args.residual,
+        "ensemble": args.ensemble,
         "keep": args.keep,
         "transfer": args.transfer,
         "test_paths": list(args.test_paths),

@@ -33,6 +33,7 @@ MODEL_TYPES: dict[str, str] = {
     "hubbard-onsite": "zoo.hubbard._models:OnsiteModel",
     "hubbard-intersite": "zoo.hubbard._models:IntersiteModel",
     "hubbard-uv": "zoo.hubbard._predict:HubbardUV",
+    "hubbard-ensemble": "zoo.hubbard._ensemble:HubbardEnsemble",
 }
 
 #: A model_types override maps a type to a class with ``from_config``, a builder

@@ -56,8 +56,9 @@ def test_recipe_end_to_end_with_bond_directions(tmp_path):
 
 
 def test_recipe_residual_models_keep_the_final_weights(tmp_path):
-    """``--residual --keep final``: the loaded models predict U - U_in / V - V_in, and the
-    validation rows never reach training (no validation loss in the history)."""
+    """``--residual --keep final --ensemble``: the loaded models are means of both restarts
+    predicting U - U_in / V - V_in, and the validation rows never reach training (no
+    validation loss in the history)."""
     import numpy as np
 
     import zoo
@@ -68,7 +69,7 @@ def test_recipe_residual_models_keep_the_final_weights(tmp_path):
     out = tmp_path / "run"
     report = main(
         ["--out", str(out), "--steps", str(steps), "--epochs", "5", "--hidden-layers", "1",
-         "--residual", "--keep", "final", "--test-paths"]
+         "--residual", "--keep", "final", "--restarts", "2", "--ensemble", "--test-paths"]
     )  # fmt: skip
     assert report["residual"] and report["keep"] == "final"
     assert report["V"]["rows"]["validate"] > 0
@@ -76,7 +77,9 @@ def test_recipe_residual_models_keep_the_final_weights(tmp_path):
     assert len(history) == 5 and not any("val_loss" in h for h in history)
     uv = zoo.load(out / "hubbard-uv")
     assert uv.u_model.config["residual"] and uv.v_model.config["residual"]
+    assert uv.v_model.config["n_members"] == 2 and report["V"]["restarts"]["chosen"] == "all"
     card = (out / "hubbard-v/README.md").read_text()
+    assert "the mean of 2 initialisations" in card
     assert "the last weights of the schedule are kept" in card and "V = V_in + output" in card
     # the validation predictions are V_in + the network: finite and near the labels' scale
     pred = np.array(list(report["V"]["validation_predictions"].values()))

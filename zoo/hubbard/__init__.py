@@ -8,6 +8,7 @@ inter-site (V) models; ``HubbardUV`` answers for a whole pw.x output and
 from ._basis import occupations_qe_to_e3nn as occupations_qe_to_e3nn
 from ._basis import qe_to_e3nn as qe_to_e3nn
 from ._basis import wigner_d_qe as wigner_d_qe
+from ._ensemble import HubbardEnsemble as HubbardEnsemble
 from ._features import intersite_features as intersite_features
 from ._features import onsite_features as onsite_features
 from ._loop import HubbardLoopError as HubbardLoopError

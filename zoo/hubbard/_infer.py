@@ -14,6 +14,7 @@ import e3nn_jax as e3nn
 import numpy as np
 from jaxtyping import Float
 
+from ._ensemble import HubbardEnsemble
 from ._models import (
     IntersiteModel,
     OnsiteModel,
@@ -75,13 +76,20 @@ def _out(model, y: np.ndarray, raw: np.ndarray) -> np.ndarray:
     return c["target_std"] * y[..., 0] + c["target_mean"] + param_offset(c, raw)
 
 
+def _ensemble_mean(predict, model: HubbardEnsemble, inputs, dense) -> np.ndarray:
+    dense = model.dense_coefficients() if dense is None else dense
+    return np.mean([predict(m, *inputs, d) for m, d in zip(model.members, dense)], axis=0)
+
+
 def predict_u(
-    model: OnsiteModel,
+    model: OnsiteModel | HubbardEnsemble,
     x: Float[np.ndarray, "*batch dim"],
     dense: tuple[np.ndarray, ...] | None = None,
 ) -> Float[np.ndarray, "*batch"]:
     """``model(x, dense=dense)`` in numpy: `x` the `.array` of :func:`onsite_features`;
     `dense` defaults to ``model.dense_coefficients()`` (cast to the model's dtype here)."""
+    if isinstance(model, HubbardEnsemble):
+        return _ensemble_mean(predict_u, model, (x,), dense)
     dense = model.dense_coefficients() if dense is None else dense
     dtype = model.readout.linear.weights[0].dtype
     raw = np.asarray(x, dtype)
@@ -93,7 +101,7 @@ def predict_u(
 
 
 def predict_v(
-    model: IntersiteModel,
+    model: IntersiteModel | HubbardEnsemble,
     p_site: Float[np.ndarray, "*batch p_dim"],
     d_site: Float[np.ndarray, "*batch d_dim"],
     edge: Float[np.ndarray, "*batch edge_dim"],
@@ -101,6 +109,8 @@ def predict_v(
 ) -> Float[np.ndarray, "*batch"]:
     """``model(p_site, d_site, edge, dense=dense)`` in numpy (the :func:`intersite_features`);
     `dense` as in :func:`predict_u`."""
+    if isinstance(model, HubbardEnsemble):
+        return _ensemble_mean(predict_v, model, (p_site, d_site, edge), dense)
     dense = model.dense_coefficients() if dense is None else dense
     dtype = model.readout.linear.weights[0].dtype
     irreps = model.irreps_in

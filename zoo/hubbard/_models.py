@@ -566,7 +566,8 @@ def param_offset(config: dict, x):
     `(..., dim)` array (jax or numpy); returns `(...)` (or the scalar 0)."""
     if not config.get("residual", False):  # configs written before the option: direct
         return 0.0
-    return x[..., -1] if config["model_type"] == ONSITE_TYPE else x[..., 1]
+    onsite = config.get("member_type", config["model_type"]) == ONSITE_TYPE  # ensembles too
+    return x[..., -1] if onsite else x[..., 1]
 
 
 def intersite_input_irreps(n_species: int, bond_lmax: int = 0) -> dict[str, e3nn.Irreps]:

@@ -16,6 +16,7 @@ import numpy as np
 from ase.data import chemical_symbols
 from jaxtyping import Float
 
+from ._ensemble import ENSEMBLE_TYPE, HubbardEnsemble
 from ._features import intersite_features, onsite_features, pair_vectors
 from ._infer import predict_u, predict_v
 from ._models import IntersiteModel, OnsiteModel, _zoo_version, param_offset
@@ -122,11 +123,15 @@ def _manifold(element: str, site: int) -> str:
 class HubbardUV(eqx.Module):
     """The on-site (U) and inter-site (V) models together, for whole pw.x outputs."""
 
-    u_model: OnsiteModel
-    v_model: IntersiteModel
+    u_model: OnsiteModel | HubbardEnsemble
+    v_model: IntersiteModel | HubbardEnsemble
     config: dict = eqx.field(static=True)
 
-    def __init__(self, u_model: OnsiteModel, v_model: IntersiteModel):
+    def __init__(
+        self,
+        u_model: OnsiteModel | HubbardEnsemble,
+        v_model: IntersiteModel | HubbardEnsemble,
+    ):
         if u_model.config["l"] != 2:
             raise ValueError("u_model: HubbardUV needs a U model of d manifolds (l=2)")
         self.u_model, self.v_model = u_model, v_model
@@ -149,9 +154,11 @@ class HubbardUV(eqx.Module):
     def _build(cls, config: dict, how: str) -> "HubbardUV":
         if not isinstance(config, dict) or config.get("model_type") != UV_TYPE:
             raise ValueError(f"config: expected model_type {UV_TYPE!r}")
-        return cls(
-            getattr(OnsiteModel, how)(config["u"]), getattr(IntersiteModel, how)(config["v"])
-        )
+        u, v = config["u"], config["v"]
+        # either part may be an ensemble of its model (recipes.hubbard_uv --ensemble)
+        u_cls = HubbardEnsemble if u.get("model_type") == ENSEMBLE_TYPE else OnsiteModel
+        v_cls = HubbardEnsemble if v.get("model_type") == ENSEMBLE_TYPE else IntersiteModel
+        return cls(getattr(u_cls, how)(u), getattr(v_cls, how)(v))
 
     def predict(
         self,
