@@ -31,6 +31,7 @@ def test_numpy_forward_is_the_jax_forward(precision, layers):
     v_stats = {k: input_statistics(a, irr[k]) for k, a in zip(("p_site", "d_site", "edge"), xs)}
     kw = {"hidden_layers": layers, "dtype": precision, "target_mean": 4.0, "target_std": 0.5}
     kw["residual"] = layers == 2  # the output plus U_in / V_in (param_offset) too
+    kw["squash"] = layers == 1  # bounded gated layers (_squash) too
     with jax.enable_x64(True) if precision == "float64" else contextlib.nullcontext():
         u = OnsiteModel(["Mn", "Ni"], input_stats=u_stats, key=jax.random.key(1), **kw)
         v = IntersiteModel(

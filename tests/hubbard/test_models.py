@@ -166,8 +166,8 @@ def test_intersite_bond_directions(dtype):
         IntersiteModel(V_SPECIES, bond_lmax=3, key=None)
 
 
-@pytest.mark.parametrize("gate", [True, False])
-def test_layers_are_equivariant(gate, x64):
+@pytest.mark.parametrize("gate,squash", [(True, False), (False, False), (True, True)])
+def test_layers_are_equivariant(gate, squash, x64):
     irreps = e3nn.Irreps("3x0e+1e+2x2e")
     out = "2x0e+1e+2e"
     rng = np.random.default_rng(3)
@@ -175,14 +175,18 @@ def test_layers_are_equivariant(gate, x64):
     y = e3nn.IrrepsArray("2x0e+2e", rng.normal(size=(2, 7)))
     key = jax.random.key(3)
     rot = _rotation(5)
-    square = TensorSquare(irreps, out, "component", gate, key=key)
-    prod = TensorProduct(irreps, "2x0e+2e", out, "norm", gate, key=key)
+    square = TensorSquare(irreps, out, "component", gate, key=key, squash=squash)
+    prod = TensorProduct(irreps, "2x0e+2e", out, "norm", gate, key=key, squash=squash)
     for f, args in [(square, (x,)), (prod, (x, y))]:
         f = eqx.filter_jit(f)
         lhs = f(*(a.transform_by_matrix(rot) for a in args))
         out = f(*args)
         np.testing.assert_allclose(lhs.array, out.transform_by_matrix(rot).array, atol=1e-10)
         assert np.abs(lhs.array - out.array).max() > 1e-3  # non-scalars do rotate
+        if squash:  # every irrep copy bounded by norm 1, even for huge inputs
+            big = f(*(e3nn.IrrepsArray(a.irreps, 1e6 * a.array) for a in args))
+            norms = [np.linalg.norm(c, axis=-1) for c in big.chunks if c is not None]
+            assert max(n.max() for n in norms) <= 1 + 1e-12 and np.isfinite(big.array).all()
 
 
 def test_config_roundtrip():

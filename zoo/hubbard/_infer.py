@@ -59,6 +59,16 @@ def _gate(y: np.ndarray, irreps: e3nn.Irreps) -> np.ndarray:
     return np.concatenate(out, axis=-1).astype(y.dtype, copy=False)
 
 
+def _squash(y: np.ndarray, irreps: e3nn.Irreps) -> np.ndarray:
+    """`_models._squash` on a plain array of `irreps`: ``v / sqrt(1 + |v|^2)`` per copy."""
+    out = []
+    for (mul, ir), sl in zip(irreps, irreps.slices()):
+        c = y[..., sl].reshape(*y.shape[:-1], mul, ir.dim)
+        c = c / np.sqrt(1 + np.sum(c**2, axis=-1, keepdims=True))
+        out.append(c.reshape(*y.shape[:-1], mul * ir.dim))
+    return np.concatenate(out, axis=-1).astype(y.dtype, copy=False)
+
+
 def _layer(
     layer: TensorSquare | TensorProduct, w: np.ndarray, x1, irreps_1, x2=None, irreps_2=None
 ):
@@ -67,7 +77,10 @@ def _layer(
     x1 = x1[..., _regroup_index(irreps_1)]
     x2 = x1 if x2 is None else x2[..., _regroup_index(irreps_2)]
     y = np.einsum("...j,...jk->...k", x2, np.einsum("...i,ijk->...jk", x1, w))
-    return _gate(y, layer.linear.irreps_out) if layer.gate else y
+    if not layer.gate:
+        return y
+    y = _gate(y, layer.linear.irreps_out)
+    return _squash(y, gated_irreps(layer.linear.irreps_out)) if layer.squash else y
 
 
 def _out(model, y: np.ndarray, raw: np.ndarray) -> np.ndarray:

@@ -219,6 +219,16 @@ def _gate(x: e3nn.IrrepsArray) -> e3nn.IrrepsArray:
     return e3nn.from_chunks(gated_irreps(x.irreps), chunks, x.shape[:-1], x.dtype)
 
 
+def _squash(x: e3nn.IrrepsArray) -> e3nn.IrrepsArray:
+    """Every irrep copy ``v -> v / sqrt(1 + |v|^2)``: equivariant (a function of the invariant
+    norm) and bounded by 1, so a chain of tensor squares stays bounded off the training data."""
+    chunks = [
+        None if c is None else c / jnp.sqrt(1 + jnp.sum(c**2, axis=-1, keepdims=True))
+        for c in x.chunks
+    ]
+    return e3nn.from_chunks(x.irreps, chunks, x.shape[:-1], x.dtype)
+
+
 class TensorSquare(eqx.Module):
     """``x -> linear(x (x) x)`` onto `irreps_out` (e3nn-torch's weighted ``o3.TensorSquare``),
     optionally followed by a gate (then `irreps_out` gets the gate scalars added)."""
@@ -227,11 +237,16 @@ class TensorSquare(eqx.Module):
     irreps_in: e3nn.Irreps = eqx.field(static=True)
     normalization: str = eqx.field(static=True)
     gate: bool = eqx.field(static=True)
+    squash: bool = eqx.field(static=True)
 
-    def __init__(self, irreps_in, irreps_out, normalization, gate, dtype=None, *, key):
+    def __init__(
+        self, irreps_in, irreps_out, normalization, gate, dtype=None, *, key, squash=False
+    ):
+        """`squash`: :func:`_squash` after the gate (needs `gate`)."""
         self.irreps_in = e3nn.Irreps(irreps_in).regroup()
         self.normalization = normalization
         self.gate = gate
+        self.squash = squash and gate
         out = _with_gates(e3nn.Irreps(irreps_out)) if gate else e3nn.Irreps(irreps_out)
         _, irreps_mid = _paths(self.irreps_in, self.irreps_in, out, square=True)
         self.linear = IrrepsLinear(irreps_mid, out, dtype, key=key)
@@ -251,7 +266,8 @@ class TensorSquare(eqx.Module):
     def __call__(self, x: e3nn.IrrepsArray, dense=None) -> e3nn.IrrepsArray:
         """`dense`: this layer's :meth:`dense_coefficients` (same result, faster to compile)."""
         y = self.pre_gate(x, dense)
-        return _gate(y) if self.gate else y
+        y = _gate(y) if self.gate else y
+        return _squash(y) if self.squash else y
 
 
 class TensorProduct(eqx.Module):
@@ -262,10 +278,15 @@ class TensorProduct(eqx.Module):
     irreps_2: e3nn.Irreps = eqx.field(static=True)
     normalization: str = eqx.field(static=True)
     gate: bool = eqx.field(static=True)
+    squash: bool = eqx.field(static=True)
 
-    def __init__(self, irreps_1, irreps_2, irreps_out, normalization, gate, dtype=None, *, key):
+    def __init__(
+        self, irreps_1, irreps_2, irreps_out, normalization, gate, dtype=None, *, key, squash=False
+    ):
+        """`squash`: :func:`_squash` after the gate (needs `gate`)."""
         self.normalization = normalization
         self.gate = gate
+        self.squash = squash and gate
         out = _with_gates(e3nn.Irreps(irreps_out)) if gate else e3nn.Irreps(irreps_out)
         self.irreps_1 = e3nn.Irreps(irreps_1).regroup()
         self.irreps_2 = e3nn.Irreps(irreps_2).regroup()
@@ -288,7 +309,8 @@ class TensorProduct(eqx.Module):
     def __call__(self, x1: e3nn.IrrepsArray, x2: e3nn.IrrepsArray, dense=None) -> e3nn.IrrepsArray:
         """`dense`: this layer's :meth:`dense_coefficients` (same result, faster to compile)."""
         y = self.pre_gate(x1, x2, dense)
-        return _gate(y) if self.gate else y
+        y = _gate(y) if self.gate else y
+        return _squash(y) if self.squash else y
 
 
 def _as_input(x, irreps: e3nn.Irreps, dtype, name: str) -> e3nn.IrrepsArray:
@@ -374,6 +396,7 @@ class OnsiteModel(eqx.Module):
         irrep_normalization: str = "component",
         with_param_in: bool = True,
         residual: bool = False,
+        squash: bool = False,
         target_mean: float = 0.0,
         target_std: float = 1.0,
         input_stats: dict | None = None,
@@ -383,7 +406,8 @@ class OnsiteModel(eqx.Module):
         """**Arguments:** `species` (one-hot order), `l` of the manifold (2: d), the hidden
         `feature_irreps` and number of gated `hidden_layers`, the tensor products'
         `irrep_normalization`, `with_param_in` (U_in as an input), `residual` (predict
-        U - U_in; needs `with_param_in`), the data statistics
+        U - U_in; needs `with_param_in`), `squash` (bound every gated layer's irreps to norm
+        < 1, see :func:`_squash`; HubbardML's network has no such bound), the data statistics
         (`target_mean`, `target_std`, `input_stats`; set them with :func:`fit_scalers`),
         `dtype` (None: float32, or float64 under x64), `key` (None: zero weights, a skeleton
         to load weights into)."""
@@ -398,6 +422,7 @@ class OnsiteModel(eqx.Module):
             "irrep_normalization": irrep_normalization,
             "with_param_in": bool(with_param_in),
             "residual": bool(residual),
+            "squash": bool(squash),
             "target_mean": float(target_mean),
             "target_std": float(target_std),
             "input_stats": input_stats,
@@ -413,7 +438,15 @@ class OnsiteModel(eqx.Module):
         layers = []
         for _ in range(hidden_layers):
             layers.append(
-                TensorSquare(irreps, feature_irreps, irrep_normalization, True, dtype, key=None)
+                TensorSquare(
+                    irreps,
+                    feature_irreps,
+                    irrep_normalization,
+                    True,
+                    dtype,
+                    key=None,
+                    squash=squash,
+                )  # fmt: skip
             )
             irreps = e3nn.Irreps(feature_irreps)
         readout = TensorSquare(irreps, "0e", irrep_normalization, False, dtype, key=None)
@@ -474,6 +507,7 @@ class IntersiteModel(eqx.Module):
         irrep_normalization: str = "component",
         bond_lmax: int = 0,
         residual: bool = False,
+        squash: bool = False,
         target_mean: float = 0.0,
         target_std: float = 1.0,
         input_stats: dict | None = None,
@@ -494,6 +528,7 @@ class IntersiteModel(eqx.Module):
             "irrep_normalization": irrep_normalization,
             "bond_lmax": bond_lmax,
             "residual": bool(residual),
+            "squash": bool(squash),
             "target_mean": float(target_mean),
             "target_std": float(target_std),
             "input_stats": input_stats,
@@ -507,9 +542,11 @@ class IntersiteModel(eqx.Module):
         sites = TensorProduct(
             site_irreps(n, 1), site_irreps(n, 2), feats, norm, False, dtype, key=None
         )
-        edge = TensorProduct(feats, irreps_in["edge"], feats, norm, True, dtype, key=None)
+        edge = TensorProduct(
+            feats, irreps_in["edge"], feats, norm, True, dtype, key=None, squash=squash
+        )
         layers = tuple(
-            TensorSquare(feats, feats, norm, True, dtype, key=None)
+            TensorSquare(feats, feats, norm, True, dtype, key=None, squash=squash)
             for _ in range(hidden_layers - 1)
         )
         readout = TensorSquare(feats, "0e", norm, False, dtype, key=None)
