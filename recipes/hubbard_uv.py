@@ -21,6 +21,16 @@ training MSE: the fit is optimisation-limited, an ensemble does not help); ``--p
 --epochs 3000`` U 1.20 / 2.78 / 1.53 %, V no better on split 0 (restarts' MAE 0.037-0.039 eV
 against 0.029). All 486 rows (+ p135 it0/it1): V 11.6 / 9.3 / 8.2 % (training MSE 8x the
 shipped fit's): not shipped.
+Session 8, V on the shipped 454 rows (split seeds 0 / 1 / 2; shipped recipe 5.64 / 6.43 /
+7.75 %), none shipped: ``--residual`` (the network predicts V - V_in; the shipped model errs
+4.1 % at iteration 2 where V_in alone errs 2.3 %) 4.99 / 9.54 / 6.68 % (U: 2.3 / 9.9 %, worse);
+EMA 0.999 of the weights 5.83 / 6.38 / 7.69 %; ``--keep final`` (no early stopping) split 0
+5.57 %, split 1 11.9 %; ``--ensemble`` of 5 restarts split 0 7.14 % (direct) / 4.70 %
+(residual; but split 1 33 %: one member blows up on a validation row); half the features
+(2x per irrep) 6.5 %; ``squash=True`` (bounded layers) 8.8 % (it removes the held-out FeO
+blow-ups: test MARE 21 % against 94 %); all 509 rows with ``--keep final`` 8.0 % (ensemble
+6.2 %). The split and the initialisation move V by more than any of these: more data is the
+lever.
 
 Rows: U of TM 3d sites with ``param_out > 0.2`` eV; V of TM 3d - O 2p pairs with
 ``param_out > 0.3`` eV. Near-duplicates are clustered and 20 % of the clusters of every
