@@ -28,8 +28,8 @@ EMA 0.999 of the weights 5.83 / 6.38 / 7.69 %; ``--keep final`` (no early stoppi
 5.57 %, split 1 11.9 %; ``--ensemble`` of 5 restarts split 0 7.14 % (direct) / 4.70 %
 (residual; but split 1 33 %: one member blows up on a validation row); half the features
 (2x per irrep) 6.5 %; ``squash=True`` (bounded layers) 8.8 % (it removes the held-out FeO
-blow-ups: test MARE 21 % against 94 %); all 509 rows with ``--keep final`` 8.0 % (ensemble
-6.2 %). The split and the initialisation move V by more than any of these: more data is the
+blow-ups: test MARE 21 % against 94 %); all the rows then committed (the shipped steps +
+p135, p145) with ``--keep final`` 8.0 % (ensemble 6.2 %). The split and the initialisation move V by more than any of these: more data is the
 lever.
 
 Rows: U of TM 3d sites with ``param_out > 0.2`` eV; V of TM 3d - O 2p pairs with
