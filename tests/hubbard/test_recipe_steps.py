@@ -69,7 +69,7 @@ def test_recipe_residual_models_keep_the_final_weights(tmp_path):
     out = tmp_path / "run"
     report = main(
         ["--out", str(out), "--steps", str(steps), "--epochs", "5", "--hidden-layers", "1",
-         "--residual", "--keep", "final", "--restarts", "2", "--ensemble", "--test-paths"]
+         "--residual", "--keep", "final", "--restarts", "2", "--ensemble", "--squash", "--test-paths"]
     )  # fmt: skip
     assert report["residual"] and report["keep"] == "final"
     assert report["V"]["rows"]["validate"] > 0
@@ -78,6 +78,7 @@ def test_recipe_residual_models_keep_the_final_weights(tmp_path):
     uv = zoo.load(out / "hubbard-uv")
     assert uv.u_model.config["residual"] and uv.v_model.config["residual"]
     assert uv.v_model.config["n_members"] == 2 and report["V"]["restarts"]["chosen"] == "all"
+    assert uv.u_model.config["squash"] and uv.v_model.members[0].edge.squash
     card = (out / "hubbard-v/README.md").read_text()
     assert "the mean of 2 initialisations" in card
     assert "the last weights of the schedule are kept" in card and "V = V_in + output" in card
