@@ -146,6 +146,11 @@ def model_card(name: str, report: dict, parts: list[str], rows: list[dict]) -> s
                 f" The network predicts the change from the run's {p}_in ({p} = {p}_in + output)."
                 if report.get("residual")
                 else ""
+            )
+            + (
+                " Every gated layer is bounded (`squash`: v / sqrt(1 + |v|^2) per irrep copy)."
+                if report.get("squash")
+                else ""
             ),
             "",
             *_other_splits(report[p]),

@@ -80,7 +80,7 @@ def test_recipe_residual_models_keep_the_final_weights(tmp_path):
     assert uv.v_model.config["n_members"] == 2 and report["V"]["restarts"]["chosen"] == "all"
     assert uv.u_model.config["squash"] and uv.v_model.members[0].edge.squash
     card = (out / "hubbard-v/README.md").read_text()
-    assert "the mean of 2 initialisations" in card
+    assert "the mean of 2 initialisations" in card and "Every gated layer is bounded" in card
     assert "the last weights of the schedule are kept" in card and "V = V_in + output" in card
     # the validation predictions are V_in + the network: finite and near the labels' scale
     pred = np.array(list(report["V"]["validation_predictions"].values()))
