@@ -29,12 +29,12 @@ EMA 0.999 of the weights 5.83 / 6.38 / 7.69 %; ``--keep final`` (no early stoppi
 (residual; but split 1 33 %: one member blows up on a validation row); half the features
 (2x per irrep) 6.5 %; ``--squash`` (bounded layers) 8.8 % (it removes the held-out FeO
 blow-ups: test MARE 21 % against 94 %); all the rows then committed (the shipped steps +
-p135, p145) with ``--keep final`` 8.0 % (ensemble 6.2 %). The shipped recipe on all 550 rows (35
-steps, + p135 and p145): U 0.87 / 2.39 / 2.30 %, V 8.10 / 5.83 / 8.05 % (restarts' training
-MSE 8e-4 - 2.7e-3, against 2.9e-4 for the shipped fit): more rows, a harder V fit. On
-566 rows, split 0, V only: ``--batch-v 32`` (twice the steps) 7.03 % (restarts 6.5 / 7.9 / 7.0 %,
-training MSE 2.9e-4 - 5.4e-4; mean of the 3: 5.96 %), ``--lr 0.003`` 8.65 %. The split and the initialisation move V by more than any of these: more data is the
-lever.
+p135, p145) with ``--keep final`` 8.0 % (ensemble 6.2 %). The shipped recipe on all 550 rows
+(35 steps, + p135 and p145): U 0.87 / 2.39 / 2.30 %, V 8.10 / 5.83 / 8.05 % (restarts'
+training MSE 8e-4 - 2.7e-3, against 2.9e-4 for the shipped fit): more rows, a harder V fit.
+On 566 rows, split 0, V only: ``--batch-v 32`` (twice the steps) 7.03 % (restarts 6.5 / 7.9 /
+7.0 %, training MSE 2.9e-4 - 5.4e-4; mean of the 3: 5.96 %), ``--lr 0.003`` 8.65 %. The split
+and the initialisation move V by more than any of these: more data is the lever.
 
 Rows: U of TM 3d sites with ``param_out > 0.2`` eV; V of TM 3d - O 2p pairs with
 ``param_out > 0.3`` eV. Near-duplicates are clustered and 20 % of the clusters of every
@@ -250,16 +250,15 @@ def train_one(model, ds: dict, labels: np.ndarray, args, out: Path, batch_size: 
         tuple(a[tr] for a in ds["inputs"]) if len(ds["inputs"]) > 1 else ds["inputs"][0][tr],
         ds["y"][tr],
     )
+    # --keep final: the validation rows take no part in training (no early stopping, no
+    # chosen epoch) and only report; evaluate() below measures them either way
+    watch = len(va) > 0 and args.keep == "best-val"
     config = TrainConfig(
         seed=seed, max_epochs=args.epochs, optimizer="adamw", learning_rate=args.lr,
         weight_decay=args.weight_decay, schedule="exponential", final_lr_factor=0.05, grad_clip=10.0,
-        early_stopping_patience=args.patience if len(va) and args.keep == "best-val" else None,
-        eval_every=10,
+        early_stopping_patience=args.patience if watch else None, eval_every=10,
         checkpoint_every=100,
     )  # fmt: skip
-    # --keep final: the validation rows take no part in training (no early stopping, no
-    # chosen epoch) and only report; evaluate() below measures them either way
-    watch = len(va) and args.keep == "best-val"
     result = fit(
         model, LOSSES[args.loss], batches(ds, tr, batch_size), batches(ds, va, 256) if watch else None,
         config, out_dir=out, predict_fn=predict_fn, units={"param": "eV"}, progress=False,
