@@ -11,6 +11,22 @@ from pathlib import Path
 
 from zoo._serialization import make_model_card
 
+KERNEL = (
+    "kernel ridge regression (Gaussian kernel) on the rotation invariants of HubbardML's "
+    "inputs (the spin-flip-invariant occupation irreps of Uhrin et al., npj Comput. Mater. 11, "
+    "19 (2025), U_in/V_in and the pair distance), in Equinox + e3nn-jax"
+)
+KERNEL_DESCRIPTION = {
+    "hubbard-u": "Hubbard U (eV) of transition-metal 3d sites from one DFT+U+V pw.x run: "
+    + KERNEL
+    + ".",
+    "hubbard-v": "Hubbard V (eV) of transition-metal 3d - O 2p pairs from one DFT+U+V pw.x "
+    "run: " + KERNEL + ".",
+    "hubbard-uv": "Hubbard U (TM 3d) and V (TM 3d - O 2p) for a whole DFT+U+V pw.x run, in "
+    "place of an hp.x linear-response calculation: `hubbard-u` and `hubbard-v` together ("
+    + KERNEL
+    + ").",
+}
 DESCRIPTION = {
     "hubbard-u": "Hubbard U (eV) of transition-metal 3d sites from one DFT+U+V pw.x run: the "
     "on-site model of HubbardML (Uhrin et al., npj Comput. Mater. 11, 19 (2025)) in "
@@ -96,7 +112,7 @@ def model_card(name: str, report: dict, parts: list[str], rows: list[dict]) -> s
     """README.md of one model folder (`parts`: ``["U"]``, ``["V"]`` or both)."""
     head = make_model_card(
         name,
-        description=DESCRIPTION[name],
+        description=(KERNEL_DESCRIPTION if _is_kernel(report) else DESCRIPTION)[name],
         tags=["hubbard", "dft+u+v", "quantum-espresso"],
         datasets=["data/hubbard (this repository; QE 6.7 pw.x + hp.x)"],
         metrics={f"{p}_{s}_{k}": 0.0 for p in parts for s in ("validation", "test")
@@ -130,7 +146,9 @@ def model_card(name: str, report: dict, parts: list[str], rows: list[dict]) -> s
             "**Validation** (held-out clusters):",
             "",
             *_table(report[p], "validation"),
-            (
+            _kernel_training(report[p])
+            if _is_kernel(report)
+            else (
                 f"Training: the model is the mean of {report.get('restarts', 1)} initialisations "
                 "(restarts, an ensemble); "
                 if report.get("ensemble")
@@ -186,13 +204,51 @@ def model_card(name: str, report: dict, parts: list[str], rows: list[dict]) -> s
         "chemistry; check a new material against one hp.x run before relying on it.",
         "- Only the species and manifolds listed in `config.json` (TM 3d, O 2p); other "
         "projectors, pseudopotentials or functionals give other U/V.",
-        "- Outside its training occupations the network (a high-degree polynomial of its "
+        _kernel_limitation(report, parts)
+        if _is_kernel(report)
+        else "- Outside its training occupations the network (a high-degree polynomial of its "
         f"inputs) can blow up{_worst_test(report, parts)}. `predict` therefore refuses any "
         "value farther than 8 training-label standard deviations + 1 eV from the training "
         "mean (ValueError naming the site or pair).",
         "",
     ]
     return "\n".join(lines)
+
+
+def _is_kernel(report: dict) -> bool:
+    return report.get("model", "network") == "kernel"
+
+
+def _kernel_training(part: dict) -> str:
+    k = part["kernel"]
+    return (
+        "Training: kernel ridge regression on the training rows (`zoo.hubbard.KernelModel`); "
+        f"kernel width gamma = {k['gamma']:g} and ridge lambda = {k['lam']:g} chosen by "
+        f"{k['cv_folds']}-fold cross-validation over the training rows' duplicate clusters "
+        "(lowest MARE); the validation and test rows take no part. No random initialisation: "
+        "the same rows give the same model."
+    )
+
+
+def _kernel_limitation(report: dict, parts: list[str]) -> str:
+    """The support guard, with what it refused among this run's held-out test rows."""
+    out = (
+        "- Off its training data a Gaussian kernel returns the training mean, not a blow-up; "
+        "`predict` refuses (ValueError naming the site or pair) any row farther from every "
+        "training row than twice the largest such distance within the training rows "
+        "(`support_distance` in config.json)."
+    )
+    for p in parts:
+        part = report[p]
+        refused = part["kernel"]["test_refused"]
+        if refused:
+            sup = part["supported_test_model"]["all"]
+            out += (
+                f" {p}: it refuses {len(refused)} of {part['rows']['test']} held-out test rows "
+                f"(e.g. `{refused[0]}`); on the others the test MARE is {100 * sup['mare']:.2f} % "
+                f"(MAE {sup['mae']:.4f} eV)."
+            )
+    return out
 
 
 def _other_splits(part: dict) -> list[str]:

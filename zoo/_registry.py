@@ -34,6 +34,7 @@ MODEL_TYPES: dict[str, str] = {
     "hubbard-intersite": "zoo.hubbard._models:IntersiteModel",
     "hubbard-uv": "zoo.hubbard._predict:HubbardUV",
     "hubbard-ensemble": "zoo.hubbard._ensemble:HubbardEnsemble",
+    "hubbard-kernel": "zoo.hubbard._kernel:KernelModel",
 }
 
 #: A model_types override maps a type to a class with ``from_config``, a builder

@@ -43,7 +43,7 @@ def test_recipe_end_to_end_with_bond_directions(tmp_path):
     steps.write_text(json.dumps(["p105-NiO-rat-s0/it0", "p105-NiO-rat-s0/it1"]))
     out = tmp_path / "run"
     report = main(
-        ["--out", str(out), "--steps", str(steps), "--epochs", "5", "--bond-lmax", "2",
+        ["--out", str(out), "--steps", str(steps), "--model", "network", "--epochs", "5", "--bond-lmax", "2",
          "--hidden-layers", "1", "--test-paths"]
     )  # fmt: skip
     assert report["restarts"] == 1 and report["V"]["restarts"]["chosen"] == 0
@@ -68,8 +68,8 @@ def test_recipe_residual_models_keep_the_final_weights(tmp_path):
     steps.write_text(json.dumps(["p105-NiO-rat-s0/it1", "p105-NiO-rat-s0/it2"]))
     out = tmp_path / "run"
     report = main(
-        ["--out", str(out), "--steps", str(steps), "--epochs", "5", "--hidden-layers", "1",
-         "--residual", "--keep", "final", "--restarts", "2", "--ensemble", "--squash", "--test-paths"]
+        ["--out", str(out), "--steps", str(steps), "--model", "network", "--epochs", "5",
+         "--hidden-layers", "1", "--residual", "--keep", "final", "--restarts", "2", "--ensemble", "--squash", "--test-paths"]
     )  # fmt: skip
     assert report["residual"] and report["keep"] == "final"
     assert report["V"]["rows"]["validate"] > 0
@@ -136,3 +136,45 @@ def test_card_reports_other_splits():
     assert lines[2] == "| split seed | O-Ni | all |"
     assert lines[4] == "| 1 | - | 11.6 % / 40.0 % (20) |"
     assert _other_splits({"validation_model": {}}) == []
+
+
+def test_recipe_kernel_models_are_fit_and_loaded(tmp_path):
+    """The default ``--model kernel``: width and ridge from cross-validation on the training
+    rows, the folders load as kernel models that reproduce the recipe's held-out predictions,
+    and the same rows give the same model (no random initialisation)."""
+    import numpy as np
+
+    import zoo
+    from recipes.hubbard_uv import main
+
+    steps = tmp_path / "steps.json"
+    steps.write_text(json.dumps([f"p105-NiO-rat-s0/it{k}" for k in range(3)]
+                                + [f"p115-NiO-rat-s1/it{k}" for k in range(3)]))  # fmt: skip
+    runs = [
+        main(["--out", str(tmp_path / f"run{k}"), "--steps", str(steps), "--test-paths"])
+        for k in (0, 1)
+    ]
+    report = runs[0]
+    assert report["model"] == "kernel" and report["V"]["rows"]["validate"] > 0
+    grid = report["V"]["kernel"]["cv"]
+    best = min(grid, key=lambda r: r["mare"])
+    assert (report["V"]["kernel"]["gamma"], report["V"]["kernel"]["lam"]) == (
+        best["gamma"],
+        best["lam"],
+    )
+    assert runs[1]["V"]["validation_predictions"] == report["V"]["validation_predictions"]
+    # a model this small and local must beat V_in = the value pw.x used
+    v = report["V"]
+    assert v["validation_model"]["all"]["mae"] < v["validation_baseline"]["all"]["mae"]
+    uv = zoo.load(tmp_path / "run0" / "hubbard-uv")
+    assert uv.v_model.config["model_type"] == "hubbard-kernel"
+    assert "kernel ridge regression" in (tmp_path / "run0" / "hubbard-v" / "README.md").read_text()
+    assert np.isfinite(uv.v_model.config["support_distance"])
+
+
+def test_recipe_refuses_network_options_for_the_kernel(capsys):
+    from recipes.hubbard_uv import main
+
+    with pytest.raises(SystemExit):
+        main(["--residual", "--epochs", "10"])
+    assert "--epochs, --residual: options of --model network" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from ._basis import wigner_d_qe as wigner_d_qe
 from ._ensemble import HubbardEnsemble as HubbardEnsemble
 from ._features import intersite_features as intersite_features
 from ._features import onsite_features as onsite_features
+from ._kernel import KernelModel as KernelModel
 from ._loop import HubbardLoopError as HubbardLoopError
 from ._loop import LoopResult as LoopResult
 from ._loop import run_pw_local as run_pw_local

@@ -205,6 +205,35 @@ def site_features(
     return out[0] if single else out
 
 
+@functools.cache
+def regroup_index(irreps: e3nn.Irreps) -> np.ndarray:
+    """Column order of ``IrrepsArray.regroup()`` (a stable sort of the irreps entries)."""
+    slices = irreps.slices()
+    return np.concatenate([np.arange(slices[i].start, slices[i].stop) for i in irreps.sort().inv])
+
+
+def invariants(x, irreps: e3nn.Irreps, xp=np):
+    """Rotation invariants of `x` (``(..., irreps.dim)``, numpy or jax per `xp`): the ``0e``
+    part of its tensor square up to per-path constants, ``(..., p)``.
+
+    For every irrep type l with copies ``x_u`` (regrouped): ``<x_u, x_v> / sqrt(2l+1)`` for
+    ``u <= v``, without ``e3nn.tensor_square``'s Clebsch-Gordan tables up to L = 16 (seconds
+    to build).
+    """
+    irreps = e3nn.Irreps(irreps)
+    # index arrays in `xp`'s own integer type (a numpy int64 index trips jax under x64)
+    x = xp.take(x, xp.asarray(regroup_index(irreps)), axis=-1)
+    grouped = irreps.regroup()
+    out = []
+    for (mul, ir), sl in zip(grouped, grouped.slices()):
+        block = x[..., sl].reshape(*x.shape[:-1], mul, ir.dim)
+        u, v = np.triu_indices(mul)
+        gram = xp.einsum("...ui,...vi->...uv", block, block) / np.sqrt(ir.dim)
+        flat = gram.reshape(*gram.shape[:-2], mul * mul)
+        out.append(xp.take(flat, xp.asarray(u * mul + v), axis=-1))
+    return xp.concatenate(out, axis=-1) if out else xp.zeros(x.shape[:-1] + (0,))
+
+
 def _to_e3nn_np(n: np.ndarray, l: int) -> np.ndarray:
     c = _change_of_basis(l)
     return np.einsum("ai,nij,bj->nab", c, n, c)

@@ -8,13 +8,13 @@ numpy only; `tests/hubbard/test_infer.py` checks it against the JAX forward (f32
 
 from __future__ import annotations
 
-import functools
-
 import e3nn_jax as e3nn
 import numpy as np
 from jaxtyping import Float
 
 from ._ensemble import HubbardEnsemble
+from ._features import regroup_index
+from ._kernel import KernelModel
 from ._models import (
     IntersiteModel,
     OnsiteModel,
@@ -24,13 +24,6 @@ from ._models import (
     gated_irreps,
     param_offset,
 )
-
-
-@functools.cache
-def _regroup_index(irreps: e3nn.Irreps) -> np.ndarray:
-    """Column order of ``IrrepsArray.regroup()`` (a stable sort of the irreps entries)."""
-    slices = irreps.slices()
-    return np.concatenate([np.arange(slices[i].start, slices[i].stop) for i in irreps.sort().inv])
 
 
 def _standardize(x: np.ndarray, stats: dict | None) -> np.ndarray:
@@ -74,8 +67,8 @@ def _layer(
 ):
     """One layer on the dense form: `x1` of irreps `irreps_1` (any order), `x2` likewise."""
     w = np.asarray(w, x1.dtype)
-    x1 = x1[..., _regroup_index(irreps_1)]
-    x2 = x1 if x2 is None else x2[..., _regroup_index(irreps_2)]
+    x1 = x1[..., regroup_index(irreps_1)]
+    x2 = x1 if x2 is None else x2[..., regroup_index(irreps_2)]
     y = np.einsum("...j,...jk->...k", x2, np.einsum("...i,ijk->...jk", x1, w))
     if not layer.gate:
         return y
@@ -95,12 +88,14 @@ def _ensemble_mean(predict, model: HubbardEnsemble, inputs, dense) -> np.ndarray
 
 
 def predict_u(
-    model: OnsiteModel | HubbardEnsemble,
+    model: OnsiteModel | HubbardEnsemble | KernelModel,
     x: Float[np.ndarray, "*batch dim"],
     dense: tuple[np.ndarray, ...] | None = None,
 ) -> Float[np.ndarray, "*batch"]:
     """``model(x, dense=dense)`` in numpy: `x` the `.array` of :func:`onsite_features`;
     `dense` defaults to ``model.dense_coefficients()`` (cast to the model's dtype here)."""
+    if isinstance(model, KernelModel):
+        return model.predict_numpy(x)
     if isinstance(model, HubbardEnsemble):
         return _ensemble_mean(predict_u, model, (x,), dense)
     dense = model.dense_coefficients() if dense is None else dense
@@ -114,7 +109,7 @@ def predict_u(
 
 
 def predict_v(
-    model: IntersiteModel | HubbardEnsemble,
+    model: IntersiteModel | HubbardEnsemble | KernelModel,
     p_site: Float[np.ndarray, "*batch p_dim"],
     d_site: Float[np.ndarray, "*batch d_dim"],
     edge: Float[np.ndarray, "*batch edge_dim"],
@@ -122,6 +117,8 @@ def predict_v(
 ) -> Float[np.ndarray, "*batch"]:
     """``model(p_site, d_site, edge, dense=dense)`` in numpy (the :func:`intersite_features`);
     `dense` as in :func:`predict_u`."""
+    if isinstance(model, KernelModel):
+        return model.predict_numpy(p_site, d_site, edge)
     if isinstance(model, HubbardEnsemble):
         return _ensemble_mean(predict_v, model, (p_site, d_site, edge), dense)
     dense = model.dense_coefficients() if dense is None else dense

@@ -19,6 +19,7 @@ from jaxtyping import Float
 from ._ensemble import ENSEMBLE_TYPE, HubbardEnsemble
 from ._features import intersite_features, onsite_features, pair_vectors
 from ._infer import predict_u, predict_v
+from ._kernel import KERNEL_TYPE, KernelModel
 from ._models import IntersiteModel, OnsiteModel, _zoo_version, param_offset
 from .dft.inputs import MANIFOLD, supercell_atom
 from .dft.parsers import occupation_blocks, parse_occup, parse_pw_output
@@ -123,14 +124,14 @@ def _manifold(element: str, site: int) -> str:
 class HubbardUV(eqx.Module):
     """The on-site (U) and inter-site (V) models together, for whole pw.x outputs."""
 
-    u_model: OnsiteModel | HubbardEnsemble
-    v_model: IntersiteModel | HubbardEnsemble
+    u_model: OnsiteModel | HubbardEnsemble | KernelModel
+    v_model: IntersiteModel | HubbardEnsemble | KernelModel
     config: dict = eqx.field(static=True)
 
     def __init__(
         self,
-        u_model: OnsiteModel | HubbardEnsemble,
-        v_model: IntersiteModel | HubbardEnsemble,
+        u_model: OnsiteModel | HubbardEnsemble | KernelModel,
+        v_model: IntersiteModel | HubbardEnsemble | KernelModel,
     ):
         if u_model.config["l"] != 2:
             raise ValueError("u_model: HubbardUV needs a U model of d manifolds (l=2)")
@@ -155,9 +156,10 @@ class HubbardUV(eqx.Module):
         if not isinstance(config, dict) or config.get("model_type") != UV_TYPE:
             raise ValueError(f"config: expected model_type {UV_TYPE!r}")
         u, v = config["u"], config["v"]
-        # either part may be an ensemble of its model (recipes.hubbard_uv --ensemble)
-        u_cls = HubbardEnsemble if u.get("model_type") == ENSEMBLE_TYPE else OnsiteModel
-        v_cls = HubbardEnsemble if v.get("model_type") == ENSEMBLE_TYPE else IntersiteModel
+        # either part may be a kernel model or an ensemble of networks (recipes.hubbard_uv)
+        other = {ENSEMBLE_TYPE: HubbardEnsemble, KERNEL_TYPE: KernelModel}
+        u_cls = other.get(u.get("model_type"), OnsiteModel)
+        v_cls = other.get(v.get("model_type"), IntersiteModel)
         return cls(getattr(u_cls, how)(u), getattr(v_cls, how)(v))
 
     def predict(
@@ -283,6 +285,7 @@ class HubbardUV(eqx.Module):
         # numpy on the dense form of each layer (`_infer`): no tracing or XLA compilation
         y = predict_u(self.u_model, np.asarray(x.array))
         names = [f"U of site {i} ({labels[i - 1]})" for i in sites]
+        _check_support(self.u_model, (np.asarray(x.array),), names)
         _check_range(y, np.asarray(x.array), self.u_model.config, names)
         return {i: float(u) for i, u in zip(sites, np.asarray(y))}
 
@@ -319,12 +322,20 @@ class HubbardUV(eqx.Module):
         )  # fmt: skip
         y = predict_v(self.v_model, *(np.asarray(f.array) for f in feats))
         names = [f"V of pair {k}" for k in keys]
+        _check_support(self.v_model, tuple(np.asarray(f.array) for f in feats), names)
         _check_range(y, np.asarray(feats[2].array), self.v_model.config, names)
         return {k: float(v) for k, v in zip(keys, np.asarray(y))}
 
     def hubbard_card(self, pw_output: str | Path, syntax: str = "qe7", **kwargs) -> str:
         """``self.predict(pw_output, **kwargs).hubbard_card(syntax)``."""
         return self.predict(pw_output, **kwargs).hubbard_card(syntax)
+
+
+def _check_support(model, inputs: tuple, names: list[str]) -> None:
+    """A kernel model refuses rows off its training data (:meth:`KernelModel.check_support`);
+    the networks have only the label-range guard below."""
+    if isinstance(model, KernelModel):
+        model.check_support(inputs, names)
 
 
 #: a prediction farther than this many training-label standard deviations (+ 1 eV) from the

@@ -16,6 +16,8 @@ import e3nn_jax as e3nn
 import numpy as np
 from jaxtyping import Float, Int
 
+from ._features import invariants
+
 SPECTRUM_TOL = 1e-4
 U_PARAM_TOL = 1e-3  # eV
 V_PARAM_TOL = 5e-3  # eV
@@ -24,21 +26,9 @@ TRAIN, VALIDATE, DUPLICATE = "train", "validate", "duplicate"
 
 
 def power_spectrum(x: e3nn.IrrepsArray) -> Float[np.ndarray, "n p"]:
-    """Rotation invariants of `x`: the ``0e`` part of its tensor square, float64 ``(n, p)``.
-
-    For every irrep type l with copies ``x_u`` (regrouped): ``<x_u, x_v> / sqrt(2l+1)`` for
-    ``u <= v``, which is the scalar output of ``e3nn.tensor_square`` up to per-path constants,
-    without its Clebsch-Gordan tables up to L = 16 (seconds to build).
-    """
-    x = x.regroup()
+    """Rotation invariants of `x` (:func:`~zoo.hubbard._features.invariants`), float64 ``(n, p)``."""
     arr = np.asarray(x.array, dtype=np.float64).reshape(-1, x.irreps.dim)
-    out = []
-    for (mul, ir), sl in zip(x.irreps, x.irreps.slices()):
-        block = arr[:, sl].reshape(len(arr), mul, ir.dim)
-        u, v = np.triu_indices(mul)
-        gram = np.einsum("nui,nvi->nuv", block, block) / np.sqrt(ir.dim)
-        out.append(gram[:, u, v])
-    return np.concatenate(out, axis=1) if out else np.zeros((len(arr), 0))
+    return invariants(arr, x.irreps)
 
 
 class _UnionFind:
