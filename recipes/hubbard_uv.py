@@ -17,13 +17,18 @@ rotation invariants of the same inputs (:class:`zoo.hubbard.KernelModel`), width
 5-fold cross-validation over the training rows' duplicate clusters. On 598 rows (40 steps),
 validation MARE for split seeds 0 / 1 / 2: U 0.82 / 0.94 / 1.19 %, V 1.99 / 2.11 / 2.51 %;
 held-out structures (test), the rows ``predict`` accepts: U 1.14 %, V 3.46 %. HubbardML's
-network on the same rows and splits (``--model network --restarts 3``): see
-``NETWORK_598`` below. Descriptor floor ``STD_FLOOR`` 1e-3 (set when a fit on 18 U rows put
-every held-out row 1e3-1e6 units away): against no floor (1e-12), validation V 2.10 / 2.27 /
-2.51 % vs 1.94 / 2.11 / 2.46 %, test V 3.4-4.4 % vs 3.9-4.9 % (582 rows).
+network on the same rows and splits (``--model network --restarts 3``, 15 min): U 0.92 /
+2.50 / 3.00 %, V 7.72 / 7.69 / 7.89 %, test NiO U 2.5 %, V 9.5 % (FeO blows up). Transfer
+(``--transfer 2``: iterations 0-1 train, iteration 2 = converged values validate): U 1.15 %
+(baseline U_in 0.49 %), V 9.68 % (V_in 2.27 %): with two iterations per path the kernel
+interpolates V(V_in) between V_in = 0 and the first hp.x value, below the converged one;
+fitting V - V_in instead: U 0.84 %, V 6.70 % but splits V 2.78 / 3.32 / 2.38 %; not shipped.
+Descriptor floor ``STD_FLOOR`` 1e-3 (set when a fit on 18 U rows put every held-out row
+1e3-1e6 units away): against no floor (1e-12), validation V 2.10 / 2.27 / 2.51 % vs 1.94 /
+2.11 / 2.46 %, test V 3.4-4.4 % vs 3.9-4.9 % (582 rows).
 
-The network (``--model network``), options measured against its shipped settings (validation MARE, session 6, 381 rows;
-split seeds 0 / 1 / 2 where given): ``--loss relative`` U 1.75 / 1.85 / 3.75 %, V 5.69 /
+The network (``--model network``), options measured against its shipped settings
+(validation MARE, session 6, 381 rows; split seeds 0 / 1 / 2 where given): ``--loss relative`` U 1.75 / 1.85 / 3.75 %, V 5.69 /
 6.12 / 8.52 % against U 1.65 / 1.02 / 1.97 %, V 6.30 / 6.08 / 7.13 % (MSE, the default);
 ``--bond-lmax 4`` (bond-direction harmonics) on 373 rows, one start: V 9.35 / 16.4 % against
 4.35 / 11.6 % without (it fits the training rows better and overfits them). Neither shipped.
