@@ -168,7 +168,10 @@ def test_recipe_kernel_models_are_fit_and_loaded(tmp_path):
     assert v["validation_model"]["all"]["mae"] < v["validation_baseline"]["all"]["mae"]
     uv = zoo.load(tmp_path / "run0" / "hubbard-uv")
     assert uv.v_model.config["model_type"] == "hubbard-kernel"
-    assert "kernel ridge regression" in (tmp_path / "run0" / "hubbard-v" / "README.md").read_text()
+    card = (tmp_path / "run0" / "hubbard-v" / "README.md").read_text()
+    assert "kernel ridge regression" in card and "Transfer test" in card
+    transfer = v["transfer"]  # iterations 0-1 train, iteration 2 validates
+    assert transfer["k"] == 2 and transfer["rows"]["validate"] == 24
     assert np.isfinite(uv.v_model.config["support_distance"])
 
 
