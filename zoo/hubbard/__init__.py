@@ -1,8 +1,10 @@
 """Hubbard U/V: data pipeline (``zoo.hubbard.dft``) and models.
 
 Occupation matrices (QE basis) -> spin-flip-invariant irreps features -> on-site (U) and
-inter-site (V) models; ``HubbardUV`` answers for a whole pw.x output and
-``self_consistent_hubbard`` alternates pw.x runs and predictions.
+inter-site (V) models (``KernelModel``, shipped: kernel ridge regression on the features'
+rotation invariants; ``OnsiteModel`` / ``IntersiteModel``: HubbardML's tensor-square
+networks); ``HubbardUV`` answers for a whole pw.x output and ``self_consistent_hubbard``
+alternates pw.x runs and predictions.
 """
 
 from ._basis import occupations_qe_to_e3nn as occupations_qe_to_e3nn
