@@ -48,6 +48,9 @@ pred.U          # {site: eV} for every TM 3d Hubbard site
 pred.V          # {(i, j, image): eV} for every TM-O pair of the run's Hubbard_V table
 print(pred.hubbard_card("qe6"))  # Hubbard_U / Hubbard_V lines for QE <= 7.0 (&system)
 print(pred.hubbard_card("qe7"))  # HUBBARD card for QE >= 7.1
+# fine-tune (kernel models): refit with your own hp.x labels of that run added
+tuned = model.extend("scf.out", U={1: 6.1}, V={(1, 3, (0, 0, 0)): 0.52},
+                     occup="out/pwscf.save/occup.txt")
 ```
 
 pw.x must have run DFT+U+V (`lda_plus_u_kind = 2`, `nspin = 2`) with the 3d manifolds of

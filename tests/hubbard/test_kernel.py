@@ -157,6 +157,6 @@ def test_kernel_folders_roundtrip_and_bad_input(rows, tmp_path):
     with pytest.raises(ValueError, match=r"takes 3 array\(s\) of last dims"):
         v.predict_numpy(*ds["inputs"])
     with pytest.raises(ValueError, match="do not match config"):
-        KernelModel(u.config, np.zeros((2, 3)), np.zeros(2))
+        KernelModel(u.config, np.zeros((2, 3)), np.zeros(2), np.zeros(2))
     with pytest.raises(ValueError, match="expected model_type 'hubbard-kernel'"):
         KernelModel.from_config({"model_type": "hubbard-onsite"})

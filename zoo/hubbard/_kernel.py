@@ -84,22 +84,26 @@ class KernelModel(eqx.Module):
     """
 
     train_z: Float[Array, "n dim"]
+    train_y: Float[Array, " n"]
     alpha: Float[Array, " n"]
     config: dict[str, Any] = eqx.field(static=True)
 
-    def __init__(self, config: dict, train_z, alpha):
+    def __init__(self, config: dict, train_z, train_y, alpha):
         """`config` as :meth:`fit` writes it; `train_z` the standardised training
-        descriptors ``(n_train, dim)``, `alpha` the ridge weights ``(n_train,)``."""
+        descriptors ``(n_train, dim)``, `train_y` their labels (eV; kept so that
+        :meth:`extend` can refit), `alpha` the ridge weights ``(n_train,)``."""
         _check_config(config)
         dtype = jnp.dtype(config["dtype"])
         n, dim = config["n_train"], config["descriptor_dim"]
-        if np.shape(train_z) != (n, dim) or np.shape(alpha) != (n,):
+        shapes = (np.shape(train_z), np.shape(train_y), np.shape(alpha))
+        if shapes != ((n, dim), (n,), (n,)):
             raise ValueError(
-                f"KernelModel: train_z {np.shape(train_z)} and alpha {np.shape(alpha)} do not "
-                f"match config (n_train {n}, descriptor_dim {dim})"
+                f"KernelModel: train_z, train_y, alpha of shapes {shapes} do not match config "
+                f"(n_train {n}, descriptor_dim {dim})"
             )
         self.config = config
         self.train_z = jnp.asarray(train_z, dtype)
+        self.train_y = jnp.asarray(train_y, dtype)
         self.alpha = jnp.asarray(alpha, dtype)
 
     @classmethod
@@ -138,13 +142,6 @@ class KernelModel(eqx.Module):
         mean, std = inv.mean(0), inv.std(0)
         scale = 1 / np.maximum(std, STD_FLOOR)
         z = np.concatenate([(inv - mean) * scale, SPECIES_WEIGHT * onehot], axis=1)
-        t_mean, t_std = float(y.mean()), float(y.std()) if y.std() > 1e-8 else 1.0
-        k = np.exp(-gamma * _sq_dist(z, z))
-        alpha = np.linalg.solve(k + lam * np.eye(n), (y - t_mean) / t_std)
-        d = np.sqrt(_sq_dist(z, z))
-        d[d < 1e-9] = np.inf  # itself and exact duplicates
-        nearest = d.min(1)
-        support = float(nearest[np.isfinite(nearest)].max()) if np.isfinite(nearest).any() else None
         config = {
             "model_type": KERNEL_TYPE,
             "zoo_version": _zoo_version(),
@@ -156,15 +153,43 @@ class KernelModel(eqx.Module):
             "gamma": float(gamma),
             "lam": float(lam),
             "species_weight": SPECIES_WEIGHT,
-            "n_train": int(n),
             "descriptor_dim": int(z.shape[1]),
-            "target_mean": t_mean,
-            "target_std": t_std,
             "input_stats": {"descriptor": {"mean": mean.tolist(), "scale": scale.tolist()}},
-            "support_distance": None if support is None else SUPPORT_FACTOR * support,
             "dtype": jnp.dtype(resolve_float(dtype)).name,
         }
-        return cls(config, z, alpha)
+        return cls._solve(config, z, y)
+
+    @classmethod
+    def _solve(cls, config: dict, z: np.ndarray, y: np.ndarray) -> "KernelModel":
+        """The ridge weights, target scaling and support radius of descriptors `z`, labels `y`."""
+        n = len(y)
+        t_mean, t_std = float(y.mean()), float(y.std()) if y.std() > 1e-8 else 1.0
+        k = np.exp(-config["gamma"] * _sq_dist(z, z))
+        alpha = np.linalg.solve(k + config["lam"] * np.eye(n), (y - t_mean) / t_std)
+        d = np.sqrt(_sq_dist(z, z))
+        d[d < 1e-9] = np.inf  # itself and exact duplicates
+        nearest = d.min(1)
+        support = float(nearest[np.isfinite(nearest)].max()) if np.isfinite(nearest).any() else None
+        config = config | {
+            "n_train": int(n), "target_mean": t_mean, "target_std": t_std,
+            "support_distance": None if support is None else SUPPORT_FACTOR * support,
+        }  # fmt: skip
+        return cls(config, z, y, alpha)
+
+    def extend(self, inputs: tuple, targets: Float[np.ndarray, " m"]) -> "KernelModel":
+        """This model refit on its training rows plus `m` new ones (fine-tuning on your own
+        hp.x labels): same width, ridge and descriptor scaling; new rows with the species
+        of this model only. `inputs` as for :meth:`__call__` (arrays ``(m, dim)``), `targets`
+        eV ``(m,)``. ``config["extended_rows"]`` counts the rows added since :meth:`fit`."""
+        arrays = tuple(np.asarray(getattr(a, "array", a), np.float64) for a in inputs)
+        _check_inputs(self.config["kind"], len(self.config["species"]), arrays)
+        y = np.asarray(targets, np.float64).reshape(-1)
+        if y.shape != (len(arrays[0]),) or not np.isfinite(y).all():
+            raise ValueError(f"targets: need {len(arrays[0])} finite values, got {y.shape}")
+        z = np.concatenate([np.asarray(self.train_z, np.float64), self.descriptor(*arrays)])
+        y = np.concatenate([np.asarray(self.train_y, np.float64), y])
+        added = self.config.get("extended_rows", 0) + len(arrays[0])
+        return self._solve(self.config | {"extended_rows": added}, z, y)
 
     @classmethod
     def from_config(cls, config: dict) -> "KernelModel":
@@ -176,7 +201,7 @@ class KernelModel(eqx.Module):
         """Zero arrays of the config's shapes: for loading weights into."""
         _check_config(config)
         n, dim = config["n_train"], config["descriptor_dim"]
-        return cls(config, np.zeros((n, dim)), np.zeros(n))
+        return cls(config, np.zeros((n, dim)), np.zeros(n), np.zeros(n))
 
     @property
     def irreps_in(self):
@@ -270,7 +295,16 @@ def _check_inputs(kind: str, n_species: int, arrays: tuple) -> None:
 def _check_config(config: dict) -> None:
     if not isinstance(config, dict) or config.get("model_type") != KERNEL_TYPE:
         raise ValueError(f"config: expected model_type {KERNEL_TYPE!r}")
-    missing = {"kind", "species", "gamma", "n_train", "descriptor_dim", "input_stats", "dtype"}
+    missing = {
+        "kind",
+        "species",
+        "gamma",
+        "lam",
+        "n_train",
+        "descriptor_dim",
+        "input_stats",
+        "dtype",
+    }
     missing -= set(config)
     if missing:
         raise ValueError(f"config: kernel model config lacks {sorted(missing)}")

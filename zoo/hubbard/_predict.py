@@ -109,6 +109,60 @@ class HubbardPrediction:
         return "\n".join(lines) + "\n"
 
 
+def _read_run(pw_output, occup, labels) -> tuple:
+    """``(labels, pair table, occupations, positions_bohr, cell_bohr)`` of a pw.x run, with one
+    clear error for a missing, unsupported, unconverged or non-DFT+U+V output."""
+    path = Path(pw_output)
+    if not path.is_file():
+        raise ValueError(f"pw_output: no such file {str(path)!r}")
+    pw = parse_pw_output(path.read_text(errors="replace"))
+    version = re.match(r"\d+\.\d+", pw["version"] or "")
+    if version is None or version.group(0) not in SUPPORTED_QE:
+        raise ValueError(
+            f"{path.name}: QE version {pw['version']!r} is not supported "
+            f"(supported: {', '.join(SUPPORTED_QE)}; tested on 6.7)"
+        )
+    if not pw["converged"]:
+        raise ValueError(f"{path.name}: pw.x did not converge; no prediction from it")
+    if not pw["pairs"]:
+        raise ValueError(
+            f"{path.name}: no Hubbard pair table: not a DFT+U+V (lda_plus_u_kind=2) run"
+        )
+    labels = labels if labels is not None else pw["labels"]
+    if labels is None or len(labels) != pw["nat"]:
+        raise ValueError(f"labels: need one species label per atom ({pw['nat']}), got {labels!r}")
+    occ_path = Path(occup) if occup is not None else path.parent / "occup.txt"
+    if not occ_path.is_file():
+        raise ValueError(
+            f"occup: {str(occ_path)!r} not found; pass occup=<outdir>/<prefix>.save/occup.txt"
+        )
+    occ = parse_occup(occ_path.read_text(), nat=pw["nat"])
+    return list(labels), pw["pairs"], occ, pw["positions_bohr"], pw["cell_bohr"]
+
+
+def _prepare(labels: list[str], table, occupations: np.ndarray) -> tuple[dict, dict, dict]:
+    """``(on-site blocks, elements, {(i, j, image): (sc index, dist, V_in)})`` of a run."""
+    nat = len(labels)
+    if occupations.ndim != 5 or occupations.shape[:2] != (2, nat):
+        raise ValueError(
+            f"occupations: expected shape (2, {nat}, n, 5, 5), got {occupations.shape}"
+        )
+    onsite = occupation_blocks(occupations, table)["onsite"]
+    elements = {i + 1: element_of(lab) for i, lab in enumerate(labels)}
+    keyed = {}
+    for i, j, dist, v in table:
+        a, image = supercell_atom(j, nat)
+        keyed[(i, a + 1, image)] = (j, dist, v)
+    return onsite, elements, keyed
+
+
+def _labels(values: dict, keys: list, what: str) -> np.ndarray:
+    y = np.array([values[k] for k in keys], dtype=np.float64)
+    if not (np.isfinite(y).all() and (y > 0).all()):
+        raise ValueError(f"{what}: hp.x values must be finite and > 0 eV, got {y.tolist()}")
+    return y
+
+
 def _value(v: float, exponent: str) -> str:
     # pw.x prints V to 4 decimals: a pair active at 1e-8 reads 0.0, but a zero would switch it
     # off (and drop its occupation blocks), so keep it switched on
@@ -181,37 +235,46 @@ class HubbardUV(eqx.Module):
           parser does not provide them.
         - `pairs`: only these V pairs ``(i, j, image)``; ValueError if the run lacks one.
         """
-        path = Path(pw_output)
-        if not path.is_file():
-            raise ValueError(f"pw_output: no such file {str(path)!r}")
-        pw = parse_pw_output(path.read_text(errors="replace"))
-        version = re.match(r"\d+\.\d+", pw["version"] or "")
-        if version is None or version.group(0) not in SUPPORTED_QE:
-            raise ValueError(
-                f"{path.name}: QE version {pw['version']!r} is not supported "
-                f"(supported: {', '.join(SUPPORTED_QE)}; tested on 6.7)"
-            )
-        if not pw["converged"]:
-            raise ValueError(f"{path.name}: pw.x did not converge; no prediction from it")
-        if not pw["pairs"]:
-            raise ValueError(
-                f"{path.name}: no Hubbard pair table: not a DFT+U+V (lda_plus_u_kind=2) run"
-            )
-        labels = labels if labels is not None else pw["labels"]
-        if labels is None or len(labels) != pw["nat"]:
-            raise ValueError(
-                f"labels: need one species label per atom ({pw['nat']}), got {labels!r}"
-            )
-        occ_path = Path(occup) if occup is not None else path.parent / "occup.txt"
-        if not occ_path.is_file():
-            raise ValueError(
-                f"occup: {str(occ_path)!r} not found; pass occup=<outdir>/<prefix>.save/occup.txt"
-            )
-        occ = parse_occup(occ_path.read_text(), nat=pw["nat"])
-        return self.predict_parsed(
-            list(labels), pw["pairs"], occ, pairs=pairs,
-            positions=pw["positions_bohr"], cell=pw["cell_bohr"],
-        )  # fmt: skip
+        run = _read_run(pw_output, occup, labels)
+        return self.predict_parsed(*run[:3], pairs=pairs, positions=run[3], cell=run[4])
+
+    def extend(
+        self,
+        pw_output: str | Path,
+        U: dict[int, float] | None = None,
+        V: dict[PairKey, float] | None = None,
+        *,
+        occup: str | Path | None = None,
+        labels: list[str] | None = None,
+    ) -> "HubbardUV":
+        """Fine-tune on your own hp.x labels: a new model whose kernel parts also fit the
+        U of the sites `U` ``{site: eV}`` and the V of the pairs `V` ``{(i, j, image): eV}``
+        (keys as :meth:`predict` returns them) of the run `pw_output` (hp.x computed them on
+        that ground state). Same width, ridge and descriptor scaling as the shipped fit;
+        ``config["extended_rows"]`` counts the added rows. Only :class:`KernelModel` parts can
+        be extended (retrain networks with ``recipes/hubbard_uv.py --data``)."""
+        for part, given in (("u_model", U), ("v_model", V)):
+            if given and not isinstance(getattr(self, part), KernelModel):
+                raise ValueError(f"extend: {part} is not a KernelModel; retrain it with the recipe")
+        names, table, occ, positions, cell = _read_run(pw_output, occup, labels)
+        onsite, elements, keyed = _prepare(names, table, occ)
+        u_model, v_model = self.u_model, self.v_model
+        if U:
+            sites = list(U)
+            for i in sites:
+                if (i, i, (0, 0, 0)) not in keyed or not _manifold(elements[i], i).endswith("d"):
+                    raise ValueError(f"U: site {i} is not a d-manifold Hubbard site of this run")
+            x = self._u_features(sites, elements, onsite, keyed, names)
+            u_model = u_model.extend((x,), _labels(U, sites, "U"))
+        if V:
+            keys = list(V)
+            for key in keys:
+                if key not in keyed or key[0] == key[1]:
+                    raise ValueError(f"V: pair {key} is not an inter-site pair of this run's table")
+            bonds = self._bonds(keys, positions, cell, len(names))
+            feats = self._v_features(keys, elements, onsite, keyed, names, bonds)
+            v_model = v_model.extend(feats, _labels(V, keys, "V"))
+        return HubbardUV(u_model, v_model)
 
     def predict_parsed(
         self,
@@ -229,16 +292,7 @@ class HubbardUV(eqx.Module):
         `positions` and `cell` (rows a1..a3, same length unit) for a V model that sees bond
         directions (``bond_lmax > 0``), in the Cartesian frame of the occupations."""
         nat = len(labels)
-        if occupations.ndim != 5 or occupations.shape[:2] != (2, nat):
-            raise ValueError(
-                f"occupations: expected shape (2, {nat}, n, 5, 5), got {occupations.shape}"
-            )
-        onsite = occupation_blocks(occupations, table)["onsite"]
-        elements = {i + 1: element_of(lab) for i, lab in enumerate(labels)}
-        keyed = {}
-        for i, j, dist, v in table:
-            a, image = supercell_atom(j, nat)
-            keyed[(i, a + 1, image)] = (j, dist, v)
+        onsite, elements, keyed = _prepare(labels, table, occupations)
         for key in pairs or []:
             if key not in keyed:
                 raise ValueError(f"pairs: V{key} is not in the run's Hubbard pair table")
@@ -271,9 +325,8 @@ class HubbardUV(eqx.Module):
             projector=projector,
         )  # fmt: skip
 
-    def _predict_u(self, sites, elements, onsite, keyed, labels) -> dict[int, float]:
-        if not sites:
-            return {}
+    def _u_features(self, sites, elements, onsite, keyed, labels) -> np.ndarray:
+        """:func:`onsite_features` array ``(n_sites, dim)`` of the U model for `sites`."""
         up = np.stack([onsite[i][0] for i in sites])
         down = np.stack([onsite[i][1] for i in sites])
         u_in = [keyed[(i, i, (0, 0, 0))][2] for i in sites]
@@ -282,11 +335,17 @@ class HubbardUV(eqx.Module):
             species=self.u_model.config["species"],
             labels=[f"site {i} ({labels[i - 1]})" for i in sites],
         )  # fmt: skip
+        return np.asarray(x.array)
+
+    def _predict_u(self, sites, elements, onsite, keyed, labels) -> dict[int, float]:
+        if not sites:
+            return {}
+        x = self._u_features(sites, elements, onsite, keyed, labels)
         # numpy on the dense form of each layer (`_infer`): no tracing or XLA compilation
-        y = predict_u(self.u_model, np.asarray(x.array))
+        y = predict_u(self.u_model, x)
         names = [f"U of site {i} ({labels[i - 1]})" for i in sites]
-        _check_support(self.u_model, (np.asarray(x.array),), names)
-        _check_range(y, np.asarray(x.array), self.u_model.config, names)
+        _check_support(self.u_model, (x,), names)
+        _check_range(y, x, self.u_model.config, names)
         return {i: float(u) for i, u in zip(sites, np.asarray(y))}
 
     def _bonds(self, keys, positions, cell, nat) -> np.ndarray | None:
@@ -303,9 +362,8 @@ class HubbardUV(eqx.Module):
             raise ValueError(f"positions: expected shape ({nat}, 3), got {np.shape(positions)}")
         return pair_vectors(positions, cell, keys)
 
-    def _predict_v(self, keys, elements, onsite, keyed, labels, bonds) -> dict[PairKey, float]:
-        if not keys:
-            return {}
+    def _v_features(self, keys, elements, onsite, keyed, labels, bonds) -> tuple:
+        """:func:`intersite_features` arrays ``(p_site, d_site, edge)`` of the V pairs `keys`."""
         p_at, d_at = [], []
         for i, b, _ in keys:
             p, d = (i, b) if MANIFOLD[elements[i]].endswith("p") else (b, i)
@@ -320,10 +378,16 @@ class HubbardUV(eqx.Module):
             species=self.v_model.config["species"], labels=[f"pair {k}" for k in keys],
             bond=bonds, bond_lmax=self.v_model.config.get("bond_lmax", 0),
         )  # fmt: skip
-        y = predict_v(self.v_model, *(np.asarray(f.array) for f in feats))
+        return tuple(np.asarray(f.array) for f in feats)
+
+    def _predict_v(self, keys, elements, onsite, keyed, labels, bonds) -> dict[PairKey, float]:
+        if not keys:
+            return {}
+        feats = self._v_features(keys, elements, onsite, keyed, labels, bonds)
+        y = predict_v(self.v_model, *feats)
         names = [f"V of pair {k}" for k in keys]
-        _check_support(self.v_model, tuple(np.asarray(f.array) for f in feats), names)
-        _check_range(y, np.asarray(feats[2].array), self.v_model.config, names)
+        _check_support(self.v_model, feats, names)
+        _check_range(y, feats[2], self.v_model.config, names)
         return {k: float(v) for k, v in zip(keys, np.asarray(y))}
 
     def hubbard_card(self, pw_output: str | Path, syntax: str = "qe7", **kwargs) -> str:
