@@ -271,6 +271,9 @@ class HubbardUV(eqx.Module):
             for key in keys:
                 if key not in keyed or key[0] == key[1]:
                     raise ValueError(f"V: pair {key} is not an inter-site pair of this run's table")
+                kinds = {_manifold(elements[a], a)[-1] for a in key[:2]}
+                if kinds != {"p", "d"}:
+                    raise ValueError(f"V: pair {key} is not a p-d pair (the V model covers p-d)")
             bonds = self._bonds(keys, positions, cell, len(names))
             feats = self._v_features(keys, elements, onsite, keyed, names, bonds)
             v_model = v_model.extend(feats, _labels(V, keys, "V"))
