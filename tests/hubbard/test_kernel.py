@@ -160,3 +160,15 @@ def test_kernel_folders_roundtrip_and_bad_input(rows, tmp_path):
         KernelModel(u.config, np.zeros((2, 3)), np.zeros(2), np.zeros(2))
     with pytest.raises(ValueError, match="expected model_type 'hubbard-kernel'"):
         KernelModel.from_config({"model_type": "hubbard-onsite"})
+
+
+def test_kernel_does_not_depend_on_the_order_of_its_training_rows(rows):
+    ds = _datasets(rows, TRAIN_PATHS)["intersite"]
+    perm = np.random.default_rng(0).permutation(len(ds["y"]))
+    shuffled = {**ds, "inputs": tuple(a[perm] for a in ds["inputs"]), "y": ds["y"][perm]}
+    a = _fit(ds, "intersite", np.float32)
+    b = _fit(shuffled, "intersite", np.float32)
+    held = _held_out(rows, v_dataset)
+    np.testing.assert_allclose(b.predict_numpy(*held["inputs"]), a.predict_numpy(*held["inputs"]),
+                               atol=1e-4)  # fmt: skip
+    assert b.config["support_distance"] == pytest.approx(a.config["support_distance"], rel=1e-6)
