@@ -11,33 +11,30 @@ from pathlib import Path
 
 from zoo._serialization import make_model_card
 
+#: what each model answers, then how (the kernel, or HubbardML's network): `_description`
+WHAT = {
+    "hubbard-u": "Hubbard U (eV) of transition-metal 3d sites from one DFT+U+V pw.x run",
+    "hubbard-v": "Hubbard V (eV) of transition-metal 3d - O 2p pairs from one DFT+U+V pw.x run",
+    "hubbard-uv": "Hubbard U (TM 3d) and V (TM 3d - O 2p) for a whole DFT+U+V pw.x run, in "
+    "place of an hp.x linear-response calculation: `hubbard-u` and `hubbard-v` together",
+}
+PAPER = "Uhrin et al., npj Comput. Mater. 11, 19 (2025)"
+NETWORK = {
+    "hubbard-u": f"the on-site model of HubbardML ({PAPER}) in Equinox + e3nn-jax",
+    "hubbard-v": f"the inter-site model of HubbardML ({PAPER}) in Equinox + e3nn-jax",
+    "hubbard-uv": f"HubbardML, {PAPER}",
+}
 KERNEL = (
     "kernel ridge regression (Gaussian kernel) on the rotation invariants of HubbardML's "
-    "inputs (the spin-flip-invariant occupation irreps of Uhrin et al., npj Comput. Mater. 11, "
-    "19 (2025), U_in/V_in and the pair distance), in Equinox + e3nn-jax"
+    f"inputs (the spin-flip-invariant occupation irreps of {PAPER}, U_in/V_in and the pair "
+    "distance), in Equinox + e3nn-jax"
 )
-KERNEL_DESCRIPTION = {
-    "hubbard-u": "Hubbard U (eV) of transition-metal 3d sites from one DFT+U+V pw.x run: "
-    + KERNEL
-    + ".",
-    "hubbard-v": "Hubbard V (eV) of transition-metal 3d - O 2p pairs from one DFT+U+V pw.x "
-    "run: " + KERNEL + ".",
-    "hubbard-uv": "Hubbard U (TM 3d) and V (TM 3d - O 2p) for a whole DFT+U+V pw.x run, in "
-    "place of an hp.x linear-response calculation: `hubbard-u` and `hubbard-v` together ("
-    + KERNEL
-    + ").",
-}
-DESCRIPTION = {
-    "hubbard-u": "Hubbard U (eV) of transition-metal 3d sites from one DFT+U+V pw.x run: the "
-    "on-site model of HubbardML (Uhrin et al., npj Comput. Mater. 11, 19 (2025)) in "
-    "Equinox + e3nn-jax.",
-    "hubbard-v": "Hubbard V (eV) of transition-metal 3d - O 2p pairs from one DFT+U+V pw.x "
-    "run: the inter-site model of HubbardML (Uhrin et al., npj Comput. Mater. 11, 19 (2025)) "
-    "in Equinox + e3nn-jax.",
-    "hubbard-uv": "Hubbard U (TM 3d) and V (TM 3d - O 2p) for a whole DFT+U+V pw.x run, in "
-    "place of an hp.x linear-response calculation: `hubbard-u` and `hubbard-v` together "
-    "(HubbardML, Uhrin et al., npj Comput. Mater. 11, 19 (2025)).",
-}
+
+
+def _description(name: str, kernel: bool) -> str:
+    how = KERNEL if kernel else NETWORK[name]
+    return f"{WHAT[name]} ({how})." if name == "hubbard-uv" else f"{WHAT[name]}: {how}."
+
 
 USAGE = """```python
 import zoo
@@ -115,7 +112,7 @@ def model_card(name: str, report: dict, parts: list[str], rows: list[dict]) -> s
     """README.md of one model folder (`parts`: ``["U"]``, ``["V"]`` or both)."""
     head = make_model_card(
         name,
-        description=(KERNEL_DESCRIPTION if _is_kernel(report) else DESCRIPTION)[name],
+        description=_description(name, _is_kernel(report)),
         tags=["hubbard", "dft+u+v", "quantum-espresso"],
         datasets=["data/hubbard (this repository; QE 6.7 pw.x + hp.x)"],
         metrics={f"{p}_{s}_{k}": 0.0 for p in parts for s in ("validation", "test")

@@ -304,23 +304,22 @@ def train_kernel(ds: dict, labels: np.ndarray, seed: int):
     kind = "onsite" if ds["distance"] is None else "intersite"
     inputs = tuple(a[tr] for a in ds["inputs"])
     gamma, lam, table = cross_validate(
-        ds["species"], inputs, ds["y"][tr], clusters, kind=kind, seed=seed
+        ds["species"], inputs, ds["y"][tr], clusters, kind=kind, folds=CV_FOLDS, seed=seed
     )
     model = KernelModel.fit(ds["species"], inputs, ds["y"][tr], kind=kind, gamma=gamma, lam=lam)
     metrics = report_metrics(model, ds, labels)
     te = np.flatnonzero(labels == TEST)
-    far = model.distance_to_training(*(a[te] for a in ds["inputs"])) if len(te) else []
     limit = model.config["support_distance"]
+    refused = np.zeros(len(te), bool)
+    if len(te) and limit is not None:
+        refused = model.distance_to_training(*(a[te] for a in ds["inputs"])) > limit
     metrics["kernel"] = {
-        "gamma": gamma, "lam": lam, "cv_folds": 5, "cv": table, "support_distance": limit,
-        "test_refused": [
-            ds["rows"][i]["id"] for i, d in zip(te, far) if limit is not None and d > limit
-        ],
+        "gamma": gamma, "lam": lam, "cv_folds": CV_FOLDS, "cv": table, "support_distance": limit,
+        "test_refused": [ds["rows"][i]["id"] for i in te[refused]],
     }  # fmt: skip
-    if metrics["kernel"]["test_refused"]:  # what predict() answers: the supported rows
-        refused = set(metrics["kernel"]["test_refused"])
-        ok = np.array([i for i in te if ds["rows"][i]["id"] not in refused], dtype=int)
-        metrics |= {f"supported_{k}": v for k, v in evaluate(model, ds, ok, "test").items()}
+    if refused.any():  # what predict() answers: the supported rows
+        supported = evaluate(model, ds, te[~refused], "test")
+        metrics |= {f"supported_{k}": v for k, v in supported.items()}
     return model, metrics
 
 
@@ -376,6 +375,15 @@ def train_restarts(make, ds: dict, labels: np.ndarray, args, out: Path, batch_si
         restarts |= {"chosen": "all", "by": "ensemble mean"}
     metrics["restarts"] = restarts
     return model, metrics
+
+
+CV_FOLDS = 5  # the kernel's width and ridge: cross-validation folds over training clusters
+
+
+def _held_out(metrics: dict) -> dict:
+    """The row counts and validation metrics of a run (other splits, transfer test)."""
+    keys = ("rows", "validation_model", "validation_baseline")
+    return {k: metrics[k] for k in keys if k in metrics}
 
 
 #: the kernel's card also reports the paper's transfer test: iterations < k train, the rest
@@ -523,14 +531,10 @@ def main(argv=None) -> dict:
         for s in args.split_seeds:  # the same recipe on other splits: how much the split matters
             other = split(ds, s, args.transfer, args.test_paths)
             _, m = train(other, args.out / f"split{s}-{name}", s)
-            report[name].setdefault("other_splits", {})[str(s)] = {
-                k: m[k] for k in ("rows", "validation_model", "validation_baseline") if k in m
-            }
+            report[name].setdefault("other_splits", {})[str(s)] = _held_out(m)
         if args.model == "kernel" and args.transfer is None:  # seconds: always report it
             _, m = train(split(ds, args.seed, TRANSFER_K, args.test_paths), None, args.seed)
-            report[name]["transfer"] = {"k": TRANSFER_K} | {
-                k: m[k] for k in ("rows", "validation_model", "validation_baseline") if k in m
-            }
+            report[name]["transfer"] = {"k": TRANSFER_K} | _held_out(m)
         print(name, json.dumps(report[name], indent=1))
     report["wall_time_s"] = round(time.perf_counter() - t0, 1)
     args.out.mkdir(parents=True, exist_ok=True)

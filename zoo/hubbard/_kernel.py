@@ -23,14 +23,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .._dtype import resolve_float
-from ._features import (
-    edge_irreps,
-    invariants,
-    occs_prod_irreps,
-    occs_sum_irreps,
-    onsite_irreps,
-    site_irreps,
-)
+from ._features import invariants, occs_prod_irreps, occs_sum_irreps, onsite_irreps
 from ._models import _zoo_version, intersite_input_irreps
 
 KERNEL_TYPE = "hubbard-kernel"
@@ -164,9 +157,10 @@ class KernelModel(eqx.Module):
         """The ridge weights, target scaling and support radius of descriptors `z`, labels `y`."""
         n = len(y)
         t_mean, t_std = float(y.mean()), float(y.std()) if y.std() > 1e-8 else 1.0
-        k = np.exp(-config["gamma"] * _sq_dist(z, z))
+        sq = _sq_dist(z, z)
+        k = np.exp(-config["gamma"] * sq)
         alpha = np.linalg.solve(k + config["lam"] * np.eye(n), (y - t_mean) / t_std)
-        d = np.sqrt(_sq_dist(z, z))
+        d = np.sqrt(sq)
         d[d < 1e-9] = np.inf  # itself and exact duplicates
         nearest = d.min(1)
         support = float(nearest[np.isfinite(nearest)].max()) if np.isfinite(nearest).any() else None
@@ -212,8 +206,7 @@ class KernelModel(eqx.Module):
 
     def descriptor(self, *inputs, xp=np):
         """Standardised descriptors ``(..., dim)`` of model inputs (numpy or jax per `xp`)."""
-        irreps = self.irreps_in
-        dims = [irreps.dim] if self.config["kind"] == "onsite" else [v.dim for v in irreps.values()]
+        dims = _input_dims(self.config["kind"], len(self.config["species"]))
         if len(inputs) != len(dims) or any(a.shape[-1] != d for a, d in zip(inputs, dims)):
             raise ValueError(
                 f"inputs: this {self.config['kind']} model (species {self.config['species']}) "
@@ -275,12 +268,15 @@ def _sq_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T, 0.0)
 
 
+def _input_dims(kind: str, n_species: int) -> list[int]:
+    """Last dims of the model inputs: ``[x]`` (U) or ``[p_site, d_site, edge]`` (V)."""
+    if kind == "onsite":
+        return [onsite_irreps(n_species, 2).dim]
+    return [ir.dim for ir in intersite_input_irreps(n_species, 0).values()]
+
+
 def _check_inputs(kind: str, n_species: int, arrays: tuple) -> None:
-    dims = (
-        [onsite_irreps(n_species, 2).dim]
-        if kind == "onsite"
-        else [site_irreps(n_species, 1).dim, site_irreps(n_species, 2).dim, edge_irreps(0).dim]
-    )
+    dims = _input_dims(kind, n_species)
     if len(arrays) != len(dims) or any(
         a.ndim != 2 or a.shape[1] != d for a, d in zip(arrays, dims)
     ):

@@ -156,6 +156,28 @@ def _prepare(labels: list[str], table, occupations: np.ndarray) -> tuple[dict, d
     return onsite, elements, keyed
 
 
+def _classify(keyed: dict, elements: dict, pairs=None) -> tuple[list, list, dict]:
+    """``(U sites, V pairs, {key: why not predicted})`` of a run's pair table: U for d
+    manifolds, V for p-d pairs (only `pairs`, if given)."""
+    skipped: dict[PairKey, str] = {}
+    u_sites, v_pairs = [], []
+    for key in keyed:
+        i, b, image = key
+        mi, mb = _manifold(elements[i], i), _manifold(elements[b], b)
+        if i == b and image == (0, 0, 0):
+            if mi.endswith("d"):
+                u_sites.append(i)
+            else:
+                skipped[key] = f"{elements[i]} {mi}: the U model covers d manifolds only"
+        elif pairs is not None and key not in pairs:
+            skipped[key] = "not requested"
+        elif {mi[-1], mb[-1]} == {"p", "d"}:
+            v_pairs.append(key)
+        else:
+            skipped[key] = f"{elements[i]}-{elements[b]} ({mi}-{mb}): V model covers p-d pairs only"
+    return u_sites, v_pairs, skipped
+
+
 def _labels(values: dict, keys: list, what: str) -> np.ndarray:
     y = np.array([values[k] for k in keys], dtype=np.float64)
     if not (np.isfinite(y).all() and (y > 0).all()):
@@ -259,21 +281,21 @@ class HubbardUV(eqx.Module):
         names, table, occ, positions, cell = _read_run(pw_output, occup, labels)
         onsite, elements, keyed = _prepare(names, table, occ)
         u_model, v_model = self.u_model, self.v_model
+        u_sites, v_pairs, _ = _classify(keyed, elements)  # what predict would answer for
         if U:
             sites = list(U)
             for i in sites:
-                if (i, i, (0, 0, 0)) not in keyed or not _manifold(elements[i], i).endswith("d"):
+                if i not in u_sites:
                     raise ValueError(f"U: site {i} is not a d-manifold Hubbard site of this run")
             x = self._u_features(sites, elements, onsite, keyed, names)
             u_model = u_model.extend((x,), _labels(U, sites, "U"))
         if V:
             keys = list(V)
             for key in keys:
-                if key not in keyed or key[0] == key[1]:
-                    raise ValueError(f"V: pair {key} is not an inter-site pair of this run's table")
-                kinds = {_manifold(elements[a], a)[-1] for a in key[:2]}
-                if kinds != {"p", "d"}:
-                    raise ValueError(f"V: pair {key} is not a p-d pair (the V model covers p-d)")
+                if key not in v_pairs:
+                    raise ValueError(
+                        f"V: pair {key} is not an inter-site p-d pair of this run's table"
+                    )
             bonds = self._bonds(keys, positions, cell, len(names))
             feats = self._v_features(keys, elements, onsite, keyed, names, bonds)
             v_model = v_model.extend(feats, _labels(V, keys, "V"))
@@ -299,24 +321,7 @@ class HubbardUV(eqx.Module):
         for key in pairs or []:
             if key not in keyed:
                 raise ValueError(f"pairs: V{key} is not in the run's Hubbard pair table")
-        skipped: dict[PairKey, str] = {}
-        u_sites, v_pairs = [], []
-        for key, (j, _, _) in keyed.items():
-            i, b, image = key
-            mi, mb = _manifold(elements[i], i), _manifold(elements[b], b)
-            if i == b and image == (0, 0, 0):
-                if mi.endswith("d"):
-                    u_sites.append(i)
-                else:
-                    skipped[key] = f"{elements[i]} {mi}: the U model covers d manifolds only"
-            elif pairs is not None and key not in pairs:
-                skipped[key] = "not requested"
-            elif {mi[-1], mb[-1]} == {"p", "d"}:
-                v_pairs.append(key)
-            else:
-                skipped[key] = (
-                    f"{elements[i]}-{elements[b]} ({mi}-{mb}): V model covers p-d pairs only"
-                )
+        u_sites, v_pairs, skipped = _classify(keyed, elements, pairs)
         u_pred = self._predict_u(u_sites, elements, onsite, keyed, labels)
         bonds = self._bonds(v_pairs, positions, cell, nat)
         v_pred = self._predict_v(v_pairs, elements, onsite, keyed, labels, bonds)
