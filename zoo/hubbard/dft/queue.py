@@ -110,7 +110,10 @@ def run(
         n_hp_before[job["id"]] = len(hp_done)
         if status.get("state") in ("done", "failed") or new_rows:
             # every finished (scf, hp) pair is a label set: export and commit it right away
-            msg = f"hubbard data: {job['id']} {status['state']} ({len(hp_done)} sc steps)"
+            if status.get("state") in ("done", "failed"):
+                msg = f"hubbard data: {job['id']} {status['state']} ({len(hp_done)} sc steps)"
+            else:
+                msg = f"hubbard data: {job['id']} labels of sc step {len(hp_done)}"
             subprocess.run(
                 [sys.executable, "-m", "zoo.hubbard.dft.queue", "export", str(queue_dir)]
                 + ["--data-dir", str(data_dir)]
