@@ -10,7 +10,12 @@
 with the lowest (priority, id) and runs its next step in a fresh interpreter, so code fixes apply
 to the next step without restarting the queue. Jobs added while it runs are picked up. After a
 job finishes and after every finished hp.x step it exports ``data/hubbard/`` and, with
-``--commit``, commits that folder only.
+``--commit``, commits that folder only (one commit per finished hp.x step or job).
+
+The step interpreter leads its own process group (with ``mpirun`` and the QE ranks); it dies
+with the runner (``runner.die_with_parent``) and the runner kills the group when it exits or is
+signalled, so no QE process outlives the queue. A step holds its job's lock (``step.lock``);
+one that finds the lock taken exits with ``EXIT_BUSY`` and the runner waits.
 """
 
 from __future__ import annotations
@@ -18,12 +23,15 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from .runner import now, read_json
+from .runner import StepBusy, die_with_parent, now, read_json
+
+EXIT_BUSY = 75  # the job's step lock is held by another process
 
 REPO = Path(__file__).resolve().parents[3]
 DATA = REPO / "data" / "hubbard"
@@ -96,10 +104,7 @@ def run(
         job, _ = runnable[0]
         jobdir = queue_dir / job["id"]
         print(f"{now()} step {job['id']}", flush=True)
-        rc = subprocess.run(
-            [sys.executable, "-m", "zoo.hubbard.dft.queue", "step", str(jobdir), "--np", str(np)],
-            cwd=REPO,
-        ).returncode
+        rc = _run_step_process(jobdir, np)
         status = read_json(jobdir / "status.json") if (jobdir / "status.json").exists() else {}
         print(f"{now()} -> rc={rc} state={status.get('state')}", flush=True)
         if rc != 0:
@@ -122,6 +127,29 @@ def run(
             )
 
 
+def _run_step_process(jobdir: Path, np: int) -> int:
+    """One step in a fresh interpreter leading its own process group; the group never
+    outlives this call (normal return, exception, SIGTERM/SIGINT/SIGHUP of the runner)."""
+    cmd = [sys.executable, "-m", "zoo.hubbard.dft.queue", "step", str(jobdir)]
+    cmd += ["--np", str(np), "--parent-pid", str(os.getpid())]
+    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True)
+
+    def stop(signum, frame):  # noqa: ARG001
+        raise SystemExit(128 + signum)
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        return proc.wait()
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # stragglers of a finished step, or all of it
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 def print_status(queue_dir: Path) -> None:
     for job, status in list_jobs(queue_dir):
         steps = " ".join(f"{k}:{v['state'][0]}" for k, v in status.get("steps", {}).items())
@@ -139,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--message", default="hubbard data: update")
     ap.add_argument("--np", type=int, default=2)
     ap.add_argument("--data-dir", type=Path, default=DATA)
+    ap.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.command == "seed":
         from .plan import seed
@@ -155,7 +184,13 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "step":
         from .cycle import run_step
 
-        run_step(args.path, np=args.np)
+        if args.parent_pid is not None:
+            die_with_parent(args.parent_pid)
+        try:
+            run_step(args.path, np=args.np)
+        except StepBusy as err:
+            print(err, file=sys.stderr)
+            sys.exit(EXIT_BUSY)
     elif args.command == "status":
         print_status(args.path)
     else:
