@@ -47,6 +47,21 @@ sys.stdout.write(Path("{DATA}/MnO.hp.out").read_text())
 
 
 @pytest.fixture
+def plan_pseudos(tmp_path, monkeypatch):
+    """$ZOO_PSEUDO_DIR with a stand-in for every file the plan names."""
+    from zoo.hubbard.dft import plan
+
+    pdir = tmp_path / "plan_pseudo"
+    pdir.mkdir()
+    names = set(plan.PSEUDOS.values())
+    names |= {f"{m}.pbe-{f}-rrkjus_psl.1.0.0.UPF" for m in ("Fe", "Co", "Ni") for f in ("n", "spn")}
+    for n in names:
+        (pdir / n).write_text(f"stand-in {n}")
+    monkeypatch.setenv("ZOO_PSEUDO_DIR", str(pdir))
+    return pdir
+
+
+@pytest.fixture
 def fake(tmp_path, monkeypatch):
     exes = {}
     for name, body in (("pw", FAKE_PW), ("hp", FAKE_HP)):
@@ -274,7 +289,7 @@ def test_restore_ignores_a_job_whose_settings_changed(fake):
         parameters_out_text([])
 
 
-def test_seed_extends_finished_jobs_from_the_committed_data(tmp_path):
+def test_seed_extends_finished_jobs_from_the_committed_data(tmp_path, plan_pseudos):
     """A job done with 2 iterations, planned with 3, continues at scf2 (nothing is redone)."""
     from zoo.hubbard.dft import plan
 
@@ -300,7 +315,7 @@ def test_seed_extends_finished_jobs_from_the_committed_data(tmp_path):
     assert not (tmp_path / "queue" / "p10-pptest-FeO-rattled").exists()
 
 
-def test_seed_refreshes_the_run_order_and_the_settings_of_unstarted_jobs(tmp_path):
+def test_seed_refreshes_the_run_order_and_the_settings_of_unstarted_jobs(tmp_path, plan_pseudos):
     from zoo.hubbard.dft import plan
 
     queue = tmp_path / "queue"
