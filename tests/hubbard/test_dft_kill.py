@@ -52,7 +52,9 @@ exe = args[args.index("-np") + 2]  # mpirun -np N exe -nk P
 sys.exit(subprocess.call([exe]))
 """
 
-PW = PROLOGUE + f"""
+PW = (
+    PROLOGUE
+    + f"""
 n = start("pw")
 text = sys.stdin.read()
 outdir = Path(re.search(r"outdir = '([^']+)'", text).group(1))
@@ -69,8 +71,11 @@ shutil.copy("{DATA}/MnO.occup.txt", outdir / "pwscf.save" / "occup.txt")
 sys.stdout.write(out)
 stop()
 """
+)
 
-HP = PROLOGUE + f"""
+HP = (
+    PROLOGUE
+    + f"""
 start("hp")
 time.sleep(0.5)
 shutil.copy("{DATA}/MnO.Hubbard_parameters.dat", "pwscf.Hubbard_parameters.dat")
@@ -78,6 +83,7 @@ shutil.copy("{DATA}/parameters.out", "parameters.out")
 sys.stdout.write(Path("{DATA}/MnO.hp.out").read_text())
 stop()
 """
+)
 
 
 def _alive(pid: int) -> bool:

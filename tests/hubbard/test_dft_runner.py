@@ -47,21 +47,6 @@ sys.stdout.write(Path("{DATA}/MnO.hp.out").read_text())
 
 
 @pytest.fixture
-def plan_pseudos(tmp_path, monkeypatch):
-    """$ZOO_PSEUDO_DIR with a stand-in for every file the plan names."""
-    from zoo.hubbard.dft import plan
-
-    pdir = tmp_path / "plan_pseudo"
-    pdir.mkdir()
-    names = set(plan.PSEUDOS.values())
-    names |= {f"{m}.pbe-{f}-rrkjus_psl.1.0.0.UPF" for m in ("Fe", "Co", "Ni") for f in ("n", "spn")}
-    for n in names:
-        (pdir / n).write_text(f"stand-in {n}")
-    monkeypatch.setenv("ZOO_PSEUDO_DIR", str(pdir))
-    return pdir
-
-
-@pytest.fixture
 def fake(tmp_path, monkeypatch):
     exes = {}
     for name, body in (("pw", FAKE_PW), ("hp", FAKE_HP)):
@@ -287,60 +272,3 @@ def test_restore_ignores_a_job_whose_settings_changed(fake):
     assert restore_job(jobdir, record, []) == []
     with pytest.raises(ValueError, match="no TM rows"):
         parameters_out_text([])
-
-
-def test_seed_extends_finished_jobs_from_the_committed_data(tmp_path, plan_pseudos):
-    """A job done with 2 iterations, planned with 3, continues at scf2 (nothing is redone)."""
-    from zoo.hubbard.dft import plan
-
-    repo = Path(__file__).resolve().parents[2] / "data" / "hubbard"
-    jid = "p101-NiO-sym-e+0.000"
-    man = read_json(repo / "manifest.json")
-    rec = man["jobs"][jid]  # as it was committed after 2 iterations (the queue may add a 3rd)
-    rec["steps"] = {k: v for k, v in rec["steps"].items() if k[-1] in "01"}
-    assert rec["state"] == "done" and len(rec["steps"]) == 4
-    write_json_atomic(tmp_path / "manifest.json", man)
-    rows = (repo / "labels.jsonl").read_text().splitlines()
-    keep = [r for r in rows if not json.loads(r)["id"].startswith(f"{jid}/it2/")]
-    (tmp_path / "labels.jsonl").write_text("\n".join(keep) + "\n")
-    plan.seed(tmp_path / "queue", manifest=tmp_path / "manifest.json")
-    status = read_json(tmp_path / "queue" / jid / "status.json")
-    assert [k for k, v in sorted(status["steps"].items()) if v.get("restored")] == [
-        "hp0", "hp1", "scf0", "scf1"
-    ]  # fmt: skip
-    assert status["steps"]["scf2"]["state"] == "pending"
-    assert (tmp_path / "queue" / jid / "hp1" / "parameters.out").exists()
-    # Failed jobs and pseudopotential tests are not re-added.
-    assert not (tmp_path / "queue" / "p102-CoO-sym-e+0.000").exists()
-    assert not (tmp_path / "queue" / "p10-pptest-FeO-rattled").exists()
-
-
-def test_seed_refreshes_the_run_order_and_the_settings_of_unstarted_jobs(tmp_path, plan_pseudos):
-    from zoo.hubbard.dft import plan
-
-    queue = tmp_path / "queue"
-    plan.seed(queue, manifest=tmp_path / "none.json")
-    jid = "p105-NiO-rat-s0"
-    jp = queue / jid / "job.json"
-    job = read_json(jp)
-    write_json_atomic(jp, {**job, "priority": 999})
-    plan.seed(queue, manifest=tmp_path / "none.json")
-    again = read_json(jp)
-    assert again["priority"] == job["priority"] != 999
-    assert again["settings_hash"] == job["settings_hash"] and again["created"] == job["created"]
-    # a job that never started takes the plan's settings; a started one keeps its own
-    fe = queue / "p117-FeO-rat-s1-sm" / "job.json"
-    write_json_atomic(fe, {**read_json(fe), "settings_hash": "old", "pw": {}})
-    write_json_atomic(jp, {**job, "settings_hash": "old"})
-    write_json_atomic(queue / jid / "status.json", {"state": "running", "steps": {}})
-    plan.seed(queue, manifest=tmp_path / "none.json")
-    assert read_json(fe)["pw"]["ecutwfc"] == 40 and read_json(fe)["settings_hash"] != "old"
-    assert read_json(jp)["settings_hash"] == "old"
-    # Rattled Ni cells (most unique labels per CPU-minute) run before symmetric strains.
-    prio = {j["id"]: j["priority"] for j in plan.production_jobs()}
-    assert prio["p125-NiO-rat-s2"] < prio["p111-NiO-sym-e-0.030"]
-    assert prio["p100-MnO-sym-e+0.000"] < prio["p125-NiO-rat-s2"]
-    # Fe is scarce: symmetric LiFeO2 first; rattled FeO (its SCF stalls) late, smeared
-    fe_jobs = {j["id"]: j for j in plan.production_jobs() if "FeO-rat" in j["id"]}
-    assert all(j["pw"]["smearing"] == "gaussian" for j in fe_jobs.values())
-    assert prio["p171-LiFeO2-sym-e+0.000"] < prio["p115-NiO-rat-s1"] < prio["p107-FeO-rat-s0-sm"]
