@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from zoo.hubbard.dft import cathodes, cycle, inputs, plan, structures
-from zoo.hubbard.dft.plan_cathodes import FAMILIES
+from zoo.hubbard.dft.plan_cathodes import FAMILIES, estimated_cost
 from zoo.hubbard.dft.runner import read_json, write_json_atomic
 
 REPO_DATA = Path(__file__).resolve().parents[2] / "data" / "hubbard"
@@ -177,6 +177,14 @@ def test_cathode_queue_order(plan_pseudos):
     early = [j for j in checks if "FePO4" not in j["id"]] + cheap
     assert max(j["priority"] for j in early) < min(rocksalt_strains)
     olivine = [p for i, p in prio.items() if "FePO4" in i]
-    assert min(olivine) > max(p for i, p in prio.items() if i.startswith("c") and "FePO4" not in i)
+    others = [p for i, p in prio.items() if i.startswith("c") and "FePO4" not in i and p < 900]
+    assert min(olivine) > max(others)
+    # no hp.x piece of a job before the >= 900 block is estimated above ~45 min of the machine
+    assert all(estimated_cost(j)["piece_min"] <= 45 for j in cath if j["priority"] < 900)
+    assert estimated_cost(next(j for j in cath if j["id"] == "c160-beta-MnO2-sym-e+0.000")) == {
+        "hours": pytest.approx(0.8, abs=0.05),
+        "piece_min": 7.0,
+        "n_pert": 2,
+    }
     half = [p for i, p in prio.items() if "Li0.5NiO2" in i]
     assert min(half) > max(prio["c161-LiNiO2-sym-e+0.000"], prio["c162-NiO2-sym-e+0.000"])

@@ -52,6 +52,7 @@ def pipeline_command(*args: str) -> list[str]:
     paths = (("zoo", str(zoo_dir)), ("zoo.hubbard", str(zoo_dir / "hubbard")))
     return [sys.executable, "-c", _BOOT.format(paths=paths), *args]
 
+
 REPO = Path(__file__).resolve().parents[3]
 DATA = REPO / "data" / "hubbard"
 
