@@ -183,7 +183,7 @@ def test_cathode_queue_order(plan_pseudos):
     assert all(estimated_cost(j)["piece_min"] <= 45 for j in cath if j["priority"] < 900)
     assert estimated_cost(next(j for j in cath if j["id"] == "c160-beta-MnO2-sym-e+0.000")) == {
         "hours": pytest.approx(0.8, abs=0.05),
-        "piece_min": 7.0,
+        "piece_min": pytest.approx(7.35, abs=0.01),
         "n_pert": 2,
     }
     half = [p for i, p in prio.items() if "Li0.5NiO2" in i]
