@@ -21,7 +21,7 @@ shutil.copy("{DATA}/MnO.occup.txt", outdir / "pwscf.save" / "occup.txt")
 sys.stdout.write(Path("{DATA}/MnO.scf.out").read_text())
 """
 
-# determine_num_pert_only -> the list; perturb_only_atom(i) -> HP/pwscf.chi.i.dat;
+# determine_num_pert_only -> the list; perturb_only_atom(i) -> HP/pwscf.chi.pert_i.dat;
 # compute_hp -> the final files, only if every chi file is in HP/. Logs each call.
 FAKE_HP = f"""#!{sys.executable}
 import os, re, shutil, sys
@@ -41,7 +41,7 @@ if kind == "init":
                      "        3      O      15.9990   tau( 3) = (  0.5  0.5  0.5  )\\n\\n" + done)
 elif kind == "collect":
     have = sorted(p.name for p in (outdir / "HP").glob("pwscf.chi.*.dat"))
-    assert have == ["pwscf.chi.1.dat", "pwscf.chi.3.dat"], have
+    assert have == ["pwscf.chi.pert_1.dat", "pwscf.chi.pert_3.dat"], have
     shutil.copy("{DATA}/MnO.Hubbard_parameters.dat", "pwscf.Hubbard_parameters.dat")
     shutil.copy("{DATA}/parameters.out", "parameters.out")
     sys.stdout.write(head + done)
@@ -49,10 +49,12 @@ elif kind == os.environ.get("FAKE_FAIL_ONCE") and not (fake / "failed").exists()
     (fake / "failed").write_text(kind)
     sys.stdout.write(head + "     atom #  3   q point #  1   iter #  40\\n"
                      "     Convergence has not been reached after 40 iterations!\\n")
-else:
+else:  # as QE 6.7: the column is written, then the post-processing stops without it
     (outdir / "HP").mkdir(exist_ok=True)
-    (outdir / "HP" / f"pwscf.chi.{{kind[1:]}}.dat").write_text(kind)
-    sys.stdout.write(head + done)
+    (outdir / "HP" / f"pwscf.chi.pert_{{kind[1:]}}.dat").write_text(kind)
+    sys.stdout.write(head + "     Post-processing calculation of Hubbard parameters ...\\n"
+                     "     Error in routine hp_calc_U (1):\\n     Missing file with the chi matrix\\n")
+    sys.exit(1)
 """
 
 
@@ -100,7 +102,7 @@ def test_pieces_resume_after_an_interruption_and_merge_into_the_usual_outputs(sp
     status["steps"]["hp0"]["pieces"]["a3"] = {"state": "running", "attempt": 0}
     write_json_atomic(jobdir / "status.json", status)
     (jobdir / "out" / "HP").mkdir(exist_ok=True)  # a1 left its response there
-    (jobdir / "out" / "HP" / "pwscf.chi.7.dat").write_text("partial")
+    (jobdir / "out" / "HP" / "pwscf.chi.pert_7.dat").write_text("partial")
     assert step(jobdir) == "hp0" and step(jobdir) == "hp0" and step(jobdir) is None
     assert [x.split()[0] for x in _log(tmp)] == ["init", "a1", "a3", "collect"]
     status = read_json(jobdir / "status.json")
