@@ -42,14 +42,21 @@ def stop():
     (fake / f"active.{{os.getpid()}}").unlink()
 """
 
+# Like Open MPI's mpirun: the rank runs in its own process group; SIGTERM is forwarded to it.
 MPIRUN = f"""#!{sys.executable}
-import os, subprocess, sys
+import os, signal, subprocess, sys
 from pathlib import Path
 with open(Path(os.environ["FAKE_DIR"]) / "pids", "a") as f:
     f.write(f"{{os.getpid()}}\\n")
 args = sys.argv[1:]
 exe = args[args.index("-np") + 2]  # mpirun -np N exe -nk P
-sys.exit(subprocess.call([exe]))
+rank = subprocess.Popen([exe], process_group=0)
+def forward(signum, frame):
+    rank.terminate()
+    rank.wait()
+    sys.exit(1)
+signal.signal(signal.SIGTERM, forward)
+sys.exit(rank.wait())
 """
 
 PW = (
@@ -135,7 +142,8 @@ def _wait_for(cond, timeout: float, what: str) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_sigkill_of_the_runner_kills_the_step_and_a_new_runner_resumes(queue, monkeypatch):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_killed_runner_takes_its_step_along_and_a_new_runner_resumes(queue, monkeypatch, sig):
     tmp, jobdir, env = queue
     for key in ("PATH", "FAKE_DIR", "ZOO_PSEUDO_DIR"):
         monkeypatch.setenv(key, env[key])
@@ -145,7 +153,7 @@ def test_sigkill_of_the_runner_kills_the_step_and_a_new_runner_resumes(queue, mo
     step_pid = int((jobdir / "step.lock").read_text())
     qe_pids = [int(x) for x in (tmp / "pids").read_text().split()]
     assert _alive(step_pid) and len(qe_pids) == 4  # 2 x (mpirun + pw.x)
-    os.kill(first.pid, signal.SIGKILL)
+    os.kill(first.pid, sig)
     first.wait()
     # The step process, mpirun and pw.x die with the runner: nothing is left behind.
     _wait_for(lambda: not any(_alive(p) for p in [step_pid, *qe_pids]), 10, "orphans to die")

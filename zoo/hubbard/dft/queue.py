@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from .runner import StepBusy, die_with_parent, now, read_json
+from .runner import StepBusy, die_with_parent, now, read_json, stop_group
 
 EXIT_BUSY = 75  # the job's step lock is held by another process
 
@@ -160,10 +160,7 @@ def _run_step_process(jobdir: Path, np: int) -> int:
     try:
         return proc.wait()
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # stragglers of a finished step, or all of it
-        except ProcessLookupError:
-            pass
+        stop_group(proc.pid)  # stragglers of a finished step, or all of it
         proc.wait()
         for s, h in old.items():
             signal.signal(s, h)

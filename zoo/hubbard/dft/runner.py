@@ -107,21 +107,45 @@ def set_parent_death_signal(sig: int) -> bool:
     return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
 
 
+STOP_GRACE_S = 3.0  # mpirun forwards SIGTERM to its ranks (each in its own process group)
+
+
+def stop_group(pgid: int, grace: float = STOP_GRACE_S) -> None:
+    """SIGTERM the process group ``pgid`` (``mpirun`` then stops its ranks), SIGKILL it after
+    ``grace`` seconds if anything is left; no error when the group is already gone."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    t0 = time.time()
+    while time.time() - t0 < grace:
+        time.sleep(0.1)
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
 def die_with_parent(parent_pid: int) -> None:
     """Make this step process and its process group die with the runner ``parent_pid``.
 
     Called first thing in a step process that the runner started as a group leader
-    (``start_new_session``): SIGTERM/SIGHUP/SIGINT (and the runner's death) kill the whole
-    group, i.e. this process, ``mpirun`` and the pw.x/hp.x ranks. Its status stays
-    ``running`` and the next runner reruns the step from a clean state.
+    (``start_new_session``): SIGTERM/SIGHUP/SIGINT (and the runner's death, via the Linux
+    parent-death signal) stop the group: ``mpirun`` gets SIGTERM and stops its pw.x/hp.x
+    ranks, then whatever is left (this process included) gets SIGKILL. The step's status
+    stays ``running`` and the next runner reruns it from a clean state.
     """
 
-    def kill_group(signum, frame):  # noqa: ARG001
-        os.killpg(os.getpgrp(), signal.SIGKILL)
-
-    if os.getpgrp() == os.getpid():  # never kill a group we do not lead (e.g. a shell's)
+    def stop(signum, frame):  # noqa: ARG001
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-            signal.signal(sig, kill_group)
+            signal.signal(sig, signal.SIG_IGN)  # the group's SIGTERM reaches us too
+        stop_group(os.getpgrp())
+
+    if os.getpgrp() == os.getpid():  # never stop a group we do not lead (e.g. a shell's)
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(sig, stop)
     set_parent_death_signal(signal.SIGTERM)
     if os.getppid() != parent_pid:  # the runner died before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)
