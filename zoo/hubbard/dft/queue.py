@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+from .pieces import piece_names
 from .runner import StepBusy, die_with_parent, now, read_json, stop_group
 
 EXIT_BUSY = 75  # the job's step lock is held by another process
@@ -166,9 +167,18 @@ def _run_step_process(jobdir: Path, np: int) -> int:
             signal.signal(s, h)
 
 
+def _step_state(step: dict) -> str:
+    """First letter of the state; hp.x pieces as ``[done/known]``."""
+    if "pieces" not in step or step["state"] == "done":
+        return step["state"][0]
+    names = piece_names(step["pieces"])
+    done = sum(step["pieces"].get(n, {}).get("state") == "done" for n in names)
+    return f"{step['state'][0]}[{done}/{len(names)}]"
+
+
 def print_status(queue_dir: Path) -> None:
     for job, status in list_jobs(queue_dir):
-        steps = " ".join(f"{k}:{v['state'][0]}" for k, v in status.get("steps", {}).items())
+        steps = " ".join(f"{k}:{_step_state(v)}" for k, v in status.get("steps", {}).items())
         print(f"{job['priority']:4d} {job['id']:40s} {status['state']:8s} {steps}")
         if status.get("failures"):
             print(f"      last failure: {status['failures'][-1]['reason'][:150]}")
