@@ -27,7 +27,7 @@ DATA = ROOT / "data" / "hubbard"
 def main(argv=None) -> dict:
     import zoo
     from zoo.hubbard import run_pw_local, self_consistent_hubbard
-    from zoo.hubbard.dft.plan import PSEUDO_DIR
+    from zoo.hubbard.dft.cycle import resolve_pseudo_dir
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--path", default="p111-NiO-sym-e-0.030", help="sc path (job id)")
@@ -52,7 +52,7 @@ def main(argv=None) -> dict:
     res = self_consistent_hubbard(
         model, st, {m: 4.0 for m in tms}, run_pw_local(nprocs=2, npool=2),
         workdir=args.workdir / args.path, pseudos=rows[0]["settings"]["pseudos"],
-        pseudo_dir=PSEUDO_DIR, pw_settings=dict(job["pw"]), tol=args.tol, max_iter=args.max_iter,
+        pseudo_dir=resolve_pseudo_dir(None), pw_settings=dict(job["pw"]), tol=args.tol, max_iter=args.max_iter,
     )  # fmt: skip
     wall = time.perf_counter() - t0
     steps = job["steps"]

@@ -20,23 +20,28 @@ pytestmark = [
 ]
 
 
-@pytest.mark.timeout(900)
-def test_real_cycle_nio(tmp_path, nio_pseudos):
+def _nio_job(tmp_path, nio_pseudos, jid: str, nq: list[int], **kw):
+    """2-atom FM NiO at cheap settings, added to ``tmp_path/queue``."""
     pseudos, pdir = nio_pseudos
     job = cycle.make_job(
-        "nio-test",
+        jid,
         material="NiO",
         structure=structures.rocksalt_fm("Ni"),
         pseudos=pseudos,
         pseudo_dir=str(pdir),
         pw={"ecutwfc": 30.0, "ecutrho": 240.0, "kpts": [2, 2, 2], "conv_thr": 1e-8,
             "tot_magnetization": 2, "mixing_beta": 0.4},
-        hp={"nq": [1, 1, 1], "conv_thr_chi": 1e-4, "niter_max": 40},
+        hp={"nq": nq, "conv_thr_chi": 1e-4, "niter_max": 40},
         u_init={"Ni": 4.0},
-        n_iter=2,
         max_attempts=1,
+        **kw,
     )  # fmt: skip
-    jobdir = cycle.add_job(tmp_path / "queue", job)
+    return cycle.add_job(tmp_path / "queue", job)
+
+
+@pytest.mark.timeout(900)
+def test_real_cycle_nio(tmp_path, nio_pseudos):
+    jobdir = _nio_job(tmp_path, nio_pseudos, "nio-test", [1, 1, 1], n_iter=2)
     done = []
     for _ in range(8):
         step = cycle.run_step(jobdir, np=1, nice=0)
@@ -57,3 +62,22 @@ def test_real_cycle_nio(tmp_path, nio_pseudos):
     mag = sum(up[i][i] for i in range(5)) - sum(down[i][i] for i in range(5))
     assert 1.0 < mag < 2.0  # Ni2+ d8: two holes in the minority eg
     assert not (jobdir / "out").exists()  # wavefunctions deleted
+
+
+@pytest.mark.timeout(900)
+def test_hp_in_pieces_gives_the_unsplit_parameters(tmp_path, nio_pseudos):
+    """perturb_only_atom pieces + compute_hp (QE 6.7) reproduce one unsplit hp.x run."""
+    rows = {}
+    for split in (True, False):
+        jid = f"nio-split{int(split)}"
+        jobdir = _nio_job(tmp_path, nio_pseudos, jid, [2, 2, 2], n_iter=1, hp_split=split)
+        steps = [cycle.run_step(jobdir, np=1, nice=0) for _ in range(6)]
+        status = read_json(jobdir / "status.json")
+        assert status["state"] == "done", status.get("failures")
+        n_hp = 4 if split else 1  # init, a1 (Ni), a2 (O), collect
+        assert steps == ["scf0"] + ["hp0"] * n_hp + [None] * (5 - n_hp)
+        rows[split] = sorted(
+            (r["param_type"], r["atom_1_idx"], r["atom_2_sc_idx"], r["param_out"])
+            for r in dataset.rows_for_job(jobdir)
+        )
+    assert rows[True] == rows[False] and len(rows[True]) == 8  # U(Ni), U(O), 6 V(Ni-O)

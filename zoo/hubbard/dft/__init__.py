@@ -3,15 +3,20 @@
 Modules
 -------
 - ``structures``: small AFM/FM oxide cells as JSON-able dicts, seeded rattles and strains.
+- ``cathodes``: battery-cathode cells (rutile, layered, spinel, olivine) from published
+  crystal structures, and k/q meshes scaled to a cell.
 - ``inputs``: pw.x input (QE 6.7 ``Hubbard_V(i,j,k)`` or QE >= 7.1 ``HUBBARD`` card) and hp.x
   input; Hubbard atoms first, crystal coordinates wrapped to [0, 1), QE 3x3x3 supercell indices,
   every TM-ligand first-shell pair activated (1e-8) at iteration 0.
 - ``parsers``: pw.x stdout, ``occup.txt`` (full-precision on-site + inter-site blocks),
   hp.x ``Hubbard_parameters.dat`` / ``parameters.out`` / stdout. One ValueError on bad files.
-- ``runner``: atomic status files, commands under ``nice`` + ``mpirun -np 2 ... -nk 2``.
-- ``cycle``: the self-consistent cycle as resumable steps ``scf0, hp0, scf1, hp1, ...``.
+- ``runner``: atomic files, the per-job step lock, process groups that die with the runner,
+  commands under ``nice`` + ``mpirun -np 2 ... -nk 2``.
+- ``cycle``: the self-consistent cycle as resumable steps ``scf0, hp0, scf1, hp1, ...``; the
+  pseudopotential directory (``$ZOO_PSEUDO_DIR``).
+- ``pieces``: an hp.x step split into resumable pieces (``perturb_only_atom``, ``compute_hp``).
 - ``dataset``: label rows (one per U/V per sc step) and ``data/hubbard/`` writer.
-- ``queue`` / ``plan``: the local queue CLI and this project's planned jobs.
+- ``queue`` / ``plan`` / ``plan_cathodes``: the local queue CLI and the planned jobs.
 
 Orbital order of all occupation matrices: QE real harmonics, p = (z, x, y),
 d = (z2, xz, yz, x2-y2, xy).

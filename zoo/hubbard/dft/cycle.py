@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
-from . import inputs, parsers
+from . import inputs, parsers, pieces
 from .runner import (
+    job_lock,
     load_status,
     mpi_cmd,
     next_step,
@@ -24,9 +26,52 @@ from .runner import (
     run_command,
     save_status,
     write_json_atomic,
+    write_text_atomic,
 )
 
 PREFIX = "pwscf"
+PSEUDO_ENV = "ZOO_PSEUDO_DIR"
+
+
+def resolve_pseudo_dir(pseudo_dir: str | os.PathLike | None, files=()) -> str:
+    """The pseudopotential directory: ``pseudo_dir``, else ``$ZOO_PSEUDO_DIR``; one ValueError
+    naming what is missing (the variable, the directory or the first absent file)."""
+    where = pseudo_dir or os.environ.get(PSEUDO_ENV)
+    if not where:
+        raise ValueError(
+            f"pseudopotential directory: not given; pass pseudo_dir or set {PSEUDO_ENV}"
+        )
+    d = Path(where).expanduser().resolve()
+    if not d.is_dir():
+        raise ValueError(f"pseudopotential directory {d}: does not exist")
+    missing = sorted(f for f in set(files) if not (d / f).is_file())
+    if missing:
+        raise ValueError(f"pseudopotential directory {d}: missing {', '.join(missing)}")
+    return str(d)
+
+
+def pseudo_md5(pseudo_dir: str, files) -> dict[str, str]:
+    """md5 of each pseudopotential file (what the labels depend on, wherever it lives)."""
+    return {
+        f: hashlib.md5((Path(pseudo_dir) / f).read_bytes()).hexdigest() for f in sorted(set(files))
+    }
+
+
+def step_pseudo_dir(job: dict) -> str:
+    """Directory a step reads the job's pseudopotentials from: ``$ZOO_PSEUDO_DIR`` when set
+    (the queue can move between machines), else the one the job was created with; the files
+    must match the md5s recorded at creation (jobs from before that record only names)."""
+    files = job["pseudos"].values()
+    d = resolve_pseudo_dir(os.environ.get(PSEUDO_ENV) or job.get("pseudo_dir"), files)
+    want = job.get("pseudo_md5")
+    if want:
+        got = pseudo_md5(d, files)
+        bad = sorted(f for f in want if got.get(f) != want[f])
+        if bad:
+            raise ValueError(
+                f"pseudopotential directory {d}: {bad[0]} differs from the job's (md5)"
+            )
+    return d
 
 
 def settings_hash(job: dict) -> str:
@@ -54,6 +99,7 @@ def make_job(
     max_attempts: int = 3,
     meta: dict | None = None,
     qe_version: tuple[int, int] = (6, 7),
+    hp_split: bool = False,
 ) -> dict:
     """A validated job spec (canonical atom order; initial pairs checked in the 3x3x3 supercell)."""
     if kind not in ("sc", "scf_test"):
@@ -64,14 +110,16 @@ def make_job(
     hub = inputs.initial_hubbard(st, u_init or {})
     # Fails early with a clear message on missing pseudopotentials.
     inputs.pw_input(st, hub, pseudos=pseudos, pseudo_dir=pseudo_dir, settings=pw)
+    used = {el: pseudos[el] for el in sorted(set(st["symbols"]))}
     job = {
         "id": job_id,
         "kind": kind,
         "purpose": purpose,
         "material": material,
         "structure": st,
-        "pseudos": {el: pseudos[el] for el in sorted(set(st["symbols"]))},
+        "pseudos": used,
         "pseudo_dir": str(pseudo_dir),
+        "pseudo_md5": pseudo_md5(str(pseudo_dir), used.values()),
         "pw": {**inputs.DEFAULT_PW, **(pw or {})},
         "hp": {**inputs.DEFAULT_HP, **(hp or {})},
         "hp_fallback": list(hp_fallback or []),
@@ -83,6 +131,8 @@ def make_job(
         "qe_version": list(qe_version),
         "created": now(),
     }
+    if hp_split:  # how hp.x is run (pieces), not what it computes: not in the settings hash
+        job["hp_split"] = True
     job["settings_hash"] = settings_hash(job)
     return job
 
@@ -142,8 +192,18 @@ def _pw_settings(job: dict, attempt: int) -> dict:
 
 
 def run_step(jobdir: str | Path, *, np: int = 2, nice: int = 10, pw_exe="pw.x", hp_exe="hp.x"):
-    """Run the next pending step of the job in ``jobdir``; returns the step name or None."""
+    """Run the next pending step (or hp.x piece) of the job in ``jobdir``; returns its name.
+
+    Holds the job's step lock for the whole step (raises ``runner.StepBusy`` when another
+    process holds it). A step found ``running`` was interrupted: it is noted in
+    ``status["interruptions"]`` (not a failure) and rerun from a clean state.
+    """
     jobdir = Path(jobdir).resolve()
+    with job_lock(jobdir):
+        return _run_step_locked(jobdir, np, nice, pw_exe, hp_exe)
+
+
+def _run_step_locked(jobdir: Path, np: int, nice: int, pw_exe: str, hp_exe: str):
     job = read_json(jobdir / "job.json")
     steps = step_names(job)
     status = load_status(jobdir, steps)
@@ -156,25 +216,39 @@ def run_step(jobdir: str | Path, *, np: int = 2, nice: int = 10, pw_exe="pw.x", 
         return None
     k = int(step.lstrip("scfhp"))
     n_fail = sum(1 for f in status["failures"] if f["step"] == step)
+    prev = status["steps"][step]
+    outdir = jobdir / "out"
+    # A missing/different pseudopotential directory is the machine's fault, not the job's:
+    # it raises here, before the step is marked running or an attempt is counted.
+    pseudo_dir = step_pseudo_dir(job) if step.startswith("scf") else None
+    if prev["state"] == "running":  # killed mid-step: its partial outputs are not trusted
+        status.setdefault("interruptions", []).append({"step": step, "time": now()})
+        shutil.rmtree(outdir / "HP", ignore_errors=True)
+    split = step.startswith("hp") and bool(job.get("hp_split"))
     status["state"] = "running"
     status["steps"][step] = {"state": "running", "started": now(), "attempt": n_fail}
+    if split and "pieces" in prev:
+        status["steps"][step]["pieces"] = prev["pieces"]
     save_status(jobdir, status)
     sdir = jobdir / step
-    if sdir.exists():
+    if sdir.exists() and not split:
         shutil.rmtree(sdir)
-    sdir.mkdir()
-    outdir = jobdir / "out"
+    sdir.mkdir(exist_ok=True)
     try:
         if step.startswith("scf"):
-            ok, info = _run_scf(job, jobdir, sdir, outdir, k, n_fail, np, nice, pw_exe)
+            args = (k, n_fail, np, nice, pw_exe, pseudo_dir)
+            ok, info = _run_scf(job, jobdir, sdir, outdir, *args)
         else:
             if not (outdir / f"{PREFIX}.save" / "occup.txt").exists():
-                # The ground state is gone (e.g. deleted after a crash): redo scf<k> first.
+                # The ground state is gone (e.g. deleted after a crash): redo scf<k> first;
+                # pieces computed on the old ground state are dropped with it.
                 status["steps"][f"scf{k}"] = {"state": "pending", "reason": "outdir missing"}
                 status["steps"][step] = {"state": "pending"}
+                shutil.rmtree(sdir, ignore_errors=True)
                 save_status(jobdir, status)
                 return step
-            ok, info = _run_hp(job, sdir, outdir, n_fail, np, nice, hp_exe)
+            run = pieces.run_piece if split else _run_hp
+            ok, info = run(job, jobdir, status, step, sdir, outdir, n_fail, np, nice, hp_exe)
     except (ValueError, OSError) as err:  # bad files/inputs: record, never crash-loop
         ok, info = False, {"reason": f"{type(err).__name__}: {err}"}
     if not ok:
@@ -186,6 +260,10 @@ def run_step(jobdir: str | Path, *, np: int = 2, nice: int = 10, pw_exe="pw.x", 
         if status["state"] == "failed":
             shutil.rmtree(outdir, ignore_errors=True)
         return step
+    if info.get("partial"):  # one hp.x piece done, more to run
+        status["steps"][step]["state"] = "partial"
+        save_status(jobdir, status)
+        return step
     status["steps"][step] = {**status["steps"][step], **info, "state": "done", "finished": now()}
     if next_step(status, steps) is None:
         status["state"] = "done"
@@ -195,7 +273,7 @@ def run_step(jobdir: str | Path, *, np: int = 2, nice: int = 10, pw_exe="pw.x", 
     return step
 
 
-def _run_scf(job, jobdir, sdir, outdir, k, attempt, np, nice, pw_exe):
+def _run_scf(job, jobdir, sdir, outdir, k, attempt, np, nice, pw_exe, pseudo_dir):
     shutil.rmtree(outdir, ignore_errors=True)
     outdir.mkdir()
     hub = hubbard_for_iteration(job, jobdir, k)
@@ -203,13 +281,13 @@ def _run_scf(job, jobdir, sdir, outdir, k, attempt, np, nice, pw_exe):
         job["structure"],
         hub,
         pseudos=job["pseudos"],
-        pseudo_dir=job["pseudo_dir"],
+        pseudo_dir=pseudo_dir,
         prefix=PREFIX,
         outdir=str(outdir),
         settings=_pw_settings(job, attempt),
         qe_version=tuple(job.get("qe_version", (6, 7))),
     )
-    (sdir / "pw.in").write_text(text)
+    write_text_atomic(sdir / "pw.in", text)
     write_json_atomic(sdir / "hubbard_in.json", [list(x) for x in hub])
     rc, wall = run_command(
         mpi_cmd(pw_exe, np), cwd=sdir, stdin=sdir / "pw.in", stdout=sdir / "pw.out", nice=nice
@@ -239,10 +317,17 @@ def _run_scf(job, jobdir, sdir, outdir, k, attempt, np, nice, pw_exe):
     return True, info
 
 
-def _run_hp(job, sdir, outdir, attempt, np, nice, hp_exe):
+def hp_settings(job: dict, attempt: int) -> dict:
+    """hp.x settings of attempt ``attempt`` (0: the job's; then its fallbacks in order)."""
     variants = [{}] + list(job.get("hp_fallback", []))
-    hp = {**job["hp"], **variants[min(attempt, len(variants) - 1)]}
-    (sdir / "hp.in").write_text(inputs.hp_input(prefix=PREFIX, outdir=str(outdir), settings=hp))
+    return {**job["hp"], **variants[min(attempt, len(variants) - 1)]}
+
+
+def _run_hp(job, jobdir, status, step, sdir, outdir, attempt, np, nice, hp_exe):
+    hp = hp_settings(job, attempt)
+    write_text_atomic(
+        sdir / "hp.in", inputs.hp_input(prefix=PREFIX, outdir=str(outdir), settings=hp)
+    )
     rc, wall = run_command(
         mpi_cmd(hp_exe, np), cwd=sdir, stdin=sdir / "hp.in", stdout=sdir / "hp.out", nice=nice
     )

@@ -18,7 +18,7 @@ import numpy as np
 from .._features import check_occupations
 from . import inputs, parsers
 from .cycle import PREFIX
-from .runner import read_json, write_json_atomic
+from .runner import read_json, write_json_atomic, write_text_atomic
 from .structures import TRANSITION_METALS, structure_id
 
 BOHR = 0.529177210903
@@ -271,9 +271,9 @@ def write_dataset(queue_dir: str | Path, out_dir: str | Path) -> dict:
         if rejected:
             summary["rejected_steps"] = rejected
         manifest["jobs"][job["id"]] = summary
-    tmp = lab.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(rows[k], sort_keys=True) + "\n" for k in sorted(rows)))
-    tmp.replace(lab)
+    write_text_atomic(
+        lab, "".join(json.dumps(rows[k], sort_keys=True) + "\n" for k in sorted(rows))
+    )
     manifest["totals"] = totals(list(rows.values()), manifest["jobs"])
     write_json_atomic(man_path, manifest)
     update_readme(out_dir / "README.md", [rows[k] for k in sorted(rows)], manifest["jobs"])
@@ -400,4 +400,4 @@ def update_readme(readme: Path, rows: list[dict], jobs: dict) -> None:
         return
     head, rest = text.split(STATS_BEGIN, 1)
     tail = rest.split(STATS_END, 1)[1]
-    readme.write_text(head + stats_markdown(rows, jobs) + tail)
+    write_text_atomic(readme, head + stats_markdown(rows, jobs) + tail)

@@ -275,4 +275,22 @@ def hp_input(*, prefix: str = "pwscf", outdir: str = "./out", settings: dict | N
     ]
     if "num_neigh" in st:
         lines.append(f"  num_neigh = {st['num_neigh']}")
+    lines += _hp_split_lines(st)
     return "\n".join(lines) + "\n/\n"
+
+
+HP_SPLIT_FLAGS = ("determine_num_pert_only", "compute_hp", "sum_pertq")
+
+
+def _hp_split_lines(st: dict) -> list[str]:
+    """Keywords of one piece of a split hp.x run (QE 6.7 ``&inputhp``)."""
+    lines = []
+    if (atom := st.get("perturb_only_atom")) is not None:
+        if not isinstance(atom, int) or atom < 1:
+            raise ValueError(f"perturb_only_atom: expected a 1-based atom index, got {atom!r}")
+        lines.append(f"  perturb_only_atom({atom}) = .true.")
+    for key in ("start_q", "last_q"):
+        if key in st:
+            lines.append(f"  {key} = {int(st[key])}")
+    lines += [f"  {key} = .true." for key in HP_SPLIT_FLAGS if st.get(key)]
+    return lines

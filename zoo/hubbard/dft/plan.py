@@ -1,8 +1,13 @@
 """The planned jobs of this project's queue (``queue seed``), in priority order.
 
-1. (10) 5-iteration rattled no-symmetry SCF for each TM pseudopotential (Mn 0.3.1 passed before).
+1. (10-13) 5-iteration rattled no-symmetry SCF for each TM pseudopotential considered.
 2. (20-29) hp.x convergence study on MnO (q mesh, conv_thr_chi/alpha_mix, cutoffs) and NiO cutoffs.
-3. (100+) production: rattled/strained AFM rock-salt MO and layered LiMO2, 2-3 sc iterations.
+3. (100+) production: rattled/strained AFM rock-salt MO and layered LiMO2, 3 sc iterations.
+4. (150+) battery-cathode families (``plan_cathodes``): k-mesh checks, then production.
+
+Pseudopotentials are read from ``pseudo_dir`` or ``$ZOO_PSEUDO_DIR`` (``cycle.resolve_pseudo_dir``);
+the directory is not part of the settings hash, the file names are (and each job records their
+md5s).
 """
 
 from __future__ import annotations
@@ -11,11 +16,10 @@ import json
 from pathlib import Path
 
 from . import structures as S
-from .cycle import add_job, make_job
+from .cycle import add_job, make_job, resolve_pseudo_dir
 from .restore import restore_job
 from .runner import write_json_atomic
 
-PSEUDO_DIR = "/work/shared/qe/pseudo"
 PSEUDOS = {
     "Mn": "Mn.pbe-spn-rrkjus_psl.0.3.1.UPF",
     # Co/Ni spn (us_ps_high 1.0.0) blow up without symmetry (p10/p12 tests): n files.
@@ -33,8 +37,17 @@ def _pp(**over: str) -> dict[str, str]:
     return {**PSEUDOS, **{el: f"{el}.pbe-{fam}-rrkjus_psl.1.0.0.UPF" for el, fam in over.items()}}
 
 
-def pseudo_tests() -> list[dict]:
+def pseudo_dir_with_files(pseudo_dir: str | Path | None = None) -> str:
+    """``pseudo_dir`` (or ``$ZOO_PSEUDO_DIR``), checked to hold every file the plan names."""
+    files = set(PSEUDOS.values()) | {
+        _pp(**{m: f})[m] for m in ("Fe", "Co", "Ni") for f in ("n", "spn")
+    }
+    return resolve_pseudo_dir(pseudo_dir, files)
+
+
+def pseudo_tests(pseudo_dir: str | Path | None = None) -> list[dict]:
     """No-symmetry 5-iteration SCF tests (+ symmetric controls) of every TM file considered."""
+    pdir = pseudo_dir_with_files(pseudo_dir)
     spec = []
     for m in ("Fe", "Co", "Ni"):  # spn (us_ps_high) files, rattled
         spec.append((f"p10-pptest-{m}O-rattled", m, _pp(**{m: "spn"}), True, 10))
@@ -51,7 +64,7 @@ def pseudo_tests() -> list[dict]:
                 material=f"{m}O",
                 structure=S.perturb(st, seed=7, sigma=0.04) if rattled else st,
                 pseudos=pseudos,
-                pseudo_dir=PSEUDO_DIR,
+                pseudo_dir=pdir,
                 u_init=U_INIT,
                 kind="scf_test",
                 purpose="pseudopotential test",
@@ -65,7 +78,8 @@ def pseudo_tests() -> list[dict]:
 PRIORITY = {"p26": 250, "p28": 26}  # the k 4x4x4 check runs after a cost-ordered round
 
 
-def convergence_jobs() -> list[dict]:
+def convergence_jobs(pseudo_dir: str | Path | None = None) -> list[dict]:
+    pdir = pseudo_dir_with_files(pseudo_dir)
     mno = S.rocksalt_afm("Mn")
     nio = S.rocksalt_afm("Ni")
     q1 = {"nq": [1, 1, 1]}
@@ -90,7 +104,7 @@ def convergence_jobs() -> list[dict]:
                 material=mat,
                 structure=st,
                 pseudos=PSEUDOS,
-                pseudo_dir=PSEUDO_DIR,
+                pseudo_dir=pdir,
                 pw=pw,
                 hp=hp,
                 hp_fallback=[{"alpha_mix": 0.15, "conv_thr_chi": 1e-4}],
@@ -104,16 +118,34 @@ def convergence_jobs() -> list[dict]:
     return jobs
 
 
-def seed(queue_dir: str | Path, manifest: str | Path | None = None) -> list[Path]:
+def planned_jobs(pseudo_dir: str | Path | None = None) -> list[dict]:
+    """Every job of the plan (ids are stable; the run order is each job's ``priority``)."""
+    from .plan_cathodes import cathode_jobs
+
+    pdir = pseudo_dir_with_files(pseudo_dir)
+    return (
+        pseudo_tests(pdir)
+        + convergence_jobs(pdir)
+        + production_jobs(pseudo_dir=pdir)
+        + cathode_jobs(pdir)
+    )
+
+
+def seed(
+    queue_dir: str | Path,
+    manifest: str | Path | None = None,
+    pseudo_dir: str | Path | None = None,
+) -> list[Path]:
     """Add every planned job that is not in ``queue_dir`` yet.
 
     Jobs that ``manifest`` (default: the repo's ``data/hubbard/manifest.json``) records as
     ``done`` or ``failed`` are not re-added, so a wiped scratch never redoes finished work.
+    ``pseudo_dir`` defaults to ``$ZOO_PSEUDO_DIR``.
     """
     if manifest is None:
         manifest = Path(__file__).resolve().parents[3] / "data" / "hubbard" / "manifest.json"
     records = json.loads(Path(manifest).read_text())["jobs"] if Path(manifest).exists() else {}
-    jobs = pseudo_tests() + convergence_jobs() + production_jobs()
+    jobs = planned_jobs(pseudo_dir)
     n_iter = {j["id"]: j["n_iter"] for j in jobs}
 
     def finished(jid: str) -> bool:  # done jobs the plan now gives more iterations are resumed
@@ -126,7 +158,7 @@ def seed(queue_dir: str | Path, manifest: str | Path | None = None) -> list[Path
         return rec["state"] == "failed" or rec["kind"] != "sc" or n_hp >= n_iter.get(jid, 0)
 
     queue = Path(queue_dir)
-    for j in jobs:  # the run order may change between sessions; settings only before a start
+    for j in jobs:  # the run order may change; the settings only of a job that never started
         jp = queue / j["id"] / "job.json"
         if not jp.exists():
             continue
@@ -165,7 +197,7 @@ CO_LATE = 800  # priority offset of the rock-salt CoO jobs
 N_ITER = 3
 
 
-def production_jobs(rounds: int = 7) -> list[dict]:
+def production_jobs(rounds: int = 7, pseudo_dir: str | Path | None = None) -> list[dict]:
     """Rattled and symmetric-strained AFM rock-salt MO (+ layered LiMO2), N_ITER sc iterations.
 
     Symmetric strained cells are cheap for hp.x (2 perturbations, 4 q) and give one new U(TM)
@@ -174,40 +206,42 @@ def production_jobs(rounds: int = 7) -> list[dict]:
     sigma 0.04 A, strain STRAINS[r] / 2); LiCoO2 and LiFeO2 symmetric, then rattled from round 1.
     Job ids keep the round numbering; the run order is ``_cost_priority``.
     """
+    pdir = pseudo_dir_with_files(pseudo_dir)
     jobs = []
     for r in range(rounds):
         for n, m in enumerate(ROCKSALT_ORDER):
             base = S.rocksalt_afm(m)
             st = S.perturb(base, seed=0, sigma=0.0, strain=STRAINS[r])
             name = f"p{100 + 10 * r + n}-{m}O-sym-e{STRAINS[r]:+.3f}"
-            jobs.append(_prod_job(name, f"{m}O", st, _cost_priority(m, "sym", r), {}))
+            jobs.append(_prod_job(name, f"{m}O", st, _cost_priority(m, "sym", r), {}, pdir))
             st = S.perturb(base, seed=r, sigma=0.04, strain=STRAINS[r] / 2)
             name = f"p{100 + 10 * r + 4 + n}-{m}O-rat-s{r}"
             pw = {}
             if m == "Fe":  # p107 (fixed occupations) stalls: every rattled FeO is smeared
                 name, pw = name + "-sm", FEO_RATTLED_PW
-            jobs.append(_prod_job(name, f"{m}O", st, _cost_priority(m, "rat", r), pw))
+            jobs.append(_prod_job(name, f"{m}O", st, _cost_priority(m, "rat", r), pw, pdir))
         if r >= 1:
             for n, (m, mag) in enumerate(LI_MAG):
                 st = S.perturb(S.layered_limo2(m), seed=r, sigma=0.04, strain=STRAINS[r] / 2)
                 pw = {"tot_magnetization": mag}
                 name = f"p{100 + 10 * r + 8 + n}-Li{m}O2-rat-s{r}"
-                jobs.append(_prod_job(name, f"Li{m}O2", st, _cost_priority(m, "li", r), pw))
+                prio = _cost_priority(m, "li", r)
+                jobs.append(_prod_job(name, f"Li{m}O2", st, prio, pw, pdir))
     for n, (m, mag) in enumerate(LI_MAG):  # the symmetric layered cells: cheap, a 4th material
         pw = {"tot_magnetization": mag}
         st = S.layered_limo2(m)
         name = f"p{170 + n}-Li{m}O2-sym-e+0.000"
-        jobs.append(_prod_job(name, f"Li{m}O2", st, _cost_priority(m, "lisym", 0), pw))
+        jobs.append(_prod_job(name, f"Li{m}O2", st, _cost_priority(m, "lisym", 0), pw, pdir))
     return jobs
 
 
 #: rattled FeO: with fixed occupations the SCF stalls at ~1e-4 Ry for 100 steps at mixing_beta
-#: 0.3, 0.15 and 0.075 (p107, session 4), and Thomas-Fermi-screened mixing with a longer history
+#: 0.3, 0.15 and 0.075 (p107), and Thomas-Fermi-screened mixing with a longer history
 #: (p107-...-tf) was worse (~0.03 Ry): the one minority-spin t2g electron of Fe2+ hops between
 #: near-degenerate orbitals of the rattled cell. Gaussian smearing (0.01 Ry = 0.14 eV, small
 #: against the gap; the total magnetisation floats, AFM ~0) did not settle it either: ~3.5e-4 Ry
-#: after 64 steps (p107-...-sm, session 5). Fe labels come from LiFeO2 (high-spin Fe3+ d5,
-#: no orbital degeneracy) until another start works (the symmetric cell's density).
+#: after 64 steps (p107-...-sm). These jobs run late; Fe labels come first from LiFeO2
+#: (high-spin Fe3+ d5, no orbital degeneracy) and the olivines.
 FEO_RATTLED_PW = {"smearing": "gaussian", "degauss": 0.01}
 
 LI_MAG = (("Co", 0), ("Fe", 5))  # layered LiMO2: low-spin Co3+, high-spin Fe3+ (tot_magnetization)
@@ -216,14 +250,14 @@ LI_MAG = (("Co", 0), ("Fe", 5))  # layered LiMO2: low-spin Co3+, high-spin Fe3+ 
 def _cost_priority(metal: str, kind: str, r: int) -> int:
     """Run order from the measured cost per unique label (data/hubbard/manifest.json).
 
-    Session 3 measured, in QE CPU time: a rattled Ni/Fe hp.x step ~13-20 min for 2 U + 12 V
-    unique labels (~1 label per CPU-minute), a symmetric one 2-8 min for 1 U + 1 V (~0.4);
-    rattled Mn (semicore ``spn``) ~30 min per step (~0.5). So: the rattled Ni cells of every
-    round first, the cheap completions of half-finished symmetric paths (MnO round 0, the
-    layered cells) after the first two rattled rounds, then the symmetric Ni/Fe/Mn strains;
-    rattled Mn and LiMO2 after those; rock-salt CoO (its linear response was rejected, p102)
-    last; rattled FeO (its SCF stalls, ``FEO_RATTLED_PW``) late too. Fe is the scarcest species
-    of the training data: symmetric LiFeO2 runs first (session 5).
+    Measured in QE CPU time: a rattled Ni/Fe hp.x step ~13-20 min for 2 U + 12 V unique labels
+    (~1 label per CPU-minute), a symmetric one 2-8 min for 1 U + 1 V (~0.4); rattled Mn
+    (semicore ``spn``) ~30 min per step (~0.5). So: the rattled Ni cells of every round first,
+    the cheap completions of half-finished symmetric paths (MnO round 0, the layered cells),
+    then the symmetric Ni/Fe/Mn strains (after the cathode checks and cheapest cathode cells,
+    ``plan_cathodes``); rattled Mn and LiMO2 after those; rock-salt CoO (its linear response
+    was rejected, p102) last; rattled FeO (its SCF stalls, ``FEO_RATTLED_PW``) late too.
+    Symmetric LiFeO2 (Fe is the scarcest species of the data) comes early.
     """
     if metal == "Co" and kind in ("sym", "rat"):
         return CO_LATE + 100 + 10 * r + (0 if kind == "sym" else 4)
@@ -242,13 +276,13 @@ def _cost_priority(metal: str, kind: str, r: int) -> int:
     return 100 + 10 * r + 5
 
 
-def _prod_job(jid: str, material: str, st: dict, prio: int, pw: dict) -> dict:
+def _prod_job(jid: str, material: str, st: dict, prio: int, pw: dict, pdir: str) -> dict:
     return make_job(
         jid,
         material=material,
         structure=st,
         pseudos=PSEUDOS,
-        pseudo_dir=PSEUDO_DIR,
+        pseudo_dir=pdir,
         pw={**PROD_PW, **pw},
         hp=PROD_HP,
         hp_fallback=PROD_HP_FALLBACK,

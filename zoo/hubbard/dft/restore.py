@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .runner import load_status, read_json, save_status
+from .runner import load_status, read_json, save_status, write_text_atomic
 from .structures import TRANSITION_METALS
 
 
@@ -58,7 +58,7 @@ def restore_job(jobdir: str | Path, record: dict, rows: list[dict]) -> list[int]
             break
         hp_dir = jobdir / f"hp{k}"
         hp_dir.mkdir(exist_ok=True)
-        (hp_dir / "parameters.out").write_text(parameters_out_text(it_rows))
+        write_text_atomic(hp_dir / "parameters.out", parameters_out_text(it_rows))
         for s in ("scf", "hp"):
             status["steps"][f"{s}{k}"] = {**rec[f"{s}{k}"], "state": "done", "restored": True}
         done.append(k)

@@ -1,0 +1,176 @@
+"""Planned jobs of the battery-cathode families (part of ``plan.planned_jobs``).
+
+Per family (``FAMILIES``): k mesh at least the k-point density of the rock-salt production
+mesh (2x2x2 on the 4-atom AFM cell; ``cathodes.mesh_like_rocksalt``), raised to a multiple of
+the q mesh, and doubled for the smeared (metallic / Jahn-Teller) families; q mesh with about the
+rock-salt q-supercell size. Occupations: fixed with the total magnetisation of the magnetic
+order for the insulators (Mn4+ d3, olivine Fe2+/Fe3+), Marzari-Vanderbilt smearing
+(``DEGAUSS`` Ry) with free magnetisation where a fixed-occupation hp.x cycle is unstable or the
+cell is metallic: layered LiNiO2 with rock-salt settings gave U(Ni) 10.9 -> 8.0 -> 24.9 eV;
+Mn3+ in LiMnO2 and Mn3.5+ in the spinel are Jahn-Teller active.
+
+Per family, first a k-mesh check (``kcheck``: iteration 0 with q 1x1x1, the production k and
+twice it; the k effect on U/V shows without the q cost), then production: the symmetric cell,
+then +-2 % strains, then rattled cells (sigma 0.04 A, strain +-1 %), Li-free ends after the
+lithiated ones, the intermediate Li0.5NiO2 after both ends. Every hp.x step runs in pieces
+(``pieces.py``). Olivines (28/24 atoms) come last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from . import cathodes as C
+from . import inputs
+from . import structures as S
+from .cycle import make_job
+
+DEGAUSS = 0.02  # Ry, Marzari-Vanderbilt cold smearing
+SMEAR = {"smearing": "mv", "degauss": DEGAUSS}
+STRAINS = (-0.02, 0.02)
+RATTLES = ((0, -0.01), (1, 0.01))  # (seed, isotropic strain) of the rattled cells
+
+
+def _fixed(mag: int) -> dict:
+    return {"tot_magnetization": mag}
+
+
+#: name -> (cell builder, material, pw occupations, k mesh, q mesh, production sc iterations)
+FAMILIES: dict[str, tuple[Callable[[], dict], str, dict, list[int], list[int], int]] = {
+    "rutile-MnO2": (C.rutile_mno2, "beta-MnO2", _fixed(0), [2, 2, 2], [2, 2, 2], 3),
+    "layered-LiNiO2": (C.layered_linio2, "LiNiO2", SMEAR, [4, 4, 4], [2, 2, 2], 3),
+    "layered-NiO2": (lambda: C.layered_linio2(0.0), "NiO2", SMEAR, [4, 4, 4], [2, 2, 2], 3),
+    "layered-LiMnO2": (C.monoclinic_limno2, "LiMnO2", SMEAR, [4, 4, 2], [2, 2, 1], 3),
+    "layered-MnO2": (
+        lambda: C.monoclinic_limno2(False),
+        "MnO2-layered",
+        _fixed(3),
+        [4, 4, 2],
+        [2, 2, 1],
+        3,
+    ),  # fmt: skip
+    "spinel-LiMn2O4": (C.spinel_limn2o4, "LiMn2O4", SMEAR, [2, 2, 2], [2, 2, 2], 3),
+    "layered-Li0.5NiO2": (
+        lambda: C.layered_linio2(0.5),
+        "Li0.5NiO2",
+        SMEAR,
+        [2, 4, 4],
+        [1, 2, 2],
+        3,
+    ),  # fmt: skip
+    "olivine-LiFePO4": (C.olivine_lifepo4, "LiFePO4", _fixed(0), [1, 1, 2], [1, 1, 2], 2),
+    "olivine-FePO4": (
+        lambda: C.olivine_lifepo4(False),
+        "FePO4",
+        _fixed(0),
+        [1, 1, 2],
+        [1, 1, 2],
+        2,
+    ),
+}
+
+#: family -> (k-check priority, symmetric priority, strained priority, rattled priority). The
+#: k checks and the cheapest symmetric cells run before the remaining rock-salt symmetric
+#: strains (priority >= 201); rattled cathode cells after those; olivines last. Rattled cells
+#: whose hp.x pieces exceed ~45 min by ``estimated_cost`` (one perturbed atom over all q:
+#: layered Ni at k 4x4x4, spinel) wait at >= 900 with one seed until pieces also split over q.
+PRIORITY = {
+    "rutile-MnO2": (150, 160, 180, 270),
+    "layered-LiNiO2": (151, 161, 181, 950),
+    "layered-NiO2": (None, 162, 182, 952),
+    "layered-LiMnO2": (152, 163, 183, 273),
+    "layered-MnO2": (None, 164, 184, 274),
+    "spinel-LiMn2O4": (153, 170, 190, 954),
+    "layered-Li0.5NiO2": (None, 175, None, 285),
+    "olivine-LiFePO4": (500, 510, None, 990),
+    "olivine-FePO4": (None, 511, None, 991),
+}
+
+
+def cathode_jobs(pseudo_dir: str) -> list[dict]:
+    """All cathode jobs (k checks and production), ids ``c<priority>-<material>-...``."""
+    jobs = []
+    for fam, (build, mat, occ, k, q, n_iter) in FAMILIES.items():
+        p_check, p_sym, p_strain, p_rat = PRIORITY[fam]
+        base = build()
+        spec = []  # (id, structure, pw, hp, n_iter, priority, purpose)
+        if p_check is not None:
+            for n, kk in enumerate((k, [2 * x for x in k])):
+                jid = f"c{p_check}{'ab'[n]}-kcheck-{mat}-k{'x'.join(map(str, kk))}-q111"
+                spec.append((jid, base, kk, [1, 1, 1], 1, p_check, "convergence"))
+        spec.append((f"c{p_sym}-{mat}-sym-e+0.000", base, k, q, n_iter, p_sym, "production"))
+        for n, e in enumerate(STRAINS if p_strain is not None else ()):
+            st = S.perturb(base, seed=0, sigma=0.0, strain=e)
+            spec.append((f"c{p_strain}{'ab'[n]}-{mat}-sym-e{e:+.3f}", st, k, q, n_iter, p_strain,
+                         "production"))  # fmt: skip
+        for seed, e in RATTLES if p_rat < 900 else RATTLES[:1]:
+            st = S.perturb(base, seed=seed, sigma=0.04, strain=e)
+            spec.append((f"c{p_rat}-{mat}-rat-s{seed}", st, k, q, n_iter, p_rat + seed,
+                         "production"))  # fmt: skip
+        jobs += [_job(fam, mat, occ, *x, pseudo_dir) for x in spec]
+    return jobs
+
+
+def _job(fam, mat, occ, jid, st, kpts, nq, n_iter, prio, purpose, pseudo_dir) -> dict:  # noqa: PLR0913
+    from .plan import PROD_HP, PROD_HP_FALLBACK, PROD_PW, PSEUDOS, U_INIT
+
+    return make_job(
+        jid,
+        material=mat,
+        structure=st,
+        pseudos=PSEUDOS,
+        pseudo_dir=pseudo_dir,
+        pw={**PROD_PW, **occ, "kpts": kpts},
+        hp={**PROD_HP, "nq": nq},
+        hp_fallback=PROD_HP_FALLBACK,
+        u_init=U_INIT,
+        n_iter=n_iter,
+        purpose=purpose,
+        priority=prio,
+        max_attempts=3,
+        hp_split=True,
+        meta={"family": fam},
+    )
+
+
+#: Hubbard-atom classes hp.x perturbs in the symmetric cells (TM + inequivalent O; AFM
+#: partners merge as in MnO); a rattled cell perturbs every Hubbard atom.
+N_PERT_SYMMETRIC = {
+    "rutile-MnO2": 2,
+    "layered-LiNiO2": 2,
+    "layered-NiO2": 2,
+    "layered-LiMnO2": 2,
+    "layered-MnO2": 2,
+    "spinel-LiMn2O4": 2,
+    "layered-Li0.5NiO2": 5,
+    "olivine-LiFePO4": 4,
+    "olivine-FePO4": 4,
+}
+# Measured on the rock-salt cells (4 atoms, k 2x2x2, q 2x2x2; data/hubbard/manifest.json, QE
+# CPU minutes): hp.x per perturbation 2.0 (symmetric) / 4.6 (rattled), pw.x 0.5 / 0.75 per SCF;
+# wall = 2 x CPU on the shared, niced machine. Cost per k point grows as nat^1.5 (MnO 4 atoms
+# vs LiMnPO4 28 atoms measured ~nat^1.35).
+HP_MIN_PER_PERT = {"sym": 2.0, "rat": 4.6}
+SCF_MIN = {"sym": 0.5, "rat": 0.75}
+WALL_PER_CPU = 2.0
+NAT_EXPONENT = 1.5
+
+
+def estimated_cost(job: dict) -> dict:
+    """Estimated wall hours of the 2-core machine for ``job`` and its longest hp.x piece.
+
+    ``{"hours": total, "piece_min": longest piece (wall minutes), "n_pert": perturbations}``;
+    an estimate from the rock-salt measurements scaled by atoms, k and q points.
+    """
+    sym = job["structure"]["symbols"]
+    kind = "rat" if "-rat-" in job["id"] else "sym"
+    family = job["meta"]["family"]
+    n_pert = N_PERT_SYMMETRIC[family] if kind == "sym" else sum(inputs.is_hubbard(s) for s in sym)
+    n_k, n_q = (int(np.prod(job[x][y])) for x, y in (("pw", "kpts"), ("hp", "nq")))
+    size = (len(sym) / 4) ** NAT_EXPONENT * n_k / 8
+    hp = HP_MIN_PER_PERT[kind] * n_pert * size * n_q / 8
+    scf = SCF_MIN[kind] * size
+    hours = (hp + scf) * job["n_iter"] * WALL_PER_CPU / 60
+    return {"hours": hours, "piece_min": hp / n_pert * WALL_PER_CPU, "n_pert": n_pert}
