@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save_file
+from safetensors.numpy import save
 
 from ._io import replace_folder
 
@@ -106,7 +106,8 @@ def save_safetensors(
     config = getattr(model, "config", None)
     if isinstance(config, dict):
         meta[CONFIG_HASH_KEY] = config_sha256(config)
-    save_file(model_tensors(model), str(path), metadata=meta)
+    # bytes through Python's open(): safetensors' own writer creates the file 0600
+    Path(path).write_bytes(save(model_tensors(model), metadata=meta))
 
 
 def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:

@@ -298,16 +298,22 @@ def _resolve_shipped(
 ) -> tuple[dict, str]:
     entry = SHIPPED[name]
     root = Path(weights_dir) if weights_dir is not None else registry.WEIGHTS_DIR
-    folder, pins = root / name, registry.pins_of(name, root)
+    folder = root / name
     pinned = revision in (None, entry.revision)
-    if source == "embedded" or (source == "auto" and pinned and folder.is_dir()):
-        if not pinned:
-            raise ValueError(f"embedded {name!r} is revision {entry.revision!r}, not {revision!r}")
-        if not folder.is_dir():
-            raise ValueError(
-                f"embedded weights of {name!r} are not installed ({folder}); "
-                "download them with source='hub'"
-            )
+    embedded = source == "embedded" or (source == "auto" and pinned and folder.is_dir())
+    if embedded and not pinned:
+        raise ValueError(f"embedded {name!r} is revision {entry.revision!r}, not {revision!r}")
+    if embedded and not folder.is_dir():
+        raise ValueError(
+            f"embedded weights of {name!r} are not installed ({folder}); "
+            "download them with source='hub'"
+        )
+    try:
+        pins = registry.pins_of(name, root)
+    except ValueError as err:
+        where = "embedded weights, but" if embedded else f"no embedded weights ({folder}) and"
+        raise ValueError(f"{name!r} has {where} {err}") from None
+    if embedded:
         files = _local_files(folder, required, optional)
         for file, path in files.items():
             if file not in pins:
