@@ -331,74 +331,76 @@ def cli_call(*argv: str) -> Callable[[Ctx], None]:
     return run
 
 
+# fmt: off
 ROWS = [
     # ---- the table ----
     Row("predict -o out.extxyz keeps the input's own arrays", cli_extxyz_keeps_the_input_labels),
     Row("predict -o out.json: strict JSON, null for NaN", cli_json_is_strict_json),
     Row("fine-tuned card: base licence, Hub id + revision, usage path",
-        finetuned_card_inherits_licence_and_names_the_base),  # fmt: skip
+        finetuned_card_inherits_licence_and_names_the_base),
     Row("save_pretrained honours the umask", save_uses_the_umask),
     Row("save_pretrained to a symlinked folder", save_through_a_symlink),
     Row("overwrite with a different model", overwrite_drops_the_previous_models_files),
     Row("registry.json missing", no_registry, ValueError, "registry.json is missing"),
     Row("registry.json lacks the name", registry_without_the_name, ValueError,
-        "has no sha256 pins of 'batio3-response'"),  # fmt: skip
+        "has no sha256 pins of 'batio3-response'"),
     Row("Hub bytes corrupted once in transit", hub_transit_corruption_is_refetched),
     Row("unpinned Hub repo serving corrupted bytes", hub_unpinned_corruption_leaves_no_bad_blob),
     Row("NaN in the weights", nan_weights, ValueError, "non-finite value(s)"),
     Row("embedded config.json edited", edited_embedded_config, ValueError,
-        "sha256 mismatch for embedded batio3-response/config.json"),  # fmt: skip
+        "sha256 mismatch for embedded batio3-response/config.json"),
     Row("config r_max edited", edited_config(lambda c: c["backbone"].update(r_max=5.0)),
         ValueError, "config.json differs from the config these weights were saved with"),
     Row("config species order edited",
         edited_config(lambda c: c["backbone"].update(species=[22, 56, 8])), ValueError,
-        "config.json differs"),  # fmt: skip
+        "config.json differs"),
     Row("config channels = 1e8", edited_config(lambda c: c["backbone"].update(channels=10**8)),
-        ValueError, "config.json differs"),  # fmt: skip
+        ValueError, "config.json differs"),
     Row("config without heads", edited_config(lambda c: c.pop("heads")), ValueError,
-        "config.json differs"),  # fmt: skip
+        "config.json differs"),
     Row("config without heads, weights without a config hash", legacy_config_without_heads,
-        ValueError, "lacks the key 'heads'"),  # fmt: skip
+        ValueError, "lacks the key 'heads'"),
     Row("pbc='False' in a structure dict", lambda c: as_structure(structure_dict(pbc="False")),
-        ValueError, "a string: write pbc=False"),  # fmt: skip
+        ValueError, "a string: write pbc=False"),
     Row("pbc=['True', 'False', 'True']",
         lambda c: as_structure(structure_dict(pbc=["True", "False", "True"])), ValueError,
-        "pbc must be True/False or 3 of them"),  # fmt: skip
+        "pbc must be True/False or 3 of them"),
     Row("fine-tune with all-NaN labels", all_nan_labels, ValueError,
-        "labels 'born_charges': no structure has a finite born_charges"),  # fmt: skip
+        "labels 'born_charges': no structure has a finite born_charges"),
     # ---- bad input the README documents: structures, load, CLI ----
     Row("empty structure", lambda c: as_structure({"numbers": [], "positions": np.zeros((0, 3))}),
-        ValueError, "empty structure"),  # fmt: skip
+        ValueError, "empty structure"),
     Row("NaN position", lambda c: as_structure(structure_dict(positions=[[0, 0, 0], [np.nan, 0, 0]])),
-        ValueError, "non-finite position for atom 1"),  # fmt: skip
+        ValueError, "non-finite position for atom 1"),
     Row("singular cell", lambda c: as_structure(structure_dict(cell=np.zeros((3, 3)))),
-        ValueError, "the cell is singular"),  # fmt: skip
+        ValueError, "the cell is singular"),
     Row("atoms on top of each other",
         lambda c: as_structure(structure_dict(positions=[[0, 0, 0], [0.01, 0, 0]])),
-        ValueError, "closer than 0.1"),  # fmt: skip
+        ValueError, "closer than 0.1"),
     Row("atomic number 0", lambda c: as_structure(structure_dict(numbers=[0, 8])), ValueError,
-        "atomic number 0"),  # fmt: skip
+        "atomic number 0"),
     Row("positions of the wrong shape", lambda c: as_structure(structure_dict(positions=[[0, 0]])),
-        ValueError, "positions must have shape (2, 3)"),  # fmt: skip
+        ValueError, "positions must have shape (2, 3)"),
     Row("unknown model name", lambda c: load("hubbard-w", **c.opts()), ValueError,
-        "unknown model name 'hubbard-w'"),  # fmt: skip
+        "unknown model name 'hubbard-w'"),
     Row("missing folder", lambda c: load("./missing", **c.opts()), ValueError,
-        "no model folder at './missing'"),  # fmt: skip
+        "no model folder at './missing'"),
     Row("Hub repo that does not exist", lambda c: load("nobody/nothing", **c.opts()),
-        WeightsUnavailableError, "not found"),  # fmt: skip
+        WeightsUnavailableError, "not found"),
     Row("tampered embedded weights", tampered_embedded, ValueError,
-        "sha256 mismatch for embedded"),  # fmt: skip
+        "sha256 mismatch for embedded"),
     Row("zoo predict to an existing file", cli_call("predict", "{response}", "{tmp}/in.xyz",
-        "-o", "{tmp}/weights/registry.json"), ValueError, "exists; pass --overwrite"),  # fmt: skip
+        "-o", "{tmp}/weights/registry.json"), ValueError, "exists; pass --overwrite"),
     Row("zoo predict of a missing input", cli_call("predict", "{response}", "{tmp}/in.xyz"),
-        ValueError, "no such input file"),  # fmt: skip
+        ValueError, "no such input file"),
     Row("zoo predict to an unknown suffix", cli_call("predict", "{response}", "{tmp}/in.xyz",
-        "-o", "{tmp}/p.txt"), ValueError, "the suffix must be one of"),  # fmt: skip
+        "-o", "{tmp}/p.txt"), ValueError, "the suffix must be one of"),
     Row("zoo train of an unknown recipe", cli_call("train", "no_such_recipe"), ValueError,
-        "unknown recipe 'no_such_recipe'; known recipes: batio3_global"),  # fmt: skip
+        "unknown recipe 'no_such_recipe'; known recipes: batio3_global"),
     Row("zoo train of a missing recipe file", lambda c: cli._recipe_module("./nothing.py"),
-        ValueError, "no such recipe file"),  # fmt: skip
+        ValueError, "no such recipe file"),
 ]
+# fmt: on
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])

@@ -446,7 +446,8 @@ def save_pretrained(
             (new / rel).write_bytes(data)
         written = json.dumps({rel: _sha(data) for rel, data in files.items()}, sort_keys=True)
         save_safetensors(model, new / WEIGHTS_NAME, {WRITTEN_KEY: written})
-        notes.update(kept=kept, dropped=dropped)
+        notes.update(kept=kept, dropped=dropped, changed=old is not None and _read_json(
+            old / CONFIG_NAME) != config)  # fmt: skip
 
     folder = replace_folder(real, populate)
     if CARD_NAME in notes["kept"]:
@@ -455,4 +456,19 @@ def save_pretrained(
             "the previous model: pass card=... to replace it",
             stacklevel=2,
         )
+    others = [n for n in notes["kept"] if n != CARD_NAME]
+    if others and notes["changed"]:
+        shown = ", ".join(others[:_MAX_LISTED]) + (", ..." if len(others) > _MAX_LISTED else "")
+        warnings.warn(
+            f"{folder}: kept {len(others)} file(s) this save did not write ({shown}) next to a "
+            "model with another config; delete them if they describe the previous model",
+            stacklevel=2,
+        )
     return folder
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
