@@ -18,11 +18,11 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from ase import Atoms
 from ase.io import read, write
 from hub_server import HubServer
 from huggingface_hub import constants
 from safetensors.numpy import save_file
+from test_cli import BACKBONE, perovskite
 from test_serialization import TINY_TYPES, predict, train_tiny
 
 from zoo import _registry, cli
@@ -34,18 +34,6 @@ from zoo.structure import as_structure
 from zoo.train import TrainConfig
 
 NAME, REPO = "batio3-response", "e3zoo/batio3-response"
-BACKBONE = dict(channels=4, lmax=2, num_layers=2, radial_hidden=8, r_max=4.0)
-
-
-def perovskite(seed=0) -> Atoms:
-    atoms = Atoms(
-        "BaTiO3",
-        scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]],
-        cell=np.eye(3) * 4.0,
-        pbc=True,
-    )
-    atoms.rattle(0.1, seed=seed)
-    return atoms
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +113,14 @@ def cli_extxyz_keeps_the_input_labels(c: Ctx) -> None:
         np.testing.assert_allclose(got, want["born_charges"][5 * k : 5 * k + 5], atol=1e-5)
         np.testing.assert_allclose(atoms.info["zoo_dielectric"].reshape(3, 3),
                                    want["dielectric"][k], atol=1e-5)  # fmt: skip
+
+
+def cli_extxyz_of_an_earlier_output(c: Ctx):
+    atoms = perovskite(0)
+    atoms.arrays["zoo_born_charges"] = np.zeros((5, 9))  # written by an earlier zoo predict
+    record = {"file": "in.extxyz", "frame": 0, "atoms": atoms,
+              "prediction": {"born_charges": np.ones((5, 3, 3))}}  # fmt: skip
+    return cli._write_predictions(c.tmp / "out.extxyz", [record])
 
 
 def cli_json_is_strict_json(c: Ctx) -> None:
@@ -310,8 +306,10 @@ def train_ignores_the_cwd_recipes(c: Ctx, monkeypatch) -> None:
         "from pathlib import Path\ndef main(argv):\n    Path('ran.txt').write_text(repr(argv))\n"
     )
     monkeypatch.chdir(c.tmp)
-    module, path = cli._recipe_module("batio3_response")
-    assert path == cli.RECIPES / "batio3_response.py" and module.__file__ == str(path)
+    (c.tmp / "batio3_response.py").write_text("raise SystemExit('cwd file ran')\n")
+    for spec in ("batio3_response", "batio3_response.py", "batio3-response"):
+        module, path = cli._recipe_module(spec)
+        assert path == cli.RECIPES / "batio3_response.py" and module.__file__ == str(path)
     assert cli.main(["train", "./mine.py", "--epochs", "1"]) == 0
     assert (c.tmp / "ran.txt").read_text() == "['--epochs', '1']"
 
@@ -335,6 +333,8 @@ def cli_call(*argv: str) -> Callable[[Ctx], None]:
 ROWS = [
     # ---- the table ----
     Row("predict -o out.extxyz keeps the input's own arrays", cli_extxyz_keeps_the_input_labels),
+    Row("predict -o out.extxyz on an earlier output", cli_extxyz_of_an_earlier_output,
+        ValueError, "already has zoo_born_charges"),
     Row("predict -o out.json: strict JSON, null for NaN", cli_json_is_strict_json),
     Row("fine-tuned card: base licence, Hub id + revision, usage path",
         finetuned_card_inherits_licence_and_names_the_base),

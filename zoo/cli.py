@@ -171,6 +171,13 @@ def _write_predictions(path: Path, records: list[dict]) -> None:
         atoms = r["atoms"].copy()
         atoms.calc = None
         n = len(atoms)
+        taken = sorted(PREFIX + k for k in [*r["prediction"], "source_file"]
+                       if PREFIX + k in atoms.arrays or PREFIX + k in atoms.info)  # fmt: skip
+        if taken:
+            raise ValueError(
+                f"{r['file']} (frame {r['frame']}) already has {', '.join(taken)} (an earlier "
+                f"prediction?): they are never overwritten; write to .json or .npz instead"
+            )
         for key, value in r["prediction"].items():
             value = np.asarray(value)
             if value.ndim >= 1 and value.shape[0] == n:
@@ -296,7 +303,7 @@ def _recipe_module(spec: str):
     import types
 
     path = Path(spec).expanduser()
-    if spec.endswith(".py") and (path.is_file() or os.sep in spec or "/" in spec):
+    if os.sep in spec or "/" in spec:  # a path only when written as one: ./mine.py
         if not path.is_file():
             raise ValueError(f"no such recipe file {spec!r}")
         module_name = f"_zoo_recipe_{path.stem}"
