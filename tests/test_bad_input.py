@@ -223,6 +223,14 @@ def overwrite_drops_the_previous_models_files(c: Ctx) -> None:
                                   predict(c.tiny[1]))  # fmt: skip
 
 
+def overwrite_of_an_older_folder_warns(c: Ctx) -> None:
+    target = save_pretrained(c.tiny[0], c.tmp / "m")
+    (target / "metrics.json").write_text("{}")  # origin unknown: not listed by the weights
+    with pytest.warns(UserWarning, match=r"kept 1 file\(s\) .*\(metrics\.json\)"):
+        save_pretrained(c.tiny[1], target, overwrite=True)
+    assert (target / "metrics.json").read_text() == "{}"
+
+
 def hub_transit_corruption_is_refetched(c: Ctx) -> None:
     c.hub.corrupt["model.safetensors"] = 1  # one bad transfer under the right ETag
     model = load(NAME, **c.opts(source="hub"))
@@ -341,6 +349,7 @@ ROWS = [
     Row("save_pretrained honours the umask", save_uses_the_umask),
     Row("save_pretrained to a symlinked folder", save_through_a_symlink),
     Row("overwrite with a different model", overwrite_drops_the_previous_models_files),
+    Row("overwrite keeping files of unknown origin", overwrite_of_an_older_folder_warns),
     Row("registry.json missing", no_registry, ValueError, "registry.json is missing"),
     Row("registry.json lacks the name", registry_without_the_name, ValueError,
         "has no sha256 pins of 'batio3-response'"),

@@ -446,8 +446,9 @@ def save_pretrained(
             (new / rel).write_bytes(data)
         written = json.dumps({rel: _sha(data) for rel, data in files.items()}, sort_keys=True)
         save_safetensors(model, new / WEIGHTS_NAME, {WRITTEN_KEY: written})
-        notes.update(kept=kept, dropped=dropped, changed=old is not None and _read_json(
-            old / CONFIG_NAME) != config)  # fmt: skip
+        notes.update(
+            kept=kept, dropped=dropped, model=old is not None and (old / CONFIG_NAME).is_file()
+        )
 
     folder = replace_folder(real, populate)
     if CARD_NAME in notes["kept"]:
@@ -457,18 +458,12 @@ def save_pretrained(
             stacklevel=2,
         )
     others = [n for n in notes["kept"] if n != CARD_NAME]
-    if others and notes["changed"]:
+    if others and notes["model"]:
         shown = ", ".join(others[:_MAX_LISTED]) + (", ..." if len(others) > _MAX_LISTED else "")
         warnings.warn(
-            f"{folder}: kept {len(others)} file(s) this save did not write ({shown}) next to a "
-            "model with another config; delete them if they describe the previous model",
+            f"{folder}: kept {len(others)} file(s) of the previous folder that save_pretrained "
+            f"did not write or that were edited ({shown}); delete them if they describe the "
+            "previous model",
             stacklevel=2,
         )
     return folder
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
