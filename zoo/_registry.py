@@ -16,7 +16,7 @@ from typing import Any
 
 from ._io import atomic_write_json
 
-#: Embedded weights (package data). The lead links the top-level ``weights/`` here.
+#: Embedded weights (package data; the top-level ``weights/`` links here).
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: sha256 pins of every embedded model folder, written by :func:`write_registry`.
 REGISTRY_NAME = "registry.json"
@@ -25,8 +25,6 @@ REGISTRY_FORMAT = 1
 # model_type (config.json) -> "module:Class" inside the zoo package. The class must have a
 # ``from_config(config: dict) -> eqx.Module`` classmethod; an optional
 # ``skeleton_from_config`` (same shapes, no random init) is what the loader uses if present.
-# ---- LEAD: extend this table as the model classes land, e.g.
-#      "response": "zoo.model:ResponseModel", "hubbard": "zoo.hubbard:HubbardModel". ----
 MODEL_TYPES: dict[str, str] = {
     "response": "zoo.model:ResponseModel",
     "shielding": "zoo.shielding:ShieldingModel",
