@@ -14,7 +14,8 @@ It serves model repos the way the Hub's file endpoints do (checked against huggi
   (non-Xet) path: ``/api/repos/create``, ``/api/validate-yaml``, ``.../preupload/{rev}``
   (always "regular" upload mode) and ``.../commit/{rev}`` (ndjson, base64 files).
 
-Everything is in memory; ``requests`` records ``(method, path)`` of every request served.
+Everything is in memory; ``requests`` records ``(method, path)`` of every request served;
+``corrupt[filename] = n`` alters the bytes of the next n downloads of a file (not the headers).
 """
 
 import base64
@@ -45,6 +46,9 @@ class HubServer:
         self.repos: dict[str, dict[str, str]] = {}  # repo_id -> {ref name: commit}
         self.commits: dict[str, dict[str, bytes]] = {}  # commit -> {filename: content}
         self.requests: list[tuple[str, str]] = []
+        #: filename -> how many more GETs of it send altered bytes under the correct headers
+        #: (a download corrupted in transit)
+        self.corrupt: dict[str, int] = {}
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -186,6 +190,9 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 headers["X-Linked-Size"] = str(len(data))
             else:
                 headers["ETag"] = f'"{git_blob_sha1(data)}"'
+            if self.command == "GET" and hub.corrupt.get(filename, 0) > 0:
+                hub.corrupt[filename] -= 1
+                data = bytes([data[0] ^ 0xFF]) + data[1:]  # same length, other bytes
             self._send(200, data, headers)
 
         def do_POST(self) -> None:

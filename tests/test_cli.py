@@ -76,6 +76,7 @@ def test_demo_predicts_on_bundled_examples(capsys, tmp_path, monkeypatch, model)
     code, out, _ = run(capsys, "demo")
     assert code == 1 and "no shipped weights are installed" in out
     model.save_pretrained(tmp_path / "batio3-response")
+    registry.write_registry(tmp_path)  # embedded weights load only when pinned
     code, out, _ = run(capsys, "demo")
     assert code == 0
     assert "== batio3-response: 1 example input(s)" in out
@@ -88,10 +89,10 @@ def test_predict_writes_each_format(capsys, tmp_path, folder, model, structures)
     code, out, _ = run(capsys, "predict", folder, structures, "-o", tmp_path / "p.extxyz")
     assert code == 0 and "wrote 2 prediction(s)" in out
     frames = read(tmp_path / "p.extxyz", index=":")
-    got = np.concatenate([f.arrays["born_charges"].reshape(-1, 3, 3) for f in frames])
+    got = np.concatenate([f.arrays["zoo_born_charges"].reshape(-1, 3, 3) for f in frames])
     np.testing.assert_allclose(got, want["born_charges"], atol=1e-5)
-    np.testing.assert_allclose(frames[1].info["dielectric"].reshape(3, 3), want["dielectric"][1],
-                               atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(frames[1].info["zoo_dielectric"].reshape(3, 3),
+                               want["dielectric"][1], atol=1e-5)  # fmt: skip
     assert run(capsys, "predict", folder, structures, "-o", tmp_path / "p.npz")[0] == 0
     with np.load(tmp_path / "p.npz") as npz:
         np.testing.assert_allclose(npz["1/dielectric"], want["dielectric"][1], atol=1e-5)

@@ -16,7 +16,7 @@ from typing import Any
 
 from ._io import atomic_write_json
 
-#: Embedded weights (package data). The lead links the top-level ``weights/`` here.
+#: Embedded weights (package data; the top-level ``weights/`` links here).
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: sha256 pins of every embedded model folder, written by :func:`write_registry`.
 REGISTRY_NAME = "registry.json"
@@ -25,8 +25,6 @@ REGISTRY_FORMAT = 1
 # model_type (config.json) -> "module:Class" inside the zoo package. The class must have a
 # ``from_config(config: dict) -> eqx.Module`` classmethod; an optional
 # ``skeleton_from_config`` (same shapes, no random init) is what the loader uses if present.
-# ---- LEAD: extend this table as the model classes land, e.g.
-#      "response": "zoo.model:ResponseModel", "hubbard": "zoo.hubbard:HubbardModel". ----
 MODEL_TYPES: dict[str, str] = {
     "response": "zoo.model:ResponseModel",
     "shielding": "zoo.shielding:ShieldingModel",
@@ -118,6 +116,23 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def git_blob_sha1(path: str | os.PathLike) -> str:
+    """The git object id of a file, which the Hub reports as the ETag of a non-LFS file."""
+    data = Path(path).read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def matches_etag(path: str | os.PathLike, etag: str) -> bool | None:
+    """Whether a file's content is what a Hub ETag names: the sha256 of an LFS file (64 hex),
+    the git blob sha1 of a small file (40 hex). None when the ETag is neither."""
+    etag = etag.strip().removeprefix("W/").strip('"').lower()
+    if len(etag) == 64 and all(c in "0123456789abcdef" for c in etag):
+        return sha256_file(path) == etag
+    if len(etag) == 40 and all(c in "0123456789abcdef" for c in etag):
+        return git_blob_sha1(path) == etag
+    return None
+
+
 def _folder_files(folder: Path) -> list[Path]:
     """Non-hidden regular files below ``folder``, sorted by relative path."""
     files = []
@@ -153,8 +168,26 @@ def write_registry(weights_dir: str | os.PathLike | None = None) -> dict:
     return registry
 
 
+def pins_of(name: str, weights_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """The sha256 pins of one shipped name; ValueError if registry.json or the name is missing.
+
+    Every shipped name must be pinned: without a pin, tampered or corrupted weights (or a
+    config.json edited to other sizes, another cutoff or species order) would load unchecked.
+    """
+    root = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
+    path = root / REGISTRY_NAME
+    if not path.is_file():
+        raise ValueError(f"{path} is missing, so {name!r} cannot be checked; reinstall e3zoo")
+    pins = read_registry(root).get(name)
+    if not pins or not {"config.json", "model.safetensors"} <= set(pins):
+        raise ValueError(f"{path} has no sha256 pins of {name!r} (config.json and "
+                         "model.safetensors); reinstall e3zoo (maintainers: write_registry)")  # fmt: skip
+    return pins
+
+
 def read_registry(weights_dir: str | os.PathLike | None = None) -> dict[str, dict[str, str]]:
-    """The sha256 pins ``{name: {filename: sha256}}``; empty if no registry.json exists."""
+    """The sha256 pins ``{name: {filename: sha256}}``; empty if no registry.json exists
+    (listing only: loading a shipped name uses :func:`pins_of`, which refuses that)."""
     path = (Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR) / REGISTRY_NAME
     if not path.is_file():
         return {}

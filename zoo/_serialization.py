@@ -5,11 +5,12 @@ file can be read without the code and a renamed field fails loudly instead of lo
 No pickle anywhere.
 """
 
+import hashlib
 import json
 import math
 import os
 import shutil
-import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,19 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save_file
+from safetensors.numpy import save
+
+from ._io import replace_folder
 
 #: Version of the model-folder format; a config.json with another major version is refused.
 FORMAT_VERSION = "1.0"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
+#: safetensors header keys: the config's sha256, and ``{relative name: sha256}`` of the other
+#: files save_pretrained wrote (so an overwrite can tell its own stale files from the user's)
+CONFIG_HASH_KEY = "config_sha256"
+WRITTEN_KEY = "zoo_written_files"
 _MAX_LISTED = 5
 
 
@@ -81,9 +88,51 @@ def model_tensors(model: eqx.Module) -> dict[str, np.ndarray]:
     return tensors
 
 
-def save_safetensors(model: eqx.Module, path: str | os.PathLike) -> None:
-    """Write the model's arrays to a safetensors file (non-array leaves are not saved)."""
-    save_file(model_tensors(model), str(path), metadata={"format": "e3zoo"})
+def config_sha256(config: Mapping[str, Any]) -> str:
+    """sha256 of a config's canonical JSON (key-sorted, indent 2): whitespace does not count."""
+    text = json.dumps(config, sort_keys=True, indent=2, allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def save_safetensors(
+    model: eqx.Module, path: str | os.PathLike, metadata: Mapping[str, str] | None = None
+) -> None:
+    """Write the model's arrays to a safetensors file (non-array leaves are not saved).
+
+    The header metadata holds ``format: e3zoo`` and, when the model has a config, its
+    ``config_sha256``, so a config.json edited after saving is refused at load.
+    """
+    meta = {"format": "e3zoo", **(metadata or {})}
+    config = getattr(model, "config", None)
+    if isinstance(config, dict):
+        meta[CONFIG_HASH_KEY] = config_sha256(config)
+    # bytes through Python's open(): safetensors' own writer creates the file 0600
+    Path(path).write_bytes(save(model_tensors(model), metadata=meta))
+
+
+def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The header metadata of a safetensors file ({} when unreadable or absent)."""
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError):
+        return {}
+
+
+def check_config_matches_weights(config: Mapping[str, Any], weights: str | os.PathLike) -> None:
+    """Refuse a config.json edited after its weights were saved (before anything is built).
+
+    Weights saved by this package carry the config's sha256 in their header; an edit of the
+    same shapes (``r_max``, species order) would otherwise load and predict differently, and an
+    edit of a size (``channels``) would allocate before any shape check.
+    """
+    saved = safetensors_metadata(weights).get(CONFIG_HASH_KEY)
+    if saved is not None and saved != config_sha256(config):
+        raise ValueError(
+            f"{weights}: config.json differs from the config these weights were saved with "
+            "(edited after saving?); restore it, or build the model from the edited config "
+            "and fill it with zoo._serialization.load_safetensors(model, path)"
+        )
 
 
 def _problems_message(path: Path, problems: list[str]) -> str:
@@ -108,7 +157,7 @@ def load_safetensors(skeleton: eqx.Module, path: str | os.PathLike) -> eqx.Modul
     **Returns:** the model with every array leaf read from the file.
 
     Raises ValueError naming the file when it is corrupt or truncated, and naming the tensors
-    when names are missing or extra or a shape or dtype differs.
+    when names are missing or extra, a shape or dtype differs, or a value is NaN or Inf.
     """
     path = Path(path)
     named, treedef = _named_leaves(skeleton)
@@ -138,6 +187,9 @@ def load_safetensors(skeleton: eqx.Module, path: str | os.PathLike) -> eqx.Modul
                         f"tensor {name!r}: dtype {array.dtype} in the file, "
                         f"{np.dtype(leaf.dtype)} expected{hint}"
                     )
+                if array.dtype.kind in "fc" and not np.isfinite(array).all():
+                    bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+                    problems.append(f"tensor {name!r}: {bad} non-finite value(s) (NaN or Inf)")
                 arrays[name] = array
     except (SafetensorError, OSError) as err:
         raise ValueError(
@@ -221,12 +273,15 @@ def make_model_card(
     metrics: Mapping[str, float | int | str] | None = None,
     config: Mapping[str, Any] | None = None,
     base_model: str | None = None,
+    base_model_revision: str | None = None,
     repo_id: str | None = None,
 ) -> str:
     """A README.md model card whose YAML front matter the Hub understands.
 
     The front matter has ``library_name: e3zoo``, ``license``, ``tags``, ``datasets``,
-    ``metrics`` (names) and ``base_model``; the metric values go in a table in the body.
+    ``metrics`` (names) and ``base_model`` (a Hub repo id, with ``base_model_revision``); the
+    metric values go in a table in the body. The usage line loads ``repo_id`` (a Hub id or a
+    folder path), else `name`.
     """
     if not isinstance(name, str) or not name:
         raise ValueError("name must be a non-empty string")
@@ -241,6 +296,8 @@ def make_model_card(
         meta["metrics"] = sorted(metrics)
     if base_model:
         meta["base_model"] = base_model
+        if base_model_revision:
+            meta["base_model_revision"] = base_model_revision
     lines = ["---", yaml.safe_dump(meta, sort_keys=False).rstrip(), "---", "", f"# {name}", ""]
     if description:
         lines += [description.strip(), ""]
@@ -286,23 +343,55 @@ def _check_model(model: Any) -> dict:
     return check_config(model.config, where=f"{type(model).__name__}.config")
 
 
-def _write_extra(folder: Path, extra_files: Mapping[str, Any]) -> None:
+def _extra_bytes(extra_files: Mapping[str, Any]) -> dict[str, bytes]:
+    """``{relative posix name: content}`` of the extra files, validated before any write."""
+    out = {}
     for name, content in extra_files.items():
         rel = Path(name)
         if rel.is_absolute() or ".." in rel.parts or not rel.parts:
             raise ValueError(f"extra_files: {name!r} must be a relative path inside the folder")
         if rel.as_posix() in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME):
             raise ValueError(f"extra_files: {name!r} is written by save_pretrained itself")
-        target = folder / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(content, str):
-            target.write_text(content)
+            out[rel.as_posix()] = content.encode()
         elif isinstance(content, bytes):
-            target.write_bytes(content)
+            out[rel.as_posix()] = content
         elif isinstance(content, os.PathLike):
-            shutil.copyfile(content, target)
+            out[rel.as_posix()] = Path(content).read_bytes()
         else:
             raise ValueError(f"extra_files[{name!r}] must be str, bytes or a path")
+    return out
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _carry_over(old: Path, new: Path, written: set[str], card_given: bool) -> tuple[list, list]:
+    """Copy into `new` the files of `old` a user wrote; return (kept, dropped) names.
+
+    A file is ours, and dropped, when the old weights' header lists it with its current
+    sha256 (save_pretrained wrote it and nobody changed it since) or the new save writes it.
+    """
+    try:
+        ours = json.loads(safetensors_metadata(old / WEIGHTS_NAME).get(WRITTEN_KEY, "{}"))
+    except json.JSONDecodeError:
+        ours = {}
+    kept, dropped = [], []
+    for path in sorted(old.rglob("*")):
+        rel = path.relative_to(old).as_posix()
+        if path.is_dir() and not path.is_symlink():
+            continue
+        replaced = rel in written or (rel == CARD_NAME and card_given)
+        if replaced or rel in (CONFIG_NAME, WEIGHTS_NAME):
+            continue
+        if not path.is_symlink() and ours.get(rel) == _sha(path.read_bytes()):
+            dropped.append(rel)
+            continue
+        (new / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, new / rel, follow_symlinks=False)
+        kept.append(rel)
+    return kept, dropped
 
 
 def save_pretrained(
@@ -318,60 +407,63 @@ def save_pretrained(
     **Arguments:**
 
     - `model`: an eqx.Module with a JSON-safe ``config`` dict (``model_type``, ``zoo_version``).
-    - `directory`: the folder to write; created if missing.
+    - `directory`: the folder to write; created if missing. A symlink is followed: the folder
+      it points to is replaced and the link kept.
     - `card`: README.md text (see :func:`make_model_card`). ``None`` writes a default card,
-      but an existing README.md is kept.
-    - `overwrite`: required to write into a non-empty folder; other files there are kept.
+      except that a README.md a user wrote or edited is kept (with a warning).
+    - `overwrite`: required to write into a non-empty folder. The files an earlier
+      save_pretrained wrote there (its card, metrics, plots) are removed unless a user edited
+      them; every other file (a user's notes, an edited card) is kept.
     - `extra_files`: ``{relative name: str | bytes | path}`` written beside (metrics, plots).
 
-    **Returns:** the folder path.
+    **Returns:** the folder path (symlinks resolved).
 
-    The folder is assembled in a temporary directory beside it and renamed into place, so a
-    failure leaves the target untouched.
+    Files and folders get the user's umask. The folder is assembled beside the target and
+    swapped in by renames: a failure (e.g. a read-only folder) leaves the old folder whole and
+    no temporary folder behind.
     """
     config = _check_model(model)
     target = Path(directory).expanduser()
-    if target.exists() and not target.is_dir():
+    real = target.resolve()
+    if real.exists() and not real.is_dir():
         raise ValueError(f"{target} exists and is not a directory")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
+    if real.is_dir() and any(real.iterdir()) and not overwrite:
         raise ValueError(f"{target} is not empty; pass overwrite=True to replace the model files")
-    keep_card = card is None and (target / CARD_NAME).is_file()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
-    try:
-        save_safetensors(model, tmp / WEIGHTS_NAME)
-        text = json.dumps(config, sort_keys=True, indent=2, allow_nan=False)
-        (tmp / CONFIG_NAME).write_text(text + "\n")
-        if not keep_card:
-            default = make_model_card(target.name, config=config)
-            (tmp / CARD_NAME).write_text(default if card is None else card)
-        _write_extra(tmp, extra_files or {})
-        _move_into_place(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    extra = _extra_bytes(extra_files or {})
+    default = make_model_card(real.name, config=config)
+    texts = {CONFIG_NAME: json.dumps(config, sort_keys=True, indent=2, allow_nan=False) + "\n"}
+    notes: dict[str, list] = {}
 
+    def populate(new: Path, old: Path | None) -> None:
+        kept, dropped = [], []
+        if old is not None:
+            kept, dropped = _carry_over(old, new, set(extra), card is not None)
+        files = {**extra}
+        if CARD_NAME not in kept:
+            files[CARD_NAME] = (default if card is None else card).encode()
+        for rel, data in {**files, CONFIG_NAME: texts[CONFIG_NAME].encode()}.items():
+            (new / rel).parent.mkdir(parents=True, exist_ok=True)
+            (new / rel).write_bytes(data)
+        written = json.dumps({rel: _sha(data) for rel, data in files.items()}, sort_keys=True)
+        save_safetensors(model, new / WEIGHTS_NAME, {WRITTEN_KEY: written})
+        notes.update(
+            kept=kept, dropped=dropped, model=old is not None and (old / CONFIG_NAME).is_file()
+        )
 
-def _move_into_place(tmp: Path, target: Path) -> None:
-    """Rename ``tmp`` to ``target``; files of an existing ``target`` not in ``tmp`` are kept."""
-    if target.is_dir() and not any(target.iterdir()):
-        target.rmdir()
-    if not target.exists():
-        tmp.rename(target)
-        return
-    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
-    old.rmdir()
-    target.rename(old)  # the old folder stays whole under `old` until the new one is in place
-    tmp.rename(target)
-    _merge_missing(old, target)
-    shutil.rmtree(old)
-
-
-def _merge_missing(src: Path, dst: Path) -> None:
-    """Move the entries of ``src`` that ``dst`` lacks into ``dst``, recursing into folders."""
-    for entry in src.iterdir():
-        there = dst / entry.name
-        if not there.exists():
-            entry.rename(there)
-        elif entry.is_dir() and there.is_dir():
-            _merge_missing(entry, there)
+    folder = replace_folder(real, populate)
+    if CARD_NAME in notes["kept"]:
+        warnings.warn(
+            f"{folder / CARD_NAME} was written or edited by hand and is kept; it may describe "
+            "the previous model: pass card=... to replace it",
+            stacklevel=2,
+        )
+    others = [n for n in notes["kept"] if n != CARD_NAME]
+    if others and notes["model"]:
+        shown = ", ".join(others[:_MAX_LISTED]) + (", ..." if len(others) > _MAX_LISTED else "")
+        warnings.warn(
+            f"{folder}: kept {len(others)} file(s) of the previous folder that save_pretrained "
+            f"did not write or that were edited ({shown}); delete them if they describe the "
+            "previous model",
+            stacklevel=2,
+        )
+    return folder

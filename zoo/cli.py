@@ -7,11 +7,9 @@ Every subcommand has ``--help``; errors print one line to stderr and exit with s
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 EXAMPLES = Path(__file__).parent / "examples"
@@ -120,30 +118,36 @@ def _check_output(path: Path, overwrite: bool) -> None:
         raise ValueError(f"output {str(path)!r} exists; pass --overwrite to replace it")
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file beside `path`, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+#: prefix of the predicted arrays/info keys in an output extxyz: the input's own keys (e.g. a
+#: reference ``shielding``) are kept next to ``zoo_shielding``, never overwritten
+PREFIX = "zoo_"
+
+
+def _plain(value):
+    """JSON-safe: arrays to nested lists, NaN/Inf to None (JSON has no NaN)."""
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "shape") or isinstance(value, np.generic):
+        return _plain(np.asarray(value).tolist())
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 def _write_predictions(path: Path, records: list[dict]) -> None:
     """records: ``{"file", "frame", "atoms" (or None), "prediction"}``."""
     import numpy as np
 
+    from ._io import atomic_write, atomic_write_text
+
     if path.suffix == ".json":
-
-        def plain(v):
-            return np.asarray(v).tolist() if hasattr(v, "shape") else v
-
-        rows = [{"file": r["file"], "frame": r["frame"],
-                 **{k: plain(v) for k, v in r["prediction"].items()}} for r in records]  # fmt: skip
-        _atomic_write(path, lambda p: p.write_text(json.dumps(rows, indent=1) + "\n"))
+        rows = [{"file": r["file"], "frame": r["frame"], **_plain(r["prediction"])}
+                for r in records]  # fmt: skip
+        atomic_write_text(path, json.dumps(rows, indent=1, allow_nan=False) + "\n")
         return
     if any(r["atoms"] is None for r in records):
         raise ValueError(f"output {str(path)!r}: Hubbard predictions are written as .json only")
@@ -153,7 +157,12 @@ def _write_predictions(path: Path, records: list[dict]) -> None:
             for key, value in r["prediction"].items():
                 arrays[f"{k}/{key}"] = np.asarray(value)
             arrays[f"{k}/file"] = np.asarray(r["file"])
-        _atomic_write(path, lambda p: np.savez(p, **arrays))
+
+        def savez(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+                np.savez(f, **arrays)
+
+        atomic_write(path, savez)
         return
     from ase.io import write
 
@@ -162,15 +171,22 @@ def _write_predictions(path: Path, records: list[dict]) -> None:
         atoms = r["atoms"].copy()
         atoms.calc = None
         n = len(atoms)
+        taken = sorted(PREFIX + k for k in [*r["prediction"], "source_file"]
+                       if PREFIX + k in atoms.arrays or PREFIX + k in atoms.info)  # fmt: skip
+        if taken:
+            raise ValueError(
+                f"{r['file']} (frame {r['frame']}) already has {', '.join(taken)} (an earlier "
+                f"prediction?): they are never overwritten; write to .json or .npz instead"
+            )
         for key, value in r["prediction"].items():
             value = np.asarray(value)
             if value.ndim >= 1 and value.shape[0] == n:
-                atoms.arrays[key] = value.reshape(n, -1) if value.ndim > 2 else value
+                atoms.arrays[PREFIX + key] = value.reshape(n, -1) if value.ndim > 2 else value
             else:
-                atoms.info[key] = value.reshape(-1) if value.ndim else value.item()
-        atoms.info["source_file"] = r["file"]
+                atoms.info[PREFIX + key] = value.reshape(-1) if value.ndim else value.item()
+        atoms.info[PREFIX + "source_file"] = r["file"]
         frames.append(atoms)
-    _atomic_write(path, lambda p: write(p, frames, format="extxyz"))
+    atomic_write(path, lambda tmp: write(tmp, frames, format="extxyz"))
 
 
 def _predict_files(model, files: list[Path], args) -> list[dict]:
@@ -276,17 +292,53 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+#: the repository's ``recipes/`` next to the installed ``zoo`` package (a clone or editable
+#: install); never the current directory's
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def _recipe_module(spec: str):
+    """The recipe module: a file path as given, else ``recipes/<NAME>.py`` of the package."""
+    import importlib.util
+    import types
+
+    path = Path(spec).expanduser()
+    if os.sep in spec or "/" in spec:  # a path only when written as one: ./mine.py
+        if not path.is_file():
+            raise ValueError(f"no such recipe file {spec!r}")
+        module_name = f"_zoo_recipe_{path.stem}"
+    else:
+        name = spec.replace("-", "_").removesuffix(".py")
+        path = RECIPES / f"{name}.py"
+        if not name.isidentifier() or not path.is_file():
+            known = sorted(p.stem for p in RECIPES.glob("[!_]*.py"))
+            raise ValueError(
+                f"unknown recipe {spec!r}; known recipes: "
+                f"{', '.join(known) or '(none: this install has no recipes/ folder)'}. "
+                "Or give the path of a recipe file, e.g. zoo train ./my_recipe.py"
+            )
+        package = sys.modules.get("recipes")
+        if package is None or list(getattr(package, "__path__", [])) != [str(RECIPES)]:
+            # the package's recipes (which import one another as recipes.X), not a recipes/
+            # folder that happens to be in the current directory
+            package = types.ModuleType("recipes")
+            package.__path__ = [str(RECIPES)]
+            sys.modules["recipes"] = package
+            for key in [k for k in sys.modules if k.startswith("recipes.")]:
+                del sys.modules[key]
+        module_name = f"recipes.{name}"
+    loader = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(loader)
+    sys.modules[module_name] = module
+    loader.loader.exec_module(module)
+    if not callable(getattr(module, "main", None)):
+        raise ValueError(f"recipe {str(path)!r} has no main(argv) function")
+    return module, path
+
+
 def _cmd_train(args) -> int:
-    name = args.recipe.replace("-", "_").removesuffix(".py")
-    roots = [Path.cwd(), Path(__file__).resolve().parents[1]]
-    root = next((r for r in roots if (r / "recipes" / f"{name}.py").is_file()), None)
-    if root is None:
-        known = sorted({p.stem for r in roots for p in (r / "recipes").glob("[!_]*.py")})
-        raise ValueError(f"unknown recipe {args.recipe!r}; known recipes: "
-                         f"{', '.join(known) or '(none found: run from a clone of the repo)'}")  # fmt: skip
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    module = importlib.import_module(f"recipes.{name}")
+    module, path = _recipe_module(args.recipe)
+    print(f"zoo train: running {path} (main with {args.recipe_args})", file=sys.stderr)
     module.main(args.recipe_args)
     return 0
 
@@ -401,10 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "'Mn1,Mn2,O,O' (default: <stem>.labels.txt beside FILE)")  # fmt: skip
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("train", help="run a training recipe (recipes/<RECIPE>.py of a clone)",
-                       description="Run recipes.<RECIPE>.main(ARGS) from a clone of the "
-                       "repository; ARGS go to the recipe (try: zoo train RECIPE --help).")  # fmt: skip
-    p.add_argument("recipe", help="recipe name, e.g. batio3_response, si29_shielding, hubbard_uv")
+    p = sub.add_parser("train", help="run a training recipe (the package's recipes/ or a file)",
+                       description="Run main(ARGS) of a training recipe: RECIPE is a name in the "
+                       "recipes/ folder installed with zoo (never the current directory's), or "
+                       "the path of a .py file. ARGS go to the recipe (zoo train RECIPE --help).")  # fmt: skip
+    p.add_argument("recipe", help="recipe name (batio3_response, si29_shielding, hubbard_uv) "
+                   "or a recipe file path, e.g. ./my_recipe.py")  # fmt: skip
     p.add_argument("recipe_args", nargs=argparse.REMAINDER, help="arguments for the recipe")
     p.set_defaults(func=_cmd_train)
 

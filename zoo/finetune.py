@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -393,11 +395,14 @@ def finetune(
     **Returns:** a :class:`FinetuneResult`. ``metrics.json`` holds the metrics of the
     starting model (``"pretrained"``, on the same splits) and of the fine-tuned one.
     """
-    base_name = str(model) if isinstance(model, (str, os.PathLike)) else None
-    if base_name is not None:
+    base = _base_identity(model)
+    if isinstance(model, (str, os.PathLike)):
         from .hub import load
 
         model = load(model)
+        if not base.get("base_model") and _base_identity(model).get("base_model"):
+            base = {**_base_identity(model), "folder": base.get("folder")}
+    base_name = base.get("base_model") or base.get("folder")
     wrapper = None
     if not isinstance(model, ResponseModel) and isinstance(getattr(model, "response", None),
                                                            ResponseModel):  # fmt: skip
@@ -416,6 +421,7 @@ def finetune(
         raise ValueError(f"heads: {unknown or outputs} are not outputs; known: {list(OUTPUTS)}")
     data = read_labelled(data, outputs)
     train_idx, val_idx = _split(len(data.structures), split, seed)
+    check_labels(data, train_idx)
     config, keep = finetune_config(model, data, train_idx, heads, reset_heads, new_species)
     start, grown = grow_model(model, config, keep, key=jax.random.key(seed))
     names = [n for n in config["heads"] if n in data.targets]
@@ -456,6 +462,7 @@ def finetune(
         "freeze_trunk": freeze_trunk,
         "new_species": config["backbone"]["species"][n_old:],
         "base_model": base_name,
+        "base_model_revision": base.get("revision"),
     }
     _write_json(out / "metrics.json", metrics)
     _write_json(out / "split.json", split_info)
@@ -463,17 +470,72 @@ def finetune(
     card_metrics = {f"mae_{n}": val[n]["mae"] for n in names if n in val}
     from ._serialization import make_model_card
 
+    revision = f" (revision {base['revision']})" if base.get("revision") else ""
     card = make_model_card(
         out.name or "finetuned",
-        description=f"Fine-tuned from {base_name or 'a zoo model'} on {len(train_idx)} training "
-        f"and {len(val_idx)} validation structures with `zoo.finetune`.",
+        description=f"Fine-tuned from {base_name or 'a zoo model'}{revision} on "
+        f"{len(train_idx)} training and {len(val_idx)} validation structures with "
+        f"`zoo.finetune`. Licence: {base['license']}, as the base model"
+        + ("" if base.get("license_known") else " (unknown: set it before sharing)")
+        + ".",
+        license=base["license"],
         metrics=card_metrics,
         config=config,
-        base_model=base_name,
+        base_model=base.get("base_model"),
+        base_model_revision=base.get("revision"),
+        repo_id=(out / "model").as_posix(),
         tags=["fine-tuned"],
     )
     tuned.save_pretrained(out / "model", card=card, overwrite=overwrite)
     return FinetuneResult(tuned, metrics, out, train_idx, val_idx)
+
+
+def check_labels(data: Labelled, train_idx: Sequence[int]) -> None:
+    """Refuse, before any training, a label with no labelled row at all or none in the
+    training split (e.g. all NaN): one error naming the label, not a shape error later."""
+    for name, values in data.targets.items():
+        per_atom = OUTPUTS[name][1]
+        if not len(_labelled_rows(values, per_atom)[0]):
+            raise ValueError(f"labels {name!r}: no structure has a finite {name} (all NaN?); "
+                             "fix the data or leave that label out")  # fmt: skip
+        if not len(_labelled_rows([values[i] for i in train_idx], per_atom)[0]):
+            raise ValueError(f"labels {name!r}: none in the training split (only in the "
+                             "validation structures); change split/seed or add labels")  # fmt: skip
+
+
+def _base_identity(model) -> dict:
+    """Who the base model is, for the card: ``base_model`` (a Hub repo id), ``revision``,
+    ``license`` (the base card's; ``license_known`` False when there is no such card) and,
+    for a local folder, ``folder``. A model object is recognised as a shipped model when its
+    config is byte-identical to the pinned config.json."""
+    from . import _registry as registry
+    from ._serialization import CARD_NAME, read_card_metadata
+
+    name, card, out = None, None, {}
+    if isinstance(model, str) and model in registry.SHIPPED:
+        name = model
+    elif isinstance(model, str) and model.count("/") == 1 and not Path(model).exists():
+        from .hub import info
+
+        out = {"base_model": model, "revision": "main"}
+        card = info(model).get("card", {})
+    elif isinstance(model, (str, os.PathLike)):
+        folder = Path(model).expanduser()
+        out = {"folder": str(folder)}
+        card = read_card_metadata(folder / CARD_NAME) if (folder / CARD_NAME).is_file() else {}
+    elif isinstance(getattr(model, "config", None), dict):
+        text = json.dumps(model.config, sort_keys=True, indent=2, allow_nan=False) + "\n"
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        pins = registry.read_registry()
+        name = next((n for n in registry.SHIPPED if pins.get(n, {}).get("config.json") == digest),
+                    None)  # fmt: skip
+    if name is not None:
+        entry = registry.SHIPPED[name]
+        out = {"base_model": entry.repo_id, "revision": entry.revision}
+        path = registry.WEIGHTS_DIR / name / CARD_NAME
+        card = read_card_metadata(path) if path.is_file() else {}
+    license = (card or {}).get("license")
+    return {**out, "license": license or "other", "license_known": bool(license)}
 
 
 def _write_json(path: Path, obj: Any) -> None:

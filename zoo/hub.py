@@ -28,6 +28,7 @@ from ._serialization import (
     CARD_NAME,
     CONFIG_NAME,
     WEIGHTS_NAME,
+    check_config_matches_weights,
     load_safetensors,
     make_model_card,
     read_card_metadata,
@@ -163,27 +164,72 @@ def _local_files(folder: Path, required: Sequence[str], optional: Sequence[str])
     return {name: folder / name for name in names}
 
 
+def _hub_etag(path: Path, repo_id: str, filename: str, revision: str | None, hub: dict) -> str:
+    """The ETag the Hub reported for a cached file: the name of its blob in the cache (where
+    huggingface_hub stores it), else asked again from the Hub."""
+    blob = path.resolve()
+    if blob.parent.name == "blobs":
+        return blob.name
+    if not hub["offline"]:
+        url = hf.hf_hub_url(repo_id, filename, revision=revision, endpoint=hub["endpoint"])
+        meta = hf.get_hf_file_metadata(url, token=hub["token"], endpoint=hub["endpoint"])
+        if meta.etag:
+            return meta.etag
+    raise ValueError(f"{path}: no ETag from the Hub to check {filename!r} of {repo_id!r} against")
+
+
+def _evict(path: Path) -> None:
+    """Remove a cached file: its snapshot link and the blob it points to."""
+    blob = path.resolve()
+    path.unlink(missing_ok=True)
+    if blob != path:
+        blob.unlink(missing_ok=True)
+
+
+def _fetch_checked(
+    repo_id: str, filename: str, revision: str | None, optional: bool, hub: dict
+) -> Path | None:
+    """Download (or take from the cache) one file whose bytes match the sha256 (LFS) or git
+    sha1 the Hub reports; a mismatching copy is removed from the cache and fetched once more."""
+    for attempt in (1, 2):
+        path = _download(repo_id, filename, revision=revision, optional=optional, **hub)
+        if path is None:
+            return None
+        etag = _hub_etag(path, repo_id, filename, revision, hub)
+        ok = registry.matches_etag(path, etag)
+        if ok is None:
+            raise ValueError(f"{filename!r} of {repo_id!r}: the Hub's ETag {etag!r} is neither a "
+                             "sha256 nor a git sha1, so the download cannot be checked")  # fmt: skip
+        if ok:
+            return path
+        _evict(path)
+        if hub["offline"] or attempt == 2:
+            again = "" if hub["offline"] else " twice"
+            raise ValueError(
+                f"{filename!r} of {repo_id!r} at revision {revision or 'main'!r}: the bytes "
+                f"received{again} do not match the sha256 the Hub reports ({etag}); the bad copy "
+                "was removed from the cache. Retry with network access; if it persists, the "
+                "download is being altered on the way (proxy?)"
+            )
+    return None
+
+
 def _hub_files(
     repo_id: str,
     revision: str | None,
     required: Sequence[str],
     optional: Sequence[str],
     pins: Mapping[str, str],
-    **kwargs: Any,
+    **hub: Any,
 ) -> dict:
     files = {}
     for name in [*required, *optional]:
-        path = _download(repo_id, name, revision=revision, optional=name in optional, **kwargs)
+        path = _fetch_checked(repo_id, name, revision, name in optional, hub)
         if path is None:
             continue
         if name in pins:
-            _verify(
-                path,
-                pins[name],
-                f"{repo_id}@{revision}/{name}",
-                "Delete the cached file and retry; if it persists, the Hub copy differs from "
-                "the pinned release.",
-            )
+            _verify(path, pins[name], f"{repo_id}@{revision}/{name}",
+                    "The Hub copy differs from the pinned release.")  # fmt: skip
         files[name] = path
     return files
 
@@ -252,31 +298,34 @@ def _resolve_shipped(
 ) -> tuple[dict, str]:
     entry = SHIPPED[name]
     root = Path(weights_dir) if weights_dir is not None else registry.WEIGHTS_DIR
-    folder, pins = root / name, registry.read_registry(root).get(name, {})
+    folder = root / name
     pinned = revision in (None, entry.revision)
-    if source == "embedded" or (source == "auto" and pinned and folder.is_dir()):
-        if not pinned:
-            raise ValueError(f"embedded {name!r} is revision {entry.revision!r}, not {revision!r}")
-        if not folder.is_dir():
-            raise ValueError(
-                f"embedded weights of {name!r} are not installed ({folder}); "
-                "download them with source='hub'"
-            )
+    embedded = source == "embedded" or (source == "auto" and pinned and folder.is_dir())
+    if embedded and not pinned:
+        raise ValueError(f"embedded {name!r} is revision {entry.revision!r}, not {revision!r}")
+    if embedded and not folder.is_dir():
+        raise ValueError(
+            f"embedded weights of {name!r} are not installed ({folder}); "
+            "download them with source='hub'"
+        )
+    try:
+        pins = registry.pins_of(name, root)
+    except ValueError as err:
+        where = "embedded weights, but" if embedded else f"no embedded weights ({folder}) and"
+        raise ValueError(f"{name!r} has {where} {err}") from None
+    if embedded:
         files = _local_files(folder, required, optional)
         for file, path in files.items():
-            if file in pins:
-                fix = "Reinstall e3zoo (maintainers: rerun zoo._registry.write_registry)."
-                _verify(path, pins[file], f"embedded {name}/{file}", fix)
+            if file not in pins:
+                raise ValueError(f"{registry.REGISTRY_NAME} has no sha256 pin of embedded "
+                                 f"{name}/{file}; reinstall e3zoo")  # fmt: skip
+            fix = "Reinstall e3zoo (maintainers: rerun zoo._registry.write_registry)."
+            _verify(path, pins[file], f"embedded {name}/{file}", fix)
         return files, f"embedded {folder}"
-    if pinned and any(file not in pins for file in required):
-        raise ValueError(
-            f"{name!r} has no embedded weights ({folder}) and no sha256 pins in "
-            f"{root / registry.REGISTRY_NAME}, so it cannot be downloaded safely"
-        )
     if not pinned:
         warnings.warn(
             f"{name!r} at revision {revision!r} is not the pinned release {entry.revision!r}: "
-            "its sha256 is not checked",
+            "its files are checked only against the sha256 the Hub reports",
             stacklevel=4,
         )
     rev = revision or entry.revision
@@ -295,7 +344,12 @@ def load_folder_files(
     # a class's skeleton_from_config (no random draw) if it has one: tracing a random init,
     # even under eval_shape, was most of the load time of the Hubbard models
     build = getattr(entry, "skeleton_from_config", None) or getattr(entry, "from_config", entry)
-    skeleton = eqx.filter_eval_shape(build, config)  # shapes only: no real init cost
+    check_config_matches_weights(config, weights_path)  # before building: nothing allocated
+    try:
+        skeleton = eqx.filter_eval_shape(build, config)  # shapes only: no real init cost
+    except KeyError as err:
+        raise ValueError(f"{config_path}: config.json lacks the key {err.args[0]!r} that a "
+                         f"{config['model_type']!r} model needs") from None  # fmt: skip
     if not isinstance(skeleton, eqx.Module):
         raise ValueError(f"{config['model_type']}: from_config returned {type(skeleton).__name__}")
     return load_safetensors(skeleton, weights_path)

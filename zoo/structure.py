@@ -54,12 +54,7 @@ class Structure:
         numbers = _as_int_array("numbers", self.numbers, (None,))
         positions = _as_float_array("positions", self.positions, (len(numbers), 3))
         cell = _as_float_array("cell", self.cell, (3, 3))
-        pbc = np.asarray(self.pbc)
-        if pbc.shape == ():
-            pbc = np.full(3, bool(pbc))
-        if pbc.shape != (3,) or pbc.dtype.kind not in "bi":
-            raise ValueError(f"pbc must be a bool or 3 bools, got {self.pbc!r}")
-        pbc = pbc.astype(bool)
+        pbc = _as_pbc(self.pbc)
         if len(numbers) == 0:
             raise ValueError("empty structure: it has no atoms")
         bad = np.flatnonzero((numbers < 1) | (numbers > _MAX_Z))
@@ -165,6 +160,30 @@ def as_structures(obj: Any) -> list[Structure]:
                 raise ValueError(f"structure {i}: {err}") from None
         return out
     return [as_structure(obj)]
+
+
+def _as_pbc(value) -> np.ndarray:
+    """`(3,)` bool from a bool, 0/1, or 3 of them; strings such as "False" are refused (any
+    non-empty string is truthy, so it would silently make the structure periodic)."""
+    try:
+        pbc = np.asarray(value)
+    except Exception:  # ragged lists etc.
+        pbc = np.asarray(None)
+    if pbc.shape == ():
+        pbc = np.full(3, pbc.item() if pbc.dtype.kind in "bi" else None)
+    ok = pbc.shape == (3,) and all(isinstance(v, bool | int | np.bool_ | np.integer)
+                                   and int(v) in (0, 1) for v in pbc.tolist())  # fmt: skip
+    if not ok:
+        raise ValueError(
+            f"pbc must be True/False or 3 of them, got {value!r}"
+            + (" (a string: write pbc=False, not 'False')" if _has_str(value) else "")
+        )
+    return pbc.astype(bool)
+
+
+def _has_str(value) -> bool:
+    items = value if isinstance(value, list | tuple | np.ndarray) else [value]
+    return any(isinstance(v, str | np.str_) for v in np.ravel(np.asarray(items, dtype=object)))
 
 
 def _as_float_array(name: str, value, shape) -> np.ndarray:
