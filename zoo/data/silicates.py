@@ -103,7 +103,7 @@ def load_reference_compounds(path: str | os.PathLike | None = None) -> list[Refe
             atoms, labels = _build(entry)
             check_silicate(atoms)
             shifts = {s["label"]: float(s["delta"]) for s in entry["shifts"]}
-            si_labels = set(labels[atoms.numbers == 14])
+            si_labels = {str(x) for x in labels[atoms.numbers == 14]}
             if set(shifts) != si_labels:
                 raise ValueError(f"shifts name {sorted(shifts)}, Si sites are {sorted(si_labels)}")
             out.append(
