@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recipes.si29_card import card_from_metrics
 from zoo import nmr
 from zoo._registry import write_registry
 from zoo.data.silicates import load_reference_compounds
@@ -78,8 +79,6 @@ def ship(result: dict, folder: Path) -> None:
     metrics = json.loads(metrics_file.read_text())
     metrics["nmr_reference"] = result
     metrics_file.write_text(json.dumps(metrics, indent=2) + "\n")
-    from recipes.si29_shielding import card_from_metrics
-
     (folder / "README.md").write_text(card_from_metrics(metrics))
     write_registry(folder.parent)
 

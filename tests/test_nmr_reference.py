@@ -239,3 +239,18 @@ def test_magres_errors(compounds, tmp_path):
         nmr.write_magres(tmp_path / "b.magres", ase.Atoms("Si"), out)
     with pytest.raises(ValueError, match="atoms has"):
         nmr.write_magres(tmp_path / "c.magres", atoms[:3], out)
+
+
+def test_referenced_shift_tensor_rotates(shipped, compounds):
+    """The shift tensor of a rotated crystal is R delta R^T (the offset * 1 part is invariant);
+    the isotropic shift, span and skew do not change (float32 model)."""
+    atoms = compounds["alpha-quartz"].atoms
+    R = nmr.rotation_from_euler(np.array([0.3, 1.1, -0.7]))
+    turned = atoms.copy()
+    turned.set_cell(atoms.cell[:] @ R.T, scale_atoms=True)
+    a, b = shipped.predict(atoms), shipped.predict(turned)
+    si = a["mask"]
+    expect = R @ a["shift_tensor"][si] @ R.T
+    np.testing.assert_allclose(b["shift_tensor"][si], expect, atol=2e-3 * 110)
+    for key in ("chemical_shift", "span", "skew"):
+        np.testing.assert_allclose(b[key][si], a[key][si], atol=2e-2)

@@ -4,7 +4,8 @@ A magres file stores absolute magnetic shieldings (`ms`, ppm). The `si29-shieldi
 predicts a chemical shift tensor `delta` vs TMS once its reference is applied, so the file
 holds `sigma = sigma_ref * I - delta` with `sigma_ref` the absolute shielding given for the
 reference compound; with the default `sigma_ref = 0` the values are shieldings relative to
-TMS, and `delta = -sigma` (soprano: `reference=0`, `gradient=-1`) recovers the shifts.
+TMS, and `delta = -sigma` recovers the shifts (soprano: `MSIsotropy.get(atoms,
+references={"Si": 0.0}, gradients={"Si": -1.0})`).
 
 Only the atoms of the nucleus are written (with the lattice): the model predicts nothing for
 the other atoms, and ASE and soprano read an `ms` block only when every atom has a tensor.
