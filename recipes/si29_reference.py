@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recipes.si29_card import card_from_metrics
+from recipes._si29_card import card_from_metrics
 from zoo import nmr
 from zoo._registry import write_registry
 from zoo.data.silicates import load_reference_compounds

@@ -292,7 +292,7 @@ def ship(runs: Path, data: dict, split: dict, weights_dir: Path) -> None:
         "parity_tensor.png": tmp / "parity_tensor.png",
         "split.json": DATA_DIR / "split.json",
     }
-    from recipes.si29_card import card_text
+    from recipes._si29_card import card_text
 
     # new weights need a new shift reference: run recipes.si29_reference after this
     card = card_text(best, summaries, split, n_struct, n_sites)
