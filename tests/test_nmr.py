@@ -1,14 +1,13 @@
 """NMR tensor analysis: Haeberlen / Herzfeld-Berger numbers, invariances, Euler angles, spectra."""
 
-from pathlib import Path
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from zoo import nmr
+from zoo.data.si29 import DATA_DIR, EXTXYZ
 
-SI29 = Path("/work/shared/data/si29/si29_shielding.extxyz")
+SI29 = DATA_DIR / EXTXYZ
 
 
 def random_rotation(seed, proper=True):
@@ -26,8 +25,6 @@ def random_tensors(n, seed=0):
 
 @pytest.fixture(scope="module")
 def si29_tensors():
-    if not SI29.is_file():
-        pytest.skip("shared Si-29 data not available")
     import ase.io
 
     frames = ase.io.read(SI29, "0:8")
@@ -132,6 +129,19 @@ def test_chemical_shift_sign():
     assert dt.shape == (3, 3, 3)
     np.testing.assert_allclose(nmr.isotropic(dt), 330.0 - nmr.isotropic(s))
     np.testing.assert_allclose(nmr.herzfeld_berger(dt)["span"], nmr.herzfeld_berger(s)["span"])
+    # the shift form of the shift tensor gives the shielding form's span and skew
+    hs, hd = nmr.herzfeld_berger(s), nmr.herzfeld_berger(dt, form="shift")
+    np.testing.assert_allclose(hd["span"], hs["span"])
+    np.testing.assert_allclose(hd["skew"], hs["skew"], atol=1e-12)
+    np.testing.assert_allclose(hd["principal_values"], 330.0 - hs["principal_values"])
+    assert np.all(np.diff(hd["principal_values"], axis=-1) <= 0)  # d11 >= d22 >= d33
+    # Haeberlen: zeta changes sign, eta does not
+    np.testing.assert_allclose(
+        nmr.haeberlen(dt)["reduced_anisotropy"], -nmr.haeberlen(s)["reduced_anisotropy"]
+    )
+    np.testing.assert_allclose(nmr.haeberlen(dt)["asymmetry"], nmr.haeberlen(s)["asymmetry"])
+    with pytest.raises(ValueError, match="form must be"):
+        nmr.herzfeld_berger(s, form="delta")
 
 
 def test_isotropic_spectrum_peak_and_area():
@@ -191,7 +201,10 @@ def test_real_si29_tensors(si29_tensors):
     R = nmr.rotation_from_euler(nmr.euler_angles(axes))
     recon = R @ (values[..., :, None] * np.swapaxes(R, -1, -2))
     np.testing.assert_allclose(recon, nmr.symmetric_part(s), atol=1e-9)
-    x, y = nmr.isotropic_spectrum(nmr.chemical_shift(iso, 330.0), np.linspace(-160, -20, 1401), 1.0)
+    # the stored values rise with the chemical shift: referenced, they land in the silicate range
+    shift = nmr.reference_shift(iso, {"slope": 0.8745, "offset": -455.5})
+    assert np.all((shift > -130) & (shift < -40))
+    x, y = nmr.isotropic_spectrum(shift, np.linspace(-160, -20, 1401), 1.0)
     np.testing.assert_allclose(np.trapezoid(y, x), len(s), rtol=1e-4)
 
 

@@ -1,4 +1,4 @@
-"""Si-29 shielding: loader, split, mask, ShieldingModel predictions, equivariance, errors."""
+"""Si-29 model: loader, split, mask, ShieldingModel predictions, equivariance, errors."""
 
 import json
 import re
@@ -173,23 +173,38 @@ def test_predict_dict(model, records):
     out = model.predict(s)
     n = len(s)
     si = s.numbers == 14
-    assert out["shielding"].shape == (n, 3, 3)
-    assert np.all(np.isnan(out["shielding"][~si])) and np.all(np.isfinite(out["shielding"][si]))
+    assert out["unreferenced_shift"].shape == (n, 3, 3)
+    assert np.all(np.isnan(out["unreferenced_shift"][~si])) and np.all(
+        np.isfinite(out["unreferenced_shift"][si])
+    )
     for key in ("isotropic", "anisotropy", "asymmetry", "span", "skew", "reduced_anisotropy"):
         assert out[key].shape == (n,)
         assert np.all(np.isnan(out[key][~si])) and np.all(np.isfinite(out[key][si]))
     assert out["principal_axes"].shape == (n, 3, 3) and out["euler_angles"].shape == (n, 3)
     np.testing.assert_allclose(
-        out["isotropic"][si], np.trace(out["shielding"][si], axis1=1, axis2=2) / 3
+        out["isotropic"][si], np.trace(out["unreferenced_shift"][si], axis1=1, axis2=2) / 3
     )
     np.testing.assert_array_equal(out["mask"], si)
-    assert "chemical_shift" not in out
-    ref = model.predict(s, reference=320.0)["chemical_shift"]
-    np.testing.assert_allclose(ref[si], 320.0 - out["isotropic"][si], rtol=1e-6)
+    assert "chemical_shift" not in out and "shift_tensor" not in out
+    line = {"slope": 0.9, "offset": -450.0}
+    ref = model.predict(s, reference=line)
+    np.testing.assert_allclose(
+        ref["chemical_shift"][si], 0.9 * out["isotropic"][si] - 450.0, rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        ref["shift_tensor"][si], 0.9 * out["unreferenced_shift"][si] - 450.0 * np.eye(3), rtol=1e-6
+    )
+    # the analysis is of the shift tensor, in the shift form: the span scales with the slope
+    np.testing.assert_allclose(ref["span"][si], 0.9 * out["span"][si], rtol=1e-5)
+    np.testing.assert_allclose(ref["skew"][si], out["skew"][si], atol=1e-5)
+    with pytest.raises(ValueError, match="slope"):
+        model.predict(s, reference={"slope": 0.0, "offset": 1.0})
     both = model.predict([records[0].structure, records[2].structure])
-    assert both["shielding"].shape == (14, 3, 3)
+    assert both["unreferenced_shift"].shape == (14, 3, 3)
     np.testing.assert_array_equal(both["structure_index"], [0] * 8 + [1] * 6)
-    np.testing.assert_allclose(both["shielding"][:8][si], out["shielding"][si], rtol=1e-5)
+    np.testing.assert_allclose(
+        both["unreferenced_shift"][:8][si], out["unreferenced_shift"][si], rtol=1e-5
+    )
 
 
 def test_spectrum(model, records):
@@ -197,7 +212,10 @@ def test_spectrum(model, records):
     assert x.shape == y.shape and np.all(y >= 0) and y.max() > 0
     iso = np.nanmean(model.predict(records[1].structure)["isotropic"])
     assert abs(x[np.argmax(y)] - iso) < 1.0
-    xs, ys = model.spectrum(records[1].structure, kind="static", reference=300.0, fwhm=2.0)
+    xs, ys = model.spectrum(
+        records[1].structure, kind="static", reference={"slope": 1.0, "offset": -500}, fwhm=2.0
+    )
+    assert xs.min() < -50  # in ppm vs the reference
     assert xs.shape == ys.shape and ys.max() > 0
     with pytest.raises(ValueError, match="kind must be"):
         model.spectrum(records[1].structure, kind="mas")
@@ -213,12 +231,15 @@ def test_bad_inputs(model):
         "SiO4", positions=[[0, 0, 0], [1.6, 0, 0], [-1.6, 0, 0], [0, 1.6, 0], [0, 0, 1.6]]
     )
     out = model.predict(cluster)  # molecules / clusters: no cell needed
-    assert np.isfinite(out["shielding"][0]).all() and np.isnan(out["shielding"][1:]).all()
+    assert (
+        np.isfinite(out["unreferenced_shift"][0]).all()
+        and np.isnan(out["unreferenced_shift"][1:]).all()
+    )
     alien = cluster.copy()
     alien.numbers[1] = 13  # Al is not in the training set
     with pytest.warns(UserWarning, match=r"contains Al, outside the training set"):
         out = model.predict(alien)
-    assert np.isfinite(out["shielding"][0]).all()
+    assert np.isfinite(out["unreferenced_shift"][0]).all()
 
 
 @pytest.mark.parametrize(
@@ -230,7 +251,7 @@ def test_equivariance(formulation, dtype, records):
         model = tiny_model(formulation, dtype, key=1)
 
         def predict(s):
-            return {"shielding": model.raw_shielding([s])[0]}
+            return {"shielding": model.raw_output([s])[0]}
 
         rtol = 1e-8 if dtype == "float64" else 1e-3
         out = {"shielding": Output(cartesian_rank=2, axial=2)}
@@ -277,7 +298,7 @@ def test_tiny_trained_model_roundtrip(records, tmp_path):
 
     again = from_pretrained(folder, model_types={"shielding": ShieldingModel})
     a, b = trained.predict(records[0].structure), again.predict(records[0].structure)
-    np.testing.assert_array_equal(a["shielding"], b["shielding"])
+    np.testing.assert_array_equal(a["unreferenced_shift"], b["unreferenced_shift"])
 
 
 def test_ensemble_mean_spread_and_roundtrip(records, tmp_path):
@@ -288,16 +309,20 @@ def test_ensemble_mean_spread_and_roundtrip(records, tmp_path):
     st = records[0].structure
     pa, pb, pe = a.predict(st), b.predict(st), ens.predict(st)
     si = st.numbers == 14
-    np.testing.assert_allclose(pe["shielding"], (pa["shielding"] + pb["shielding"]) / 2, rtol=1e-6)
-    spread = np.abs(pa["shielding"] - pb["shielding"]) / 2  # std of two values
-    np.testing.assert_allclose(pe["shielding_std"][si], spread[si], rtol=1e-5, atol=1e-9)
-    assert np.isnan(pe["shielding_std"][~si]).all() and "shielding_std" not in pa
+    np.testing.assert_allclose(
+        pe["unreferenced_shift"],
+        (pa["unreferenced_shift"] + pb["unreferenced_shift"]) / 2,
+        rtol=1e-6,
+    )
+    spread = np.abs(pa["unreferenced_shift"] - pb["unreferenced_shift"]) / 2  # std of two values
+    np.testing.assert_allclose(pe["unreferenced_shift_std"][si], spread[si], rtol=1e-5, atol=1e-9)
+    assert np.isnan(pe["unreferenced_shift_std"][~si]).all() and "unreferenced_shift_std" not in pa
     from zoo.hub import from_pretrained
 
     again = from_pretrained(
         ens.save_pretrained(tmp_path / "ens"), model_types={"shielding": ShieldingModel}
     )
-    np.testing.assert_array_equal(again.predict(st)["shielding"], pe["shielding"])
+    np.testing.assert_array_equal(again.predict(st)["unreferenced_shift"], pe["unreferenced_shift"])
     other = tiny_model(formulation="magnetic").response
     with pytest.raises(ValueError, match="share one config"):
         ShieldingModel.wrap([a.response, other])
@@ -306,10 +331,9 @@ def test_ensemble_mean_spread_and_roundtrip(records, tmp_path):
 SHIPPED = DATA_DIR.parents[1] / "zoo" / "weights" / "si29-shielding"
 
 
-@pytest.mark.skipif(not (SHIPPED / "config.json").is_file(), reason="weights not shipped yet")
 def test_shipped_model(records):
     """The shipped weights load offline, predict every Si of a validation structure close to
-    GIPAW, keep the 1e part, and rotate as R sigma R^T."""
+    the DFT value, keep the 1e part, and rotate as R t R^T."""
     from zoo.hub import load
 
     # by name, embedded, sha256-checked against the registry (offline)
@@ -317,16 +341,19 @@ def test_shipped_model(records):
     r = records[1]  # quartz (source index 133): a plausibility check, not a metric
     out = model.predict(r.structure)
     si = r.structure.numbers == 14
-    assert np.isfinite(out["shielding"][si]).all() and np.isnan(out["shielding"][~si]).all()
     assert (
-        np.abs(out["isotropic"][r.mask] - np.trace(r.shielding[r.mask], axis1=1, axis2=2) / 3).max()
-        < 15
+        np.isfinite(out["unreferenced_shift"][si]).all()
+        and np.isnan(out["unreferenced_shift"][~si]).all()
     )
+    raw_iso = np.trace(out["unreferenced_shift"][r.mask], axis1=1, axis2=2) / 3
+    assert np.abs(raw_iso - np.trace(r.shielding[r.mask], axis1=1, axis2=2) / 3).max() < 15
+    # the shipped reference applies by default: quartz near -107 ppm vs TMS
+    assert np.all(np.abs(out["chemical_shift"][r.mask] + 107.4) < 5)
     metrics = json.loads((SHIPPED / "metrics.json").read_text())
     assert metrics["shipped"] in metrics["formulations"]
 
     def predict(s):
-        return {"shielding": model.raw_shielding([s])[0]}
+        return {"shielding": model.raw_output([s])[0]}
 
     check_symmetries(
         predict, r.structure, {"shielding": Output(cartesian_rank=2, axial=2)}, rtol=1e-3

@@ -1,26 +1,30 @@
-"""Analysis of NMR shielding tensors (e.g. Si-29): principal values, Haeberlen and Herzfeld-Berger
-parameters, Euler angles, chemical shifts and simulated 1D spectra.
+"""Analysis of NMR shielding and shift tensors (e.g. Si-29): principal values, Haeberlen and
+Herzfeld-Berger parameters, Euler angles, referencing, simulated 1D spectra and `.magres` output.
 
 Plain numpy (jax arrays are accepted and converted; these functions are not jit-able). Every
 function takes tensors of shape `(..., 3, 3)` (any batch shape) in the input's units, usually ppm.
 
-Conventions:
+Conventions (IUPAC; Harris et al., Magn. Reson. Chem. 46, 582 (2008)):
 
-- `sigma` is the absolute shielding tensor. Only its symmetric part enters first-order NMR
-  spectra; the antisymmetric part (the 1e irrep) is returned by `antisymmetric_part`.
-- Chemical shift: `delta = sigma_ref - sigma` (the usual approximation of
-  `(sigma_ref - sigma) / (1 - sigma_ref)`, exact to ~1e-4 relative for Si-29).
+- Two forms of the same physics: the shielding `sigma` (grows with shielding) and the chemical
+  shift `delta` (grows with frequency, `delta = sigma_ref - sigma` for absolute shieldings).
+  Only the symmetric part enters first-order spectra; the antisymmetric part (the 1e irrep) is
+  returned by `antisymmetric_part`.
+- A predicted quantity on an unreferenced shift scale (e.g. VASP's `-sigma` without core
+  contributions) becomes a shift vs the reference compound by a fitted linear map,
+  `delta = slope * raw + offset` (`reference_shift`, fitted by `fit_reference`).
 - Haeberlen: principal values of the symmetric part ordered
-  `|s_zz - s_iso| >= |s_xx - s_iso| >= |s_yy - s_iso|`; reduced anisotropy
-  `zeta = s_zz - s_iso`; anisotropy `Delta = s_zz - (s_xx + s_yy) / 2 = 3 zeta / 2`; asymmetry
-  `eta = (s_yy - s_xx) / zeta` in [0, 1] (0 when zeta = 0). In shift units zeta and Delta change
-  sign, eta does not.
-- Herzfeld-Berger (Maryland): `s_11 <= s_22 <= s_33` (shielding order); span
-  `Omega = s_33 - s_11 >= 0`; skew `kappa = 3 (s_iso - s_22) / Omega` in [-1, 1] (0 when
-  Omega = 0). With shifts ordered `d_11 >= d_22 >= d_33` the usual
-  `kappa = 3 (d_22 - d_iso) / Omega` is the same number, since `d = sigma_ref - s`.
+  `|t_zz - t_iso| >= |t_xx - t_iso| >= |t_yy - t_iso|`; reduced anisotropy
+  `zeta = t_zz - t_iso`; anisotropy `Delta = t_zz - (t_xx + t_yy) / 2 = 3 zeta / 2`; asymmetry
+  `eta = (t_yy - t_xx) / zeta` in [0, 1] (0 when zeta = 0). The same formulas serve both forms:
+  given a shift tensor they give the shift-form zeta and Delta (opposite in sign to the
+  shielding form), eta is the same.
+- Herzfeld-Berger (Maryland): span `Omega >= 0` and skew `kappa` in [-1, 1], the same number in
+  both forms. Shielding form: `s_11 <= s_22 <= s_33`, `Omega = s_33 - s_11`,
+  `kappa = 3 (s_iso - s_22) / Omega`; shift form: `d_11 >= d_22 >= d_33`,
+  `Omega = d_11 - d_33`, `kappa = 3 (d_22 - d_iso) / Omega` (`herzfeld_berger(t, form=...)`).
 - Principal axes: the columns of a proper rotation `R` (det +1) with
-  `sym(sigma) = R diag(s_xx, s_yy, s_zz) R^T` (principal frame -> crystal frame). Each axis is
+  `sym(t) = R diag(t_xx, t_yy, t_zz) R^T` (principal frame -> crystal frame). Each axis is
   defined up to its sign, so R (and its Euler angles) is one of four equivalent choices.
 - Euler angles, convention "zyz" (active, intrinsic): `R = Rz(alpha) Ry(beta) Rz(gamma)`,
   alpha, gamma in (-pi, pi], beta in [0, pi], radians.
@@ -118,19 +122,33 @@ def haeberlen(sigma) -> dict[str, np.ndarray]:
     }
 
 
-def herzfeld_berger(sigma) -> dict[str, np.ndarray]:
+def herzfeld_berger(tensor, form: str = "shielding") -> dict[str, np.ndarray]:
     """Herzfeld-Berger (Maryland) parameters: isotropic value, span and skew.
+
+    **Arguments:**
+
+    - `tensor`: tensors of shape `(..., 3, 3)`, shieldings or shifts.
+    - `form`: `"shielding"` (principal values ordered `s_11 <= s_22 <= s_33`, skew
+      `3 (s_iso - s_22) / Omega`) or `"shift"` (`d_11 >= d_22 >= d_33`, skew
+      `3 (d_22 - d_iso) / Omega`). A shift tensor `delta = ref - sigma` gives the same span
+      and skew in the shift form as `sigma` in the shielding form.
 
     **Returns:**
 
-    dict of arrays of shape `(...)`: `isotropic`, `span` (Omega = s_33 - s_11 >= 0), `skew`
-    (kappa = 3 (s_iso - s_22) / Omega in [-1, 1]); and `principal_values` of shape `(..., 3)` =
-    (s_11, s_22, s_33) in increasing shielding.
+    dict of arrays of shape `(...)`: `isotropic`, `span` (Omega >= 0), `skew` (kappa in
+    [-1, 1]); and `principal_values` of shape `(..., 3)` = (t_11, t_22, t_33) in the form's order.
     """
-    values = np.linalg.eigvalsh(symmetric_part(sigma))  # ascending: s_11 <= s_22 <= s_33
+    if form not in ("shielding", "shift"):
+        raise ValueError(f"form must be 'shielding' or 'shift', got {form!r}")
+    values = np.linalg.eigvalsh(symmetric_part(tensor))  # ascending
+    sign = 1.0 if form == "shielding" else -1.0
+    if form == "shift":
+        values = values[..., ::-1]
     iso = values.mean(axis=-1)
-    span = values[..., 2] - values[..., 0]
-    skew = np.divide(3.0 * (iso - values[..., 1]), span, out=np.zeros_like(span), where=span != 0)
+    span = sign * (values[..., 2] - values[..., 0])
+    skew = np.divide(
+        3.0 * sign * (iso - values[..., 1]), span, out=np.zeros_like(span), where=span != 0
+    )
     return {
         "isotropic": iso,
         "span": span,
@@ -198,20 +216,21 @@ def rotation_from_euler(angles, convention: str = "zyz") -> np.ndarray:
 
 
 def chemical_shift(sigma, reference: float) -> np.ndarray:
-    """Chemical shift from shielding, `delta = sigma_ref - sigma` (ppm).
+    """Chemical shift from an absolute shielding, `delta = sigma_ref - sigma` (ppm).
+
+    For a model whose output is not an absolute shielding (e.g. `si29-shielding`, which predicts
+    an unreferenced shift), use `reference_shift` with the model's fitted reference instead.
 
     **Arguments:**
 
     - `sigma`: isotropic shieldings of any shape, or tensors of shape `(..., 3, 3)` (recognised by
       the trailing `(3, 3)`).
-    - `reference`: isotropic shielding `sigma_ref` of the reference compound (for Si-29, TMS; it
-      must be fitted to experiment or taken from the literature for the same DFT setup).
+    - `reference`: isotropic shielding `sigma_ref` of the reference compound (for Si-29, TMS).
 
     **Returns:**
 
     For scalars: `sigma_ref - sigma`, same shape. For tensors: the shift tensor
-    `sigma_ref * I - sigma`, shape `(..., 3, 3)`; its isotropic value `isotropic(delta)` equals
-    `sigma_ref - isotropic(sigma)`. Larger shielding gives a smaller shift.
+    `sigma_ref * I - sigma`, shape `(..., 3, 3)`. Larger shielding gives a smaller shift.
     """
     ref = _array(reference, "reference")
     if ref.ndim != 0:
@@ -220,6 +239,73 @@ def chemical_shift(sigma, reference: float) -> np.ndarray:
     if s.ndim >= 2 and s.shape[-2:] == (3, 3):
         return float(ref) * np.eye(3) - s
     return float(ref) - s
+
+
+def _slope_offset(reference) -> tuple[float, float]:
+    if not isinstance(reference, dict) or not {"slope", "offset"} <= set(reference):
+        raise ValueError(
+            f"reference: expected a dict with 'slope' and 'offset' (ppm), got {reference!r}"
+        )
+    slope, offset = float(reference["slope"]), float(reference["offset"])
+    if not (np.isfinite(slope) and np.isfinite(offset)) or slope == 0:
+        raise ValueError(f"reference: slope must be finite and non-zero, got {reference!r}")
+    return slope, offset
+
+
+def reference_shift(raw, reference: dict) -> np.ndarray:
+    """Chemical shift vs the reference compound from values on an unreferenced shift scale.
+
+    **Arguments:**
+
+    - `raw`: isotropic values of any shape, or tensors `(..., 3, 3)` (trailing `(3, 3)`), on a
+      scale that rises with the chemical shift (e.g. VASP's `-sigma`).
+    - `reference`: `{"slope": a, "offset": b}` from `fit_reference` (ppm).
+
+    **Returns:** `a * raw + b` for values; `a * raw + b * I` for tensors (same shape).
+    """
+    slope, offset = _slope_offset(reference)
+    r = _array(raw, "raw")
+    if r.ndim >= 2 and r.shape[-2:] == (3, 3):
+        return slope * r + offset * np.eye(3)
+    return slope * r + offset
+
+
+def fit_reference(predicted, experimental) -> dict:
+    """Least-squares line `experimental = slope * predicted + offset` with its errors.
+
+    **Arguments:** `predicted`, `experimental`: 1-D arrays of the same length n >= 3 (ppm).
+
+    **Returns:** dict with `slope`, `offset`, `n`, `mae` and `rmse` of the fit, `loo_mae` and
+    `loo_rmse` (each point predicted by the line fitted to the others), and the per-point
+    `residuals` and `loo_residuals` (fitted minus experimental), as plain floats and lists.
+    """
+    x, y = _array(predicted, "predicted"), _array(experimental, "experimental")
+    if x.ndim != 1 or x.shape != y.shape or x.size < 3:
+        raise ValueError(
+            f"predicted, experimental: expected two 1-D arrays of one length >= 3, got "
+            f"{x.shape}, {y.shape}"
+        )
+    if np.ptp(x) == 0:
+        raise ValueError("predicted: all values are equal, the slope is undefined")
+    design = np.stack([x, np.ones_like(x)], axis=-1)
+    slope, offset = np.linalg.lstsq(design, y, rcond=None)[0]
+    res = design @ np.array([slope, offset]) - y
+    loo = np.empty_like(x)
+    for i in range(x.size):
+        keep = np.arange(x.size) != i
+        coef = np.linalg.lstsq(design[keep], y[keep], rcond=None)[0]
+        loo[i] = design[i] @ coef - y[i]
+    return {
+        "slope": float(slope),
+        "offset": float(offset),
+        "n": int(x.size),
+        "mae": float(np.mean(np.abs(res))),
+        "rmse": float(np.sqrt(np.mean(res**2))),
+        "loo_mae": float(np.mean(np.abs(loo))),
+        "loo_rmse": float(np.sqrt(np.mean(loo**2))),
+        "residuals": res.tolist(),
+        "loo_residuals": loo.tolist(),
+    }
 
 
 def _grid_fwhm(grid, fwhm) -> tuple[np.ndarray, float]:
@@ -340,3 +426,6 @@ def plot_spectrum(x, y, ax=None, *, xlabel: str = "ppm", invert_x: bool = True, 
     if invert_x and not ax.xaxis_inverted():
         ax.invert_xaxis()
     return ax
+
+
+from ._magres import write_magres as write_magres  # noqa: E402  (uses the functions above)

@@ -1,17 +1,23 @@
-"""`ShieldingModel`: NMR shielding tensors of one nucleus (e.g. Si-29) for users.
+"""`ShieldingModel`: NMR tensors of one nucleus (e.g. Si-29) for users.
 
-A thin wrapper around a :class:`~zoo.model.ResponseModel` with a ``shielding`` output (direct
-0e+1e+2e head or the magnetic derivative ``d2E / dmu dB``). It adds what a user of an NMR
-model needs: NaN for atoms of other elements, the tensor analysis of `zoo.nmr` (isotropic
-value, Haeberlen and Herzfeld-Berger parameters, principal axes, Euler angles), chemical
-shifts once a reference is given, a one-call spectrum, and input checks (no atom of the
-nucleus: error; elements outside the training set: warning, predictions still returned;
-clusters and molecules without a cell are allowed).
+A thin wrapper around a :class:`~zoo.model.ResponseModel` with a ``shielding`` head (direct
+0e+1e+2e head or the magnetic derivative ``d2E / dmu dB``; the head keeps that name). What the
+head predicts is the quantity of the training data. For `si29-shielding` that is VASP's
+unreferenced chemical shift tensor (``-sigma`` without core contributions, rising with the
+chemical shift; see data/si29/README.md), returned as ``unreferenced_shift``. The config's
+``reference`` (``{"slope", "offset"}``, fitted to experimental shifts by
+``recipes/si29_reference.py``) maps it to the chemical shift vs TMS,
+``delta = slope * raw + offset``, returned by default as ``shift_tensor`` and
+``chemical_shift``.
+
+It adds what a user of an NMR model needs: NaN for atoms of other elements, the tensor
+analysis of `zoo.nmr` in the shift form (isotropic value, Haeberlen and Herzfeld-Berger
+parameters, principal axes, Euler angles), a one-call spectrum and input checks.
 
 An ensemble (``config["members"] > 1``: the same architecture trained from other seeds)
-predicts the mean of its members, and ``shielding_std`` says how much they disagree.
+predicts the mean of its members, and ``unreferenced_shift_std`` says how much they disagree.
 
-Units: ppm (absolute shielding; ``delta = reference - sigma`` for shifts).
+Units: ppm.
 """
 
 from __future__ import annotations
@@ -42,7 +48,8 @@ class ShieldingModel(eqx.Module):
     """Shielding tensors of the atoms of one element; see the module docstring.
 
     **Arguments** of `__init__`: `config` (``{"model_type": "shielding", "zoo_version",
-    "atomic_number", "reference", "response": <ResponseModel config>, "members": 1}``),
+    "atomic_number", "reference": {"slope", "offset", ...} or None, "response": <ResponseModel
+    config>, "members": 1}``),
     keyword-only `key`. `members` > 1 is an ensemble of that many response models of the same
     config (the first is `response`, the others `others`).
     """
@@ -64,8 +71,11 @@ class ShieldingModel(eqx.Module):
                 "config: 'response' must be a response-model config with a shielding head"
             )
         ref = config.get("reference")
-        if ref is not None and not isinstance(ref, (int, float)):
-            raise ValueError(f"config: reference must be a number (ppm) or None, got {ref!r}")
+        if ref is not None:
+            try:
+                nmr._slope_offset(ref)
+            except ValueError as err:
+                raise ValueError(f"config: {err}") from None
         n = config.get("members", 1)
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"config: members must be an int >= 1, got {n!r}")
@@ -84,7 +94,7 @@ class ShieldingModel(eqx.Module):
         cls,
         response: ResponseModel | list[ResponseModel],
         atomic_number: int = 14,
-        reference: float | None = None,
+        reference: dict | None = None,
     ) -> ShieldingModel:
         """Wrap a trained response model, or a list of them (an ensemble of one config);
         the weights are kept."""
@@ -145,9 +155,9 @@ class ShieldingModel(eqx.Module):
                     f"structure {g} is outside the training domain: {reason}", stacklevel=3
                 )
 
-    def raw_shielding(self, structures: list[Structure], batch_size: int = 8) -> list[np.ndarray]:
-        """Shielding `(n_atoms, 3, 3)` ppm of every atom of every structure (no masking); of an
-        ensemble, the members' mean."""
+    def raw_output(self, structures: list[Structure], batch_size: int = 8) -> list[np.ndarray]:
+        """The head's output `(n_atoms, 3, 3)` ppm (``unreferenced_shift``) of every atom of
+        every structure (no masking); of an ensemble, the members' mean."""
         return [mean for mean, _ in self._members_shielding(structures, batch_size)]
 
     def _members_shielding(self, structures, batch_size):
@@ -166,23 +176,26 @@ class ShieldingModel(eqx.Module):
         return [out[i] for i in range(len(structures))]
 
     def predict(
-        self, atoms, *, reference: float | None = None, batch_size: int = 8
+        self, atoms, *, reference: dict | None = None, batch_size: int = 8
     ) -> dict[str, np.ndarray]:
-        """Shielding tensors and their analysis for one structure or a list of them.
+        """Shift tensors and their analysis for one structure or a list of them.
 
         **Arguments:** `atoms` (an ``ase.Atoms``, :class:`~zoo.Structure`, dict, or a list of
-        them; periodic or not), `reference` (isotropic shielding of the shift reference, ppm;
-        default the config's, if any), `batch_size`.
+        them), `reference` (``{"slope", "offset"}``; default the config's, the fitted one for
+        shipped models), `batch_size`.
 
         **Returns:** numpy arrays, per atom (NaN for atoms of other elements), ppm:
-        ``shielding`` `(N, 3, 3)`; ``isotropic``, ``anisotropy``, ``reduced_anisotropy``,
-        ``asymmetry`` (Haeberlen), ``span``, ``skew`` (Herzfeld-Berger) `(N,)`;
-        ``principal_values`` `(N, 3)` and ``principal_axes`` `(N, 3, 3)` (columns, Haeberlen
-        order xx, yy, zz), ``euler_angles`` `(N, 3)` (zyz, radians); ``mask`` `(N,)` (atoms of
-        the nucleus); with a reference ``chemical_shift`` `(N,)`; of an ensemble,
-        ``shielding_std`` `(N, 3, 3)` (the members' standard deviation, an uncertainty
-        estimate). For a list, per-atom arrays are concatenated and ``structure_index`` `(N,)`
-        says which structure each row is from.
+        ``unreferenced_shift`` `(N, 3, 3)` (the head's output, on the training data's scale);
+        with a reference ``shift_tensor`` `(N, 3, 3)` (``slope * raw + offset * I``, vs TMS)
+        and ``chemical_shift`` `(N,)` (its isotropic value); the analysis of the shift tensor
+        (of the unreferenced one without a reference), shift form: ``isotropic``,
+        ``anisotropy``, ``reduced_anisotropy``, ``asymmetry`` (Haeberlen), ``span``, ``skew``
+        (Herzfeld-Berger) `(N,)`; ``principal_values`` `(N, 3)` and ``principal_axes``
+        `(N, 3, 3)` (columns, Haeberlen order xx, yy, zz), ``euler_angles`` `(N, 3)` (zyz,
+        radians); ``mask`` `(N,)` (atoms of the nucleus); of an ensemble,
+        ``unreferenced_shift_std`` `(N, 3, 3)` (the members' standard deviation). For a list,
+        per-atom arrays are concatenated and ``structure_index`` `(N,)` says which structure
+        each row is from.
         """
         single = isinstance(atoms, (Structure, dict)) or hasattr(atoms, "get_atomic_numbers")
         structures = as_structures(atoms)
@@ -190,13 +203,13 @@ class ShieldingModel(eqx.Module):
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         self.check_inputs(structures)
         stats = self._members_shielding(structures, batch_size)
-        sigma = np.concatenate([mean for mean, _ in stats])
+        raw = np.concatenate([mean for mean, _ in stats])
         numbers = np.concatenate([s.numbers for s in structures])
         mask = numbers == self.atomic_number
         ref = self.config.get("reference") if reference is None else reference
-        out = analyse(sigma, mask, ref)
+        out = analyse(raw, mask, ref)
         if self.others:
-            out["shielding_std"] = np.where(
+            out["unreferenced_shift_std"] = np.where(
                 mask[:, None, None], np.concatenate([std for _, std in stats]), np.nan
             )
         if not single:
@@ -210,7 +223,7 @@ class ShieldingModel(eqx.Module):
         atoms,
         *,
         kind: str = "isotropic",
-        reference: float | None = None,
+        reference: dict | None = None,
         grid=None,
         fwhm: float = 1.0,
         n_orientations: int = 5000,
@@ -218,16 +231,15 @@ class ShieldingModel(eqx.Module):
         plot: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Simulated 1D spectrum of the structure(s): ``"isotropic"`` (MAS-like, one Gaussian
-        per site) or ``"static"`` (CSA powder pattern). In shift units when a `reference` is
-        given (or stored in the config), else in shielding. Every atom of the nucleus counts
+        per site) or ``"static"`` (CSA powder pattern). In ppm vs TMS with a reference (given
+        or the config's), else on the unreferenced scale. Every atom of the nucleus counts
         once (equivalent sites add up). `grid` defaults to the lines' range plus margins;
         `plot` (or an `ax`) draws it with matplotlib. **Returns:** `(x, intensity)`."""
         if kind not in ("isotropic", "static"):
             raise ValueError(f"kind must be 'isotropic' or 'static', got {kind!r}")
         pred = self.predict(atoms, reference=reference)
-        sigma = pred["shielding"][pred["mask"]]
-        ref = self.config.get("reference") if reference is None else reference
-        tensors = sigma if ref is None else nmr.chemical_shift(sigma, ref)
+        key = "shift_tensor" if "shift_tensor" in pred else "unreferenced_shift"
+        tensors = pred[key][pred["mask"]]
         if grid is None:
             values = nmr.isotropic(tensors)
             if kind == "static":
@@ -239,8 +251,9 @@ class ShieldingModel(eqx.Module):
         else:
             x, y = nmr.static_powder_pattern(tensors, grid, fwhm, n_orientations)
         if plot or ax is not None:
-            label = "chemical shift (ppm)" if ref is not None else "shielding (ppm)"
-            nmr.plot_spectrum(x, y, ax, xlabel=label, invert_x=ref is not None)
+            label = "chemical shift vs TMS (ppm)" if key == "shift_tensor" else (
+                "unreferenced shift (ppm)")  # fmt: skip
+            nmr.plot_spectrum(x, y, ax, xlabel=label, invert_x=True)
         return x, y
 
     def save_pretrained(self, directory, *, card: str | None = None, **kwargs):
@@ -250,21 +263,27 @@ class ShieldingModel(eqx.Module):
         return save_pretrained(self, directory, card=card, **kwargs)
 
 
-def analyse(sigma: np.ndarray, mask: np.ndarray, reference: float | None = None) -> dict:
-    """`zoo.nmr` analysis of the rows of `sigma` `(N, 3, 3)` where `mask`; NaN elsewhere."""
-    n = len(sigma)
-    sel = sigma[mask]
+def analyse(raw: np.ndarray, mask: np.ndarray, reference: dict | None = None) -> dict:
+    """`zoo.nmr` analysis (shift form) of the rows of `raw` `(N, 3, 3)` where `mask`; NaN
+    elsewhere. With a `reference` the analysed tensor is `nmr.reference_shift(raw, reference)`.
+    """
+    n = len(raw)
+    sel = raw[mask]
 
     def fill(values, shape=()):
         full = np.full((n, *shape), np.nan)
         full[mask] = values
         return full
 
+    out = {"unreferenced_shift": fill(sel, (3, 3))}
+    if reference is not None:
+        sel = nmr.reference_shift(sel, reference)
+        out["shift_tensor"] = fill(sel, (3, 3))
+        out["chemical_shift"] = fill(nmr.isotropic(sel))
     hae = nmr.haeberlen(sel)
-    hb = nmr.herzfeld_berger(sel)
+    hb = nmr.herzfeld_berger(sel, form="shift")
     _, axes = nmr.principal_components(sel)
-    out = {
-        "shielding": fill(sel, (3, 3)),
+    out |= {
         "isotropic": fill(nmr.isotropic(sel)),
         "anisotropy": fill(hae["anisotropy"]),
         "reduced_anisotropy": fill(hae["reduced_anisotropy"]),
@@ -276,8 +295,6 @@ def analyse(sigma: np.ndarray, mask: np.ndarray, reference: float | None = None)
         "euler_angles": fill(nmr.euler_angles(axes), (3,)),
         "mask": np.asarray(mask, bool),
     }
-    if reference is not None:
-        out["chemical_shift"] = fill(nmr.chemical_shift(nmr.isotropic(sel), reference))
     return out
 
 

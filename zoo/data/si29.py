@@ -1,9 +1,10 @@
-"""Si-29 shielding tensors of crystalline silicates (Venetos et al., J. Phys. Chem. A 127, 2388
+"""Si-29 NMR tensors of crystalline silicates (Venetos et al., J. Phys. Chem. A 127, 2388
 (2023)): loader, per-atom label mask and the fixed train/validation split by structure.
 
 The data live in ``data/si29/`` of the source tree (see its README for provenance, units and
-format): ``si29_shielding.extxyz`` with per-atom arrays ``shielding`` `(N, 9)` (sigma_ab
-row-major, ppm, absolute shielding), ``has_shielding`` `(N,)` and ``info["source_index"]``.
+format): ``si29_shielding.extxyz`` with per-atom arrays ``shielding`` `(N, 9)` (row-major,
+ppm: VASP's unreferenced shift ``-sigma``, not an absolute shielding, despite the array's
+name), ``has_shielding`` `(N,)` and ``info["source_index"]``.
 Only symmetry-inequivalent Si sites carry a label; :attr:`Si29Record.mask` marks them, so only
 labelled atoms enter a loss while every atom still gets a prediction.
 

@@ -1,0 +1,234 @@
+"""The model card of si29-shielding (README.md with Hugging Face front matter).
+
+Written by `recipes.si29_shielding` when it ships weights and by `recipes.si29_reference`
+when it ships a shift reference (from the folder's ``metrics.json``).
+"""
+
+from __future__ import annotations
+
+from recipes.si29_shielding import COMMAND, NAME, SEED, SETTINGS, seeds_of
+
+
+def _training_text() -> str:
+    parts = []
+    for form, s in SETTINGS.items():
+        t = s["train"]
+        text = f"`{form}` = {t['max_epochs']} epochs (Adam, cosine from {t['learning_rate']:g}"
+        loss = s.get("loss", {})
+        if loss.get("loss", "mse") != "mse":
+            text += f", {loss['loss']} loss"
+            if "huber_delta" in loss:
+                text += f" (delta {loss['huber_delta']:g} ppm)"
+        if t.get("ema_decay"):
+            text += f", exponential moving average of the weights, decay {t['ema_decay']:g}/step"
+        text += ")"
+        if "finetune" in s:
+            f = s["finetune"]
+            text += (f" then {f['max_epochs']} fine-tuning epochs (rate {f['learning_rate']:g}, "
+                     f"isotropic part weighted {s['finetune_0e_weight']:g}x)")  # fmt: skip
+        if len(seeds_of(form)) > 1:
+            text += (f", {len(s['seeds'])} models from seeds {s['seeds']} (initialisation and "
+                     "batch order), predicting their mean")  # fmt: skip
+        parts.append(text)
+    return "; ".join(parts) + (
+        " (the magnetic model costs ~10x a direct one per epoch: budget-limited, not converged)"
+        if "magnetic" in SETTINGS
+        else ""
+    )
+
+
+def _members_text(summaries: dict) -> str:
+    """A sentence on each ensemble's members alone (empty when no formulation has several)."""
+    parts = []
+    for form, summ in summaries.items():
+        ms = summ.get("members", [])
+        if len(ms) > 1:
+            each = ", ".join(f"seed {x['seed']} {x['validation']['isotropic_mae']:.3f} / "
+                             f"{x['validation']['tensor_mae']:.3f}" for x in ms)  # fmt: skip
+            parts.append(f"`{form}` is the mean of {len(ms)} models; alone (isotropic / tensor "
+                         f"MAE, ppm): {each}.")  # fmt: skip
+    return ("\n" + " ".join(parts) + "\n") if parts else ""
+
+
+CONVENTION = """\
+The model predicts what the training data hold: for each Si atom the full, non-symmetric 3x3
+tensor that VASP prints as its (unreferenced) chemical shift, `raw = -sigma` without core
+contributions (VASP before 6.6 prints `delta_ij = -sigma_ij`, row i the induced field, column j
+the applied field; see `data/si29/README.md`). It rises with the chemical shift (quartz, Q4:
+about 399 ppm; forsterite, Q0: about 452 ppm) and is not an absolute shielding. The shipped
+`reference` (`config.json`) maps it to the chemical shift vs TMS,
+`delta = slope * raw + offset` (tensors: `slope * raw + offset * 1`)."""
+
+
+def _front_matter(metrics: dict, reference: dict | None) -> str:
+    import yaml
+
+    def entries(values: dict, names: dict) -> list[dict]:
+        return [{"type": k, "name": n, "value": round(float(values[k]), 4)}
+                for k, n in names.items() if k in values]  # fmt: skip
+
+    results = [{
+        "task": {"type": "tensor-regression", "name": "Si-29 NMR tensor per Si atom (ppm)"},
+        "dataset": {"name": "Venetos et al. 2023 Si-29 tensors, validation split by structure",
+                    "type": "wengroup/matten datasets/si_nmr_data.json"},
+        "metrics": entries(metrics, {"isotropic_mae": "isotropic MAE (ppm)",
+                                     "isotropic_rmse": "isotropic RMSE (ppm)",
+                                     "isotropic_r2": "isotropic R2",
+                                     "tensor_mae": "tensor component MAE (ppm)",
+                                     "span_mae": "span MAE (ppm)",
+                                     "skew_mae": "skew MAE"}),
+    }]  # fmt: skip
+    if reference:
+        results.append({
+            "task": {"type": "chemical-shift", "name": "Si-29 chemical shift vs TMS (ppm)"},
+            "dataset": {"name": f"experimental MAS shifts of {reference['n']} silicates",
+                        "type": "data/si29/experimental_shifts.json"},
+            "metrics": entries(reference, {"mae": "fit MAE (ppm)",
+                                           "loo_mae": "leave-one-out MAE (ppm)"}),
+        })  # fmt: skip
+    meta = {
+        "library_name": "e3zoo",
+        "license": "mit",
+        "tags": ["e3zoo", "jax", "equinox", "e3nn", "materials", "nmr", "chemical-shift",
+                 "si29", "silicates", "gipaw"],
+        "datasets": ["Venetos et al. 2023 (wengroup/matten datasets/si_nmr_data.json)"],
+        "model-index": [{"name": NAME, "results": results}],
+    }  # fmt: skip
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n"
+
+
+def _reference_text(ref: dict | None) -> str:
+    if not ref:
+        return "No shift reference is stored: outputs stay on the unreferenced scale.\n"
+    rows = ["| compound | Q^n | raw (ppm) | experiment | fitted | leave-one-out |",
+            "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in ref["compounds"]:
+        rows.append(f"| {r['name']} | Q{r['qn']} | {r['raw']:.1f} | {r['experimental']:.1f} | "
+                    f"{r['fitted']:.1f} | {r['loo']:.1f} |")  # fmt: skip
+    met = "met" if ref["loo_mae"] <= 2.0 else "not met"
+    return f"""Fitted by plain least squares to {ref["n"]} silicates built with ASE from their
+published structures, against their experimental Si-29 MAS shifts (one point per compound: the
+mean over its Si sites; structures, sources and values in `data/si29/experimental_shifts.json`;
+every structure's Si-O bonds are checked):
+
+`delta = {ref["slope"]:.4f} * raw + ({ref["offset"]:.2f})` ppm; fit MAE {ref["mae"]:.2f} ppm,
+leave-one-out MAE {ref["loo_mae"]:.2f} ppm (aim <= 2 ppm: {met}).
+
+{chr(10).join(rows)}
+
+The set covers Q0, Q2 and Q4 sites only (no Q1 or Q3 compound). Slope below 1: PBE spreads
+the Si-29 shifts more than experiment. Made by `{ref["command"]}`.
+"""
+
+
+def card_text(best: str, summaries: dict, split: dict, n_struct: dict, n_sites: dict,
+              reference: dict | None = None) -> str:  # fmt: skip
+    m = summaries[best]["validation"]
+    rows = ["| metric (validation, ppm) | " + " | ".join(summaries) + " |"]
+    rows.append("|---|" + "---|" * len(summaries))
+    for key in ("isotropic_mae", "isotropic_rmse", "isotropic_r2", "tensor_mae", "tensor_rmse",
+                "mae_0e", "mae_1e", "mae_2e", "span_mae", "skew_mae"):  # fmt: skip
+        rows.append(
+            f"| {key} | "
+            + " | ".join(f"{s['validation'][key]:.3f}" for s in summaries.values())
+            + " |"
+        )
+    rows.append(
+        "| train wall time (min) | "
+        + " | ".join(f"{s['train_wall_time_s'] / 60:.1f}" for s in summaries.values())
+        + " |"
+    )
+    rows.append(
+        "| epochs (best epoch of the last stage) | "
+        + " | ".join(f"{s['epochs']} ({s['best_epoch']})" for s in summaries.values())
+        + " |"
+    )
+    species = ", ".join(str(z) for z in summaries[best]["species"])
+    return (
+        _front_matter(m, reference)
+        + f"""
+# {NAME}
+
+Full (non-symmetric) Si-29 chemical shift tensors of silicates, per Si atom, in ppm, with a
+fitted reference to TMS. Formulation: **{best}**; NequIP backbone in Equinox + e3nn-jax.
+
+## What it predicts
+
+{CONVENTION}
+
+## Usage
+
+```python
+import zoo
+model = zoo.load("{NAME}")
+out = model.predict(atoms)          # periodic ase.Atoms or zoo.Structure
+out["chemical_shift"]               # (N,) ppm vs TMS, NaN for non-Si atoms
+out["shift_tensor"]                 # (N, 3, 3) ppm vs TMS
+out["unreferenced_shift"]           # (N, 3, 3) the raw output, training-data scale
+out["span"], out["skew"], out["reduced_anisotropy"], out["asymmetry"]   # shift form
+out["principal_axes"], out["euler_angles"]
+x, y = model.spectrum(atoms, kind="isotropic", fwhm=1.0, plot=True)   # ppm vs TMS
+zoo.nmr.write_magres("quartz.magres", atoms, out)   # ms = -delta (shielding relative to TMS)
+```
+
+Structures without Si are refused; elements outside {{{species}}} are outside the training
+set.
+
+## Shift reference
+
+{_reference_text(reference)}
+## Data and provenance
+
+- Venetos, Wen, Persson, "Machine Learning Full NMR Chemical Shift Tensors of Silicon Oxides
+  with Equivariant Graph Neural Networks", J. Phys. Chem. A 127, 2388 (2023),
+  doi:10.1021/acs.jpca.2c07530: PBE tensors (VASP, linear response) of Materials Project
+  silicates, distributed as `datasets/si_nmr_data.json` of github.com/wengroup/matten (no
+  licence file found in that repository; the structures come from the Materials Project,
+  CC BY 4.0). Cite the paper when using this model. Weights: MIT, like e3zoo.
+- This model saw 337 of the 421 structures (source index % 5 != 4; the rest is held out for
+  independent evaluation), see `data/si29/README.md`.
+- Split **by structure** (`split.json` here; seed {split.get("seed", SEED)}):
+  {n_struct["train"]} training structures ({n_sites["train"]} labelled Si sites),
+  {n_struct["validation"]} validation structures ({n_sites["validation"]} sites). Only the
+  labelled (symmetry-inequivalent) Si sites enter the loss.
+
+## Validation metrics (measured by the recipe, on the unreferenced scale)
+
+{chr(10).join(rows)}
+{_members_text(summaries)}
+0e/1e/2e: MAE of the irreps components of the error tensor (orthonormal basis: 0e = trace/sqrt3,
+1e = antisymmetric, 2e = symmetric traceless part). Span/skew: Herzfeld-Berger (skew
+dimensionless). The shipped weights are the **{best}** formulation (lower full-tensor MAE);
+`metrics.json` has both.
+
+![Isotropic parity, validation](parity_isotropic.png)
+
+![Tensor parity (raw - raw_iso * 1), validation](parity_tensor.png)
+
+Training: {_training_text()}. The weights of the epoch with the lowest validation loss are
+kept (the validation split also selects the epoch, so its metrics are slightly optimistic).
+The 84 held-out structures (source index % 5 == 4) were never used. Other settings on the same
+split (isotropic / tensor MAE, ppm): MSE instead of Huber loss 1.53 / 1.29; plus a 10-epoch
+isotropic-weighted fine-tuning stage 1.66 / -; weight moving average (decay 0.995) 1.55 / 1.30;
+16 channels 1.73 / 1.47; seed 1 instead of 0 1.46 / 1.11. Errors have a heavy tail (Q0-Q3 sites
+and mixed-cation silicates, e.g. Na-Ca, are the worst).
+
+## Reproduce
+
+`{COMMAND}` from a fresh clone (CPU; wall times above on 2 shared cores), then
+`python -m recipes.si29_reference` for the shift reference.
+"""
+    )
+
+
+def card_from_metrics(metrics: dict) -> str:
+    """The card from a shipped ``metrics.json`` (as written by `ship`)."""
+    sp = metrics["split"]
+    return card_text(
+        metrics["shipped"],
+        metrics["formulations"],
+        {},
+        {"train": sp["train"], "validation": sp["validation"]},
+        sp["sites"],
+        metrics.get("nmr_reference"),
+    )
