@@ -2,6 +2,7 @@
 evaluate, and one-line errors with exit status 1 for bad input."""
 
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from ase import Atoms
 from ase.io import read, write
 
+import zoo
 from zoo import _registry as registry
 from zoo.cli import main
 from zoo.model import ResponseModel, make_config
@@ -179,3 +181,13 @@ def test_hubbard_prediction_from_a_pw_output(capsys, tmp_path):
     args.labels = "Mn1,Mn2,O"  # one label short
     with pytest.raises(ValueError, match="labels: need one species label per atom"):
         _predict_files(uv, [EXAMPLES / "hubbard-uv" / "MnO.out"], args)
+
+
+def test_evaluate_the_shipped_shielding_model_on_its_examples(capsys, tmp_path):
+    """The labels of a shielding model (``shielding`` arrays, the training data's quantity) are
+    compared with its ``unreferenced_shift`` output."""
+    data = Path(zoo.__file__).parent / "examples" / "si29-shielding" / "silicates.extxyz"
+    code, out, _ = run(capsys, "evaluate", "si29-shielding", data, "-o", tmp_path / "ev")
+    assert code == 0, out
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())["metrics"]
+    assert 0 < metrics["shielding"]["mae"] < 5.0  # ppm, on two silicates of the training set

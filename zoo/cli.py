@@ -377,6 +377,10 @@ def _cmd_finetune(args) -> int:
     return 0
 
 
+#: output keys of the model wrappers for the labels their heads were trained on
+_PREDICTED_AS = {"shielding": "unreferenced_shift"}
+
+
 def _cmd_evaluate(args) -> int:
     import numpy as np
 
@@ -401,7 +405,8 @@ def _cmd_evaluate(args) -> int:
     for name, values in data.targets.items():
         per_atom = OUTPUTS[name][1]
         true = np.concatenate(values) if per_atom else np.stack(values)
-        p = np.asarray(pred[name]).reshape(true.shape)
+        # a shielding model returns its head's output under the name of what it is
+        p = np.asarray(pred[name if name in pred else _PREDICTED_AS[name]]).reshape(true.shape)
         mask = np.isfinite(true.reshape(len(true), -1)).all(axis=1)
         metrics[name] = regression_metrics(p[mask], true[mask])
         parity_plot(p[mask], true[mask], out / f"parity_{name}.png", f"{args.name}: {name}",
