@@ -17,7 +17,7 @@ status update is lost. The step process and its ``mpirun`` form one process grou
 the runner (``die_with_parent``: ``PR_SET_PDEATHSIG`` on Linux, and the runner kills the group
 when it exits); ``mpirun`` itself gets ``SIGKILL`` when the step process dies.
 
-The JSON/text writers here are self-contained (temp file + fsync + ``os.replace``).
+Files are written through `zoo._io` (temp file + fsync + ``os.replace``).
 """
 
 from __future__ import annotations
@@ -31,10 +31,11 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from ..._io import atomic_write_text as write_text_atomic
 
 MPI_ENV = {
     "OMPI_ALLOW_RUN_AS_ROOT": "1",
@@ -46,23 +47,6 @@ MPI_ENV = {
 
 def now() -> str:
     return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same directory and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
