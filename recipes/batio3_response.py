@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,19 +25,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zoo.data import load_batio3
+from zoo.data.batio3 import DATA_DIR, load_batio3, load_split
 from zoo.graph import build_graph
 from zoo.hub import from_pretrained
 from zoo.model import ResponseModel, fit_normalization, make_config
 from zoo.train import TrainConfig, fit, parity_plot, regression_metrics, weighted_loss
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "data" / "batio3"
-SHARED = Path("/work/shared/data/batio3")
 WEIGHTS = ROOT / "zoo" / "weights" / "batio3-response"
 TARGETS = ("born_charges", "raman_tensors")
 SPECIES = [56, 22, 8]
-N_TRAIN, N_VAL = 32, 8
 
 #: per formulation: backbone, training and (for the derivative model) the conventions
 SETTINGS = {
@@ -56,33 +52,6 @@ SETTINGS = {
                       final_lr_factor=0.05, eval_every=1, checkpoint_every=1, grad_clip=10.0),
     },
 }  # fmt: skip
-
-
-def ensure_data() -> None:
-    """Copy the shared data set into ``data/batio3`` once (the recipe reads only from there)."""
-    if not (DATA / "born_charges").is_dir():
-        if not SHARED.is_dir():
-            raise SystemExit(f"{DATA} is missing and {SHARED} is not available")
-        shutil.copytree(SHARED, DATA, dirs_exist_ok=True)
-
-
-def load_split(records: list[dict]) -> dict[str, list[str]]:
-    """The fixed split by structure id (created with seed 0 if ``split.json`` is missing)."""
-    path = DATA / "split.json"
-    ids = [r["id"] for r in records]
-    if not path.is_file():
-        perm = np.random.default_rng(0).permutation(len(ids))
-        split = {
-            "train": sorted(ids[i] for i in perm[:N_TRAIN]),
-            "validation": sorted(ids[i] for i in perm[N_TRAIN : N_TRAIN + N_VAL]),
-            "note": "fixed split by structure id, numpy default_rng(0) permutation of sorted ids",
-        }
-        path.write_text(json.dumps(split, indent=2) + "\n")
-    split = json.loads(path.read_text())
-    unknown = set(split["train"] + split["validation"]) - set(ids)
-    if unknown or set(split["train"]) & set(split["validation"]):
-        raise SystemExit(f"{path}: bad split (unknown ids {sorted(unknown)} or overlap)")
-    return split
 
 
 def make_batches(records: list[dict], r_max: float) -> list[dict]:
@@ -227,7 +196,7 @@ def ship(out_root: Path, split: dict, records: list[dict]) -> None:
             png = out_root / f / f"val_parity_{name}.png"
             if png.is_file():
                 extra[f"parity_{f}_{name}.png"] = png
-    extra["split.json"] = DATA / "split.json"
+    extra["split.json"] = DATA_DIR / "split.json"
     if glob is not None:
         extra["metrics_global.json"] = out_root / "global" / "metrics.json"
     for name in (
@@ -385,8 +354,7 @@ def main(argv=None) -> None:
     p.add_argument("--born-order-experiment", action="store_true")
     p.add_argument("--benchmark-autodiff", action="store_true")
     args = p.parse_args(argv)
-    ensure_data()
-    records = load_batio3(DATA)
+    records = load_batio3(DATA_DIR)
     split = load_split(records)
     if args.born_order_experiment:
         born_order_experiment(args.out, records, split)
