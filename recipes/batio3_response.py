@@ -5,12 +5,15 @@
     python -m recipes.batio3_response --ship-only            # compare finished runs and ship
 
 Data: ``data/batio3`` (copied from the e3response 400 K ensemble, see its README), fixed split
-of 32 training / 8 validation structures by id in ``data/batio3/split.json`` (written once,
-seed 0). Targets are normalised on the training split only. Two formulations on the same
+of 32 training / 8 validation structures by id in ``data/batio3/split.json`` (a numpy
+``default_rng(0)`` permutation of the sorted ids). Targets are normalised on the training split only. Two formulations on the same
 split: ``direct`` (per-atom tensor heads) and ``electric`` (derivatives of a latent
 E(r, eps)). Each run writes ``<out>/<formulation>/`` (checkpoints, history, parity plots,
-``metrics.json``). The better run on the validation split is written with `save_pretrained`
-to ``zoo/weights/batio3-response`` with a model card, and the weights registry is refreshed.
+``metrics.json``). The better run on the validation split (a direct one with its dielectric
+and chi(2) heads, `recipes.batio3_global`) is written with `save_pretrained` to
+``zoo/weights/batio3-response`` with its card, metrics and parity plots, and the weights
+registry is re-hashed. ``--born-order-experiment`` fits a Born-only derivative model with
+each index order (see docs/experiments.md).
 """
 
 from __future__ import annotations
