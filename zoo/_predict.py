@@ -2,7 +2,7 @@
 
 Every ``predict`` goes the same way: the input is converted and validated once
 (:func:`prepare`), structures are grouped by size into batches, each batch's padded graph is
-built once, the training-domain check runs on that graph (:func:`domain_reason`), the model runs
+built once, the training-domain check runs on that graph (:func:`domain_reasons`), the model runs
 as one jitted call per batch, and outputs come back per structure in input order
 (:func:`predict`).
 
@@ -108,36 +108,39 @@ def check(atoms, spec: InputSpec) -> None:
     warn_out_of_domain(graph, range(len(structures)), spec.domain, stacklevel=3)
 
 
-def domain_reason(graph: Graph, k: int, domain: dict | None) -> str | None:
-    """Why graph `k` of a batch looks unlike the training `domain` (``None`` if it does not).
+def domain_reasons(graph: Graph, domain: dict | None) -> list[str | None]:
+    """Per real graph of a batch: why it looks unlike the training `domain` (``None`` if it
+    does not).
 
     Uses the batch's own edges: a shortest distance beyond ``r_max`` has no edge and is
     within the domain anyway (training minima are well below any cutoff).
     """
+    n_node = np.asarray(graph.n_node)[np.asarray(graph.graph_mask)]
     if not domain:
-        return None
-    n_atoms = int(graph.n_node[k])
-    vpa = domain.get("volume_per_atom")
-    cell = np.asarray(graph.cell[k], np.float64)
-    if vpa and bool(np.asarray(graph.pbc[k]).all()):
-        v = abs(float(np.linalg.det(cell))) / n_atoms
-        lo, hi = vpa
-        if not 0.9 * lo <= v <= 1.1 * hi:
-            return (f"volume per atom {v:.2f} Å^3 is far from the training range "
-                    f"[{lo:.2f}, {hi:.2f}] Å^3")  # fmt: skip
-    node_graph = np.asarray(graph.node_graph)
-    receivers = np.asarray(graph.receivers)
-    mine = np.asarray(graph.edge_mask) & (node_graph[receivers] == k)
-    if not mine.any():
-        return None
+        return [None] * len(n_node)
+    cell = np.asarray(graph.cell, np.float64)
     x = np.asarray(graph.positions, np.float64)
-    senders = np.asarray(graph.senders)[mine]
-    d = x[senders] - x[receivers[mine]] + np.asarray(graph.shifts, np.float64)[mine] @ cell
-    shortest = float(np.linalg.norm(d, axis=1).min())
-    if shortest < 0.85 * domain["min_distance"]:
-        return (f"shortest interatomic distance {shortest:.2f} Å is below the training "
-                f"minimum {domain['min_distance']:.2f} Å")  # fmt: skip
-    return None
+    mask = np.asarray(graph.edge_mask)
+    snd, rcv = np.asarray(graph.senders)[mask], np.asarray(graph.receivers)[mask]
+    owner = np.asarray(graph.node_graph)[rcv]
+    vec = x[snd] - x[rcv] + np.einsum("ei,eij->ej", np.asarray(graph.shifts, np.float64)[mask],
+                                      cell[owner])  # fmt: skip
+    shortest = np.full(len(n_node), np.inf)
+    np.minimum.at(shortest, owner, np.linalg.norm(vec, axis=1))
+    periodic = np.asarray(graph.pbc).all(axis=1)
+    vpa = domain.get("volume_per_atom")
+    reasons: list[str | None] = []
+    for k, n in enumerate(n_node):
+        reason = None
+        v = abs(float(np.linalg.det(cell[k]))) / n
+        if vpa and periodic[k] and not 0.9 * vpa[0] <= v <= 1.1 * vpa[1]:
+            reason = (f"volume per atom {v:.2f} Å^3 is far from the training range "
+                      f"[{vpa[0]:.2f}, {vpa[1]:.2f}] Å^3")  # fmt: skip
+        elif shortest[k] < 0.85 * domain["min_distance"]:
+            reason = (f"shortest interatomic distance {shortest[k]:.2f} Å is below the "
+                      f"training minimum {domain['min_distance']:.2f} Å")  # fmt: skip
+        reasons.append(reason)
+    return reasons
 
 
 def warn_out_of_domain(
@@ -145,8 +148,7 @@ def warn_out_of_domain(
 ) -> None:
     """A ``UserWarning`` per graph of the batch outside `domain`; `indices` are the graphs'
     input indices; `stacklevel` points the warning at the user's call."""
-    for k, i in enumerate(indices):
-        reason = domain_reason(graph, k, domain)
+    for i, reason in zip(indices, domain_reasons(graph, domain)):
         if reason:
             warnings.warn(f"structure {i} is outside the training domain: {reason}",
                           stacklevel=stacklevel + 1)  # fmt: skip
