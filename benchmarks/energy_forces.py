@@ -12,7 +12,6 @@ RSS. The table's speed-up is peer time / zoo time for the same architecture.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import resource
@@ -20,8 +19,9 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-DATA = "/work/shared/data/batio3/structures/cif"
+DATA = Path(__file__).resolve().parents[1] / "data" / "batio3" / "structures" / "cif"
 SPECIES = (8, 22, 56)
 R_MAX = 5.0
 ENV = {
@@ -42,7 +42,7 @@ MODELS = ["zoo-mace", "zoo-nequip", "zoo-allegro", "mace-torch", "tensorial-mace
 def structure(repeat: int):
     import ase.io
 
-    atoms = ase.io.read(sorted(glob.glob(f"{DATA}/*.cif"))[0])
+    atoms = ase.io.read(sorted(DATA.glob("*.cif"))[0])
     return atoms.repeat((repeat, repeat, repeat))
 
 

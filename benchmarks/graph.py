@@ -23,7 +23,7 @@ from zoo.graph import build_graph
 from zoo.structure import as_structure
 
 ROOT = Path(__file__).resolve().parents[1]
-CANDIDATES = [ROOT / "data/batio3", ROOT.parent / "shared/data/batio3"]
+DATA = ROOT / "data" / "batio3"
 
 
 def median_time(fn, repeats: int) -> float:
@@ -41,10 +41,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--r-max", type=float, default=5.0)
     args = parser.parse_args()
-    folder = next((p for p in CANDIDATES if p.exists()), None)
-    if folder is None:
-        raise SystemExit("BaTiO3 data not found in data/batio3 or ../shared/data/batio3")
-    base = read(folder / "structures/cif/structure_00000.cif")
+    base = read(DATA / "structures" / "cif" / "structure_00000.cif")
     print(f"r_max = {args.r_max} Å, median of {args.repeats} runs after a warm-up")
     print(
         f"{'atoms':>6} {'edges':>9} {'vesin (ms)':>11} {'build_graph (ms)':>17} {'ase NL (ms)':>12} {'ase/vesin':>10}"

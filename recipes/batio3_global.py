@@ -7,7 +7,8 @@ train a backbone, enough for the linear global heads (`zoo.heads.GlobalTensorHea
 mean-pooled features of the trained per-atom model, whose trunk stays frozen. Pooled features
 are computed once; each head (normalised on the training split) is fit by full-batch Adam.
 Writes ``<out>/global/`` (``model/`` = the per-atom run + the two heads, ``metrics.json`` with
-validation MAE/RMSE/R2 and the training-mean baseline). `recipes.batio3_response` ships it.
+validation MAE/RMSE/R2 and the training-mean baseline). `recipes.batio3_response` runs it
+before shipping a direct model.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from zoo.data import load_batio3
+from zoo.data.batio3 import DATA_DIR, load_batio3, load_split, physical
 from zoo.graph import build_graph
 from zoo.heads import GlobalTensorHead
 from zoo.heads.global_tensor import mean_pool
@@ -99,14 +100,6 @@ def add_global_heads(model: ResponseModel, train_recs, val_recs) -> tuple[Respon
     return grown, metrics
 
 
-def physical(record: dict) -> bool:
-    """eps_inf must be symmetric positive with eigenvalues >= 1. Five structures of the data
-    (00010, 00017, 00020, 00023, 00048) have one diagonal element near -64 and |chi2| ~ 4e5
-    (a failed DFPT field direction); their Born and Raman tensors look normal and are kept."""
-    eps = record["dielectric"]
-    return bool(np.linalg.eigvalsh((eps + eps.T) / 2).min() >= 1.0)
-
-
 def run(out_root: Path, formulation: str, records, split) -> dict:
     by_id = {r["id"]: r for r in records}
     train_recs = [by_id[i] for i in split["train"] if physical(by_id[i])]
@@ -135,14 +128,11 @@ def run(out_root: Path, formulation: str, records, split) -> dict:
 
 
 def main(argv=None) -> None:
-    from recipes.batio3_response import DATA, ensure_data, load_split
-
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "batio3_response")
     p.add_argument("--formulation", default="direct")
     args = p.parse_args(argv)
-    ensure_data()
-    records = load_batio3(DATA)
+    records = load_batio3(DATA_DIR)
     run(args.out, args.formulation, records, load_split(records))
 
 

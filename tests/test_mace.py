@@ -1,7 +1,6 @@
 """MACE: symmetries (f32 and f64), forces vs finite differences, padding, learning Born charges."""
 
 import functools
-import glob
 import time
 
 import ase.io
@@ -14,6 +13,7 @@ import pytest
 from ase import Atoms
 
 from zoo._symmetric_contraction import _dense, coupling_paths
+from zoo.data.batio3 import DATA_DIR
 from zoo.graph import build_graph
 from zoo.irreps import to_irreps
 from zoo.mace import MACE, MACEConfig
@@ -22,7 +22,7 @@ from zoo.testing import Output, check_symmetries, finite_difference_forces
 from zoo.train import TrainConfig, fit
 
 RTOL = {np.float32: 1e-5, np.float64: 1e-10}
-BTO = "/work/shared/data/batio3"
+BTO = DATA_DIR  # data/batio3 of the repository
 
 
 def small_bto(seed=0, rattle=0.1):
@@ -212,7 +212,8 @@ def test_config_round_trip_and_validation():
 
 
 def born_charge_batches(n_structures, r_max):
-    files = sorted(glob.glob(f"{BTO}/structures/cif/*.cif"))[:n_structures]
+    files = sorted((BTO / "structures" / "cif").glob("*.cif"))[:n_structures]
+    assert len(files) == n_structures, f"{BTO}/structures/cif has fewer than {n_structures} files"
     structures = [ase.io.read(f) for f in files]
     # one padded size for all (one compile), as small as the largest structure's bucket:
     # a fixed 8192-edge capacity tripled the cost of these tests for ~2,500 real edges
@@ -220,8 +221,8 @@ def born_charge_batches(n_structures, r_max):
     n_nodes, n_edges = max(g.n_nodes for g in sizes), max(g.n_edges for g in sizes)
     batches = []
     for f, atoms in zip(files, structures):
-        sid = f.split("_")[-1].split(".")[0]
-        z = np.load(f"{BTO}/born_charges/{sid}.npy")
+        sid = f.stem.split("_")[-1]
+        z = np.load(BTO / "born_charges" / f"{sid}.npy")
         g = build_graph(atoms, r_max, n_nodes=n_nodes, n_edges=n_edges)
         target = np.zeros((g.n_nodes, 9), np.float32)
         target[: len(atoms)] = np.asarray(to_irreps("rank2", z).array)

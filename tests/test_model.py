@@ -4,7 +4,6 @@ loading, and a save/load round trip of a model trained for a few steps in-test."
 import json
 import shutil
 import warnings
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -12,13 +11,13 @@ import pytest
 from ase import Atoms
 from test_heads import BACKBONE, small_bto
 
-from zoo.data import load_batio3
+from zoo.data.batio3 import DATA_DIR, load_batio3, physical
 from zoo.graph import build_graph
 from zoo.hub import from_pretrained
 from zoo.model import ResponseModel, fit_normalization, make_config
 from zoo.train import TrainConfig, fit, weighted_loss
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "batio3"
+DATA = DATA_DIR
 OUTS = ["born_charges", "raman_tensors", "dielectric"]
 
 
@@ -140,7 +139,6 @@ def test_load_batio3_validates_shapes(tmp_path):
 
 def test_shipped_batio3_predicts_all_four_tensors_on_a_validation_structure():
     import zoo
-    from recipes.batio3_global import physical
 
     records = load_batio3(DATA)
     assert sorted(r["id"] for r in records if not physical(r)) == [

@@ -24,7 +24,6 @@ unless the config says ``born_order="displacement_first"``; ``raman_tensors`` (n
 from __future__ import annotations
 
 import math
-import warnings
 
 import e3nn_jax as e3nn
 import equinox as eqx
@@ -32,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _predict
 from . import heads as H
 from ._dtype import resolve_float
 from ._response_config import ASR_OUTPUTS as ASR_OUTPUTS
@@ -39,14 +39,13 @@ from ._response_config import FORMULATIONS as FORMULATIONS
 from ._response_config import MODEL_TYPE as MODEL_TYPE
 from ._response_config import NEEDS_CELL as NEEDS_CELL
 from ._response_config import OUTPUTS as OUTPUTS
-from ._response_config import _min_distance
+from ._response_config import _min_distance as _min_distance  # used by zoo.finetune
 from ._response_config import fit_normalization as fit_normalization
 from ._response_config import head_entries as head_entries
 from ._response_config import make_config as make_config
-from .graph import Graph, build_graph, check_species, species_indices
+from .graph import Graph, species_indices
 from .nequip import NequIP, NequIPConfig
 from .response import broadcast_to_nodes, graph_sum, mixed_derivatives
-from .structure import Structure, as_structures
 
 
 class ResponseModel(eqx.Module):
@@ -188,6 +187,20 @@ class ResponseModel(eqx.Module):
         return out
 
     # ---- host-side API ----
+    def input_spec(self) -> _predict.InputSpec:
+        """What :meth:`predict` accepts: training species, cutoff, domain, bulk outputs."""
+        needs_cell = [n for n in self.outputs if n in NEEDS_CELL]
+        if self.config["raman_convention"] == "per_volume" and "raman_tensors" in self.outputs:
+            needs_cell.append("raman_tensors")
+        return _predict.InputSpec(
+            name="this response model",
+            species=self.species,
+            r_max=self.config["backbone"]["r_max"],
+            dtype=self.dtype,
+            domain=self.config.get("domain"),
+            needs_cell=tuple(needs_cell),
+        )
+
     def predict(
         self,
         atoms,
@@ -210,78 +223,28 @@ class ResponseModel(eqx.Module):
         over structures `(total_atoms, ...)` with ``structure_index`` `(total_atoms,)`, global
         ones stacked `(n_structures, ...)`. Units: ``born_charges`` e, ``raman_tensors`` Å^2,
         ``dielectric`` dimensionless, ``shielding`` ppm (see the module docstring).
-        """
-        single = isinstance(atoms, (Structure, dict)) or hasattr(atoms, "get_atomic_numbers")
-        structures = as_structures(atoms)
-        if not (isinstance(batch_size, int) and batch_size >= 1):
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        self.check_inputs(structures)
-        order = sorted(range(len(structures)), key=lambda i: len(structures[i]))
-        batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
-        show = len(batches) > 4 if progress is None else progress
-        if show:
-            from tqdm.auto import tqdm
 
-            batches = tqdm(batches, desc="predict", unit="batch")
-        r_max = self.config["backbone"]["r_max"]
+        **Raises** ``ValueError`` for an element outside the training species, and for a
+        structure not periodic in all three directions when the model was trained on crystals
+        only (``config["domain"]["periodic"]``) or a bulk output needs a cell volume; warns
+        when a structure is outside the training domain (see `zoo._predict`).
+        """
         if acoustic_sum_rule is None:  # resolved here: one compiled function per setting
             acoustic_sum_rule = bool(self.config["acoustic_sum_rule"])
-        results: dict[int, dict[str, np.ndarray]] = {}
-        for idx in batches:
-            graph = build_graph([structures[i] for i in idx], r_max, dtype=self.dtype)
-            out = _forward(self, graph, acoustic_sum_rule)
-            for name, value in out.items():
-                value = np.asarray(value)
-                parts = graph.split_nodes(value) if OUTPUTS[name][1] else value[: len(idx)]
-                for i, part in zip(idx, parts):
-                    results.setdefault(i, {})[name] = np.asarray(part)
-        if single:
-            return results[0]
-        merged = {}
-        for name in self.outputs:
-            parts = [results[i][name] for i in range(len(structures))]
-            merged[name] = np.concatenate(parts) if OUTPUTS[name][1] else np.stack(parts)
-        merged["structure_index"] = np.repeat(np.arange(len(structures)),
-                                              [len(s) for s in structures])  # fmt: skip
-        return merged
+        per_atom = [n for n in self.outputs if OUTPUTS[n][1]]
+        return _predict.predict(
+            atoms,
+            self.input_spec(),
+            lambda graph: _predict.forward(self, graph, acoustic_sum_rule),
+            per_atom,
+            batch_size=batch_size,
+            progress=progress,
+        )
 
     def check_inputs(self, structures) -> None:
-        """Species, periodicity and domain checks (errors and OOD warnings) on the host."""
-        structures = as_structures(structures)
-        check_species(structures, self.species, "this response model")
-        bulk = [n for n in self.outputs if n in NEEDS_CELL]
-        bulk += ["raman_tensors"] * (
-            self.config["raman_convention"] == "per_volume" and "raman_tensors" in self.outputs
-        )
-        for g, s in enumerate(structures):
-            if bulk and not s.pbc.all():
-                raise ValueError(
-                    f"structure {g} is not periodic in all three directions (pbc="
-                    f"{s.pbc.tolist()}), but {', '.join(bulk)} needs a cell volume: give a "
-                    "periodic bulk structure"
-                )
-            reason = self.out_of_domain(s)
-            if reason:
-                warnings.warn(f"structure {g} is outside the training domain: {reason}",
-                              stacklevel=3)  # fmt: skip
-
-    def out_of_domain(self, s: Structure) -> str | None:
-        """Why `s` looks unlike the training data (``None`` if it does not)."""
-        dom = self.config.get("domain")
-        if not dom:
-            return None
-        vpa = dom.get("volume_per_atom")
-        if vpa and s.pbc.all():
-            v = s.volume / len(s)
-            lo, hi = vpa
-            if not 0.9 * lo <= v <= 1.1 * hi:
-                return (f"volume per atom {v:.2f} Å^3 is far from the training range "
-                        f"[{lo:.2f}, {hi:.2f}] Å^3")  # fmt: skip
-        d = _min_distance(s)
-        if d < 0.85 * dom["min_distance"]:
-            return (f"shortest interatomic distance {d:.2f} Å is below the training "
-                    f"minimum {dom['min_distance']:.2f} Å")  # fmt: skip
-        return None
+        """The checks of :meth:`predict` without predicting: errors for inputs it refuses,
+        warnings for structures outside the training domain."""
+        _predict.check(structures, self.input_spec())
 
     def save_pretrained(self, directory, *, card: str | None = None, **kwargs):
         """Write config.json, model.safetensors and README.md (see `zoo.save_pretrained`)."""
@@ -296,8 +259,3 @@ def subtract_mean_over_atoms(graph: Graph, values: jax.Array) -> jax.Array:
     count = jnp.maximum(graph.n_node, 1).astype(values.dtype)
     mean = total / count.reshape((-1,) + (1,) * (values.ndim - 1))
     return values - mean[graph.node_graph]
-
-
-@eqx.filter_jit
-def _forward(model: ResponseModel, graph: Graph, acoustic_sum_rule):
-    return model(graph, acoustic_sum_rule)

@@ -84,7 +84,7 @@ def energy_forces_stress(node_energy: NodeEnergy, graph: Graph) -> dict[str, Arr
 # i.e. forward-over-reverse for second and forward-over-forward-over-reverse for third
 # derivatives: the global vector has 3 components, the node variable 3 * n_nodes, so the
 # forward passes stay O(1) in the system size. Measured (135-atom BaTiO3, 2-layer lmax-2
-# NequIP, 2 busy CPU cores, `python -m recipes.batio3_response --benchmark-autodiff`): order 2
+# NequIP, 2 busy CPU cores, `python benchmarks/autodiff.py`): order 2
 # prediction 2.5 s vs 5.6 s for reverse-over-forward, a training step 6.7 s vs 13.5 s.
 
 FieldEnergy = Callable[

@@ -12,7 +12,9 @@ chemical shift; see data/si29/README.md), returned as ``unreferenced_shift``. Th
 
 It adds what a user of an NMR model needs: NaN for atoms of other elements, the tensor
 analysis of `zoo.nmr` in the shift form (isotropic value, Haeberlen and Herzfeld-Berger
-parameters, principal axes, Euler angles), a one-call spectrum and input checks.
+parameters, principal axes, Euler angles), a one-call spectrum, and the input checks of
+`zoo._predict` (no atom of the nucleus, an element outside the training set, or, for a model
+trained on crystals only, a structure not periodic in all three directions: error).
 
 An ensemble (``config["members"] > 1``: the same architecture trained from other seeds)
 predicts the mean of its members, and ``unreferenced_shift_std`` says how much they disagree.
@@ -22,18 +24,16 @@ Units: ppm.
 
 from __future__ import annotations
 
-import warnings
+import dataclasses
 
 import equinox as eqx
 import jax
 import numpy as np
 
-from . import nmr
+from . import _predict, nmr
 from ._serialization import FORMAT_VERSION
-from .graph import build_graph
 from .irreps import to_irreps
 from .model import ResponseModel
-from .structure import Structure, as_structures
 
 MODEL_TYPE = "shielding"
 
@@ -129,51 +129,35 @@ class ShieldingModel(eqx.Module):
     def species(self) -> tuple[int, ...]:
         return self.response.species
 
-    def check_inputs(self, structures: list[Structure]) -> None:
-        """Error for a structure without the nucleus; warnings for unknown elements and
-        structures unlike the training data."""
-        z, known = self.atomic_number, set(self.species)
-        for g, s in enumerate(structures):
-            if not np.any(s.numbers == z):
-                raise ValueError(
-                    f"structure {g} ({''.join(sorted(set(s.symbols)))}) has no {_symbol(z)} "
-                    f"atom: this model predicts {_symbol(z)} shielding only"
-                )
-            unknown = sorted({int(x) for x in s.numbers} - known)
-            if unknown:
-                names = ", ".join(_symbol(x) for x in unknown)
-                warnings.warn(
-                    f"structure {g} contains {names}, outside the training set "
-                    f"({', '.join(_symbol(x) for x in self.species)}); predictions are "
-                    "returned but are unreliable (unknown elements are embedded as "
-                    f"{_symbol(self.species[0])})",
-                    stacklevel=3,
-                )
-            reason = self.response.out_of_domain(s)
-            if reason:
-                warnings.warn(
-                    f"structure {g} is outside the training domain: {reason}", stacklevel=3
-                )
+    def input_spec(self) -> _predict.InputSpec:
+        """What :meth:`predict` accepts (see `zoo._predict`): the response model's species,
+        cutoff and domain, and at least one atom of the nucleus per structure."""
+        return dataclasses.replace(
+            self.response.input_spec(), name="this shielding model", nucleus=self.atomic_number
+        )
 
-    def raw_output(self, structures: list[Structure], batch_size: int = 8) -> list[np.ndarray]:
+    def check_inputs(self, structures) -> None:
+        """The checks of :meth:`predict` without predicting: errors for inputs it refuses,
+        warnings for structures outside the training domain."""
+        _predict.check(structures, self.input_spec())
+
+    def raw_output(self, structures, batch_size: int = 8) -> list[np.ndarray]:
         """The head's output `(n_atoms, 3, 3)` ppm (``unreferenced_shift``) of every atom of
         every structure (no masking); of an ensemble, the members' mean."""
-        return [mean for mean, _ in self._members_shielding(structures, batch_size)]
+        structures, _ = _predict.prepare(structures, self.input_spec())
+        return [r["shielding"] for r in self._members_shielding(structures, batch_size)]
 
-    def _members_shielding(self, structures, batch_size):
-        """Per structure: (mean, std) over the members, each `(n_atoms, 3, 3)` ppm."""
-        r_max = self.response.config["backbone"]["r_max"]
-        order = sorted(range(len(structures)), key=lambda i: len(structures[i]))
-        out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        for k in range(0, len(order), batch_size):
-            idx = order[k : k + batch_size]
-            graph = build_graph([structures[i] for i in idx], r_max, dtype=self.response.dtype)
-            each = [np.asarray(_forward(m, graph)["shielding"], np.float64) for m in self.members]
-            parts = zip(graph.split_nodes(np.mean(each, axis=0)),
-                        graph.split_nodes(np.std(each, axis=0)))  # fmt: skip
-            for i, pair in zip(idx, parts):
-                out[i] = pair
-        return [out[i] for i in range(len(structures))]
+    def _members_shielding(self, structures, batch_size) -> list[dict[str, np.ndarray]]:
+        """Per validated structure: ``shielding`` (members' mean) and ``shielding_std``, each
+        `(n_atoms, 3, 3)` ppm."""
+
+        def call(graph):
+            each = [np.asarray(_predict.forward(m, graph)["shielding"], np.float64)
+                    for m in self.members]  # fmt: skip
+            return {"shielding": np.mean(each, axis=0), "shielding_std": np.std(each, axis=0)}
+
+        per_atom = ("shielding", "shielding_std")
+        return _predict.run(structures, self.input_spec(), call, per_atom, batch_size=batch_size)
 
     def predict(
         self, atoms, *, reference: dict | None = None, batch_size: int = 8
@@ -181,8 +165,9 @@ class ShieldingModel(eqx.Module):
         """Shift tensors and their analysis for one structure or a list of them.
 
         **Arguments:** `atoms` (an ``ase.Atoms``, :class:`~zoo.Structure`, dict, or a list of
-        them), `reference` (``{"slope", "offset"}``; default the config's, the fitted one for
-        shipped models), `batch_size`.
+        them; a model trained on crystals only refuses molecules and slabs), `reference`
+        (``{"slope", "offset"}``; default the config's, the fitted one for shipped models),
+        `batch_size`.
 
         **Returns:** numpy arrays, per atom (NaN for atoms of other elements), ppm:
         ``unreferenced_shift`` `(N, 3, 3)` (the head's output, on the training data's scale);
@@ -197,20 +182,20 @@ class ShieldingModel(eqx.Module):
         per-atom arrays are concatenated and ``structure_index`` `(N,)` says which structure
         each row is from.
         """
-        single = isinstance(atoms, (Structure, dict)) or hasattr(atoms, "get_atomic_numbers")
-        structures = as_structures(atoms)
-        if not (isinstance(batch_size, int) and batch_size >= 1):
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        self.check_inputs(structures)
-        stats = self._members_shielding(structures, batch_size)
-        raw = np.concatenate([mean for mean, _ in stats])
+        structures, single = _predict.prepare(atoms, self.input_spec())
+        stats = _predict.merge(
+            self._members_shielding(structures, batch_size),
+            structures,
+            ("shielding", "shielding_std"),
+        )
+        raw = stats["shielding"]
         numbers = np.concatenate([s.numbers for s in structures])
         mask = numbers == self.atomic_number
         ref = self.config.get("reference") if reference is None else reference
         out = analyse(raw, mask, ref)
         if self.others:
             out["unreferenced_shift_std"] = np.where(
-                mask[:, None, None], np.concatenate([std for _, std in stats]), np.nan
+                mask[:, None, None], stats["shielding_std"], np.nan
             )
         if not single:
             out["structure_index"] = np.repeat(
@@ -329,8 +314,3 @@ def shielding_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
         "span_mae": float(np.mean(np.abs(hp["span"] - ht["span"]))),
         "skew_mae": float(np.mean(np.abs(hp["skew"] - ht["skew"]))),
     }
-
-
-@eqx.filter_jit
-def _forward(model: ResponseModel, graph):
-    return model(graph)

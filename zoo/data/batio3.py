@@ -1,5 +1,6 @@
 """BaTiO3 electric-response data (``data/batio3``, see its README): structures from Quantum
-ESPRESSO cards plus Born charges, Raman tensors, dielectric and chi(2) tensors per structure.
+ESPRESSO cards plus Born charges, Raman tensors, dielectric and chi(2) tensors per structure,
+the fixed training/validation split, and the check that flags unphysical dielectric tensors.
 
 Every file is checked on reading; a wrong shape, a missing file or a non-finite value raises
 one ValueError naming the file.
@@ -7,6 +8,7 @@ one ValueError naming the file.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -14,6 +16,10 @@ import numpy as np
 from ase.data import atomic_numbers
 
 from ..structure import Structure
+
+#: ``data/batio3`` of a source checkout (the folder with ``structures/qe``)
+DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "batio3"
+SPLIT = "split.json"
 
 #: target name -> (folder, trailing shape after the atom axis or full shape, per atom)
 TARGETS: dict[str, tuple[str, tuple[int, ...], bool]] = {
@@ -102,3 +108,34 @@ def load_batio3(root: str | os.PathLike, ids=None) -> list[dict]:
             record[name] = _load_array(root / folder / f"{sid}.npy", full)
         records.append(record)
     return records
+
+
+def load_split(records: list[dict], root: str | os.PathLike = DATA_DIR) -> dict[str, list[str]]:
+    """The fixed split ``{"train": [ids], "validation": [ids]}`` of ``root/split.json``,
+    checked against the ids of `records` (every id known, no id in both parts)."""
+    path = Path(root) / SPLIT
+    if not path.is_file():
+        raise ValueError(f"{path}: missing file (the split ships with data/batio3)")
+    try:
+        split = json.loads(path.read_text())
+        train, validation = list(split["train"]), list(split["validation"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: needs JSON lists 'train' and 'validation' ({err})") from None
+    unknown = sorted(set(train + validation) - {r["id"] for r in records})
+    if unknown:
+        raise ValueError(f"{path}: ids {unknown} are not in the loaded records")
+    both = sorted(set(train) & set(validation))
+    if both:
+        raise ValueError(f"{path}: ids {both} are in both train and validation")
+    return {"train": train, "validation": validation}
+
+
+def physical(record: dict) -> bool:
+    """Whether the record's eps_inf is symmetric positive with eigenvalues >= 1.
+
+    Five structures of the data (00010, 00017, 00020, 00023, 00048) fail: one diagonal
+    element near -64 and |chi2| ~ 4e5 (a failed DFPT field direction); their Born and Raman
+    tensors look normal, so only the dielectric and chi(2) targets drop them.
+    """
+    eps = record["dielectric"]
+    return bool(np.linalg.eigvalsh((eps + eps.T) / 2).min() >= 1.0)
