@@ -71,8 +71,11 @@ def list_jobs(queue_dir: Path) -> list[tuple[dict, dict]]:
 
 
 def _git_commit(paths: list[str], message: str) -> None:
-    for _ in range(12):
-        if not (REPO / ".git" / "index.lock").exists():
+    # wait for another git command, or a merge a maintainer is resolving, to finish: a commit
+    # now would fail, and `git add` would stage the data into that merge
+    busy = ("index.lock", "MERGE_HEAD", "REBASE_HEAD", "CHERRY_PICK_HEAD")
+    for _ in range(360):
+        if not any((REPO / ".git" / name).exists() for name in busy):
             break
         time.sleep(5)
     subprocess.run(["git", "add", *paths], cwd=REPO, check=False)
