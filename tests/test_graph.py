@@ -1,5 +1,7 @@
 """Graph building: neighbours, differentiable edge vectors, buckets and compile reuse."""
 
+from pathlib import Path
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -12,16 +14,11 @@ from ase.neighborlist import neighbor_list
 from zoo.graph import bucket_size, build_graph
 from zoo.nequip import NequIP, NequIPConfig
 
-BTO = "data/batio3/structures/cif/structure_00000.cif"
+BTO = Path(__file__).parents[1] / "data/batio3/structures/cif/structure_00000.cif"
 
 
 def bto_cell():
-    from pathlib import Path
-
-    for root in (Path(__file__).parents[1], Path(__file__).parents[2] / "shared"):
-        if (root / BTO).exists():
-            return read(root / BTO)
-    pytest.skip("BaTiO3 data not found (data/batio3 or ../shared/data/batio3)")
+    return read(BTO)  # the repository's own data: a missing file fails the test
 
 
 def test_bucket_rule():
