@@ -153,7 +153,6 @@ def test_weighted_loss_masks_and_weights():
 
 
 def test_irreps_loss_and_metrics():
-    pytest.importorskip("zoo.irreps")
     rng = np.random.default_rng(0)
     pred = rng.normal(size=(5, 3, 3)).astype(np.float32)
     true = rng.normal(size=(5, 3, 3)).astype(np.float32)

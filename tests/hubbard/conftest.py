@@ -1,5 +1,6 @@
 """Fixtures shared by the Hubbard tests."""
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -26,6 +27,8 @@ def uv():
 @pytest.fixture
 def nio_pseudos(tmp_path) -> tuple[dict[str, str], Path]:
     """``(pseudos, pseudo_dir)``: the NiO pseudopotentials generated here with ld1.x."""
+    missing = [x for x in ("pw.x", "hp.x", "ld1.x", "mpirun") if shutil.which(x) is None]
+    assert not missing, f"{missing} not found: apt-get install quantum-espresso (as .ci/run does)"
     pdir = tmp_path / "pseudo"
     pdir.mkdir()
     for name in NIO_PSEUDOS.values():

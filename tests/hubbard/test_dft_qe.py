@@ -4,20 +4,12 @@ Pseudopotentials are regenerated with ld1.x from the committed pslibrary inputs
 (tests/data/qe/ld1/), so the test needs only the quantum-espresso package.
 """
 
-import shutil
-
 import pytest
 
 from zoo.hubbard.dft import cycle, dataset, structures
 from zoo.hubbard.dft.runner import read_json
 
-pytestmark = [
-    pytest.mark.qe,
-    pytest.mark.skipif(
-        any(shutil.which(x) is None for x in ("pw.x", "hp.x", "ld1.x")),
-        reason="pw.x/hp.x/ld1.x not installed (apt-get install quantum-espresso)",
-    ),
-]
+pytestmark = pytest.mark.qe  # needs Quantum ESPRESSO (the nio_pseudos fixture checks it)
 
 
 def _nio_job(tmp_path, nio_pseudos, jid: str, nq: list[int], **kw):

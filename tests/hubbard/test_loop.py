@@ -330,10 +330,6 @@ def tiny_trained_uv() -> HubbardUV:
 
 @pytest.mark.qe
 @pytest.mark.timeout(600)
-@pytest.mark.skipif(
-    any(shutil.which(x) is None for x in ("pw.x", "ld1.x", "mpirun")),
-    reason="pw.x/ld1.x/mpirun not installed (apt-get install quantum-espresso)",
-)
 def test_real_loop_nio(tmp_path, nio_pseudos):
     pseudos, pdir = nio_pseudos
     uv, losses = tiny_trained_uv()
