@@ -31,9 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._response_config import _min_distance
 from .graph import build_graph
 from .irreps import cartesian_shape, irreps_of, to_irreps
-from .model import OUTPUTS, ResponseModel, _min_distance
+from .model import OUTPUTS, ResponseModel
 from .structure import Structure, as_structures
 from .train import TrainConfig, evaluate, fit, weighted_loss
 

@@ -39,7 +39,6 @@ from ._response_config import FORMULATIONS as FORMULATIONS
 from ._response_config import MODEL_TYPE as MODEL_TYPE
 from ._response_config import NEEDS_CELL as NEEDS_CELL
 from ._response_config import OUTPUTS as OUTPUTS
-from ._response_config import _min_distance as _min_distance  # used by zoo.finetune
 from ._response_config import fit_normalization as fit_normalization
 from ._response_config import head_entries as head_entries
 from ._response_config import make_config as make_config
