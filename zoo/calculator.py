@@ -22,6 +22,7 @@ from ase.calculators.calculator import Calculator as _AseCalculator
 from ase.calculators.calculator import all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from . import _predict
 from .graph import Graph, build_graph, check_species
 from .model import OUTPUTS
 from .response import energy_forces_stress
@@ -94,11 +95,13 @@ class Calculator(_AseCalculator):
         """Compute every implemented property of `atoms` in one forward pass."""
         super().calculate(atoms, properties, system_changes)
         structure = Structure.from_ase(self.atoms)
+        spec = self.model.input_spec() if hasattr(self.model, "input_spec") else None
         check_species([structure], self.model.species, f"this {type(self.model).__name__}")
-        check = getattr(self.model, "check_inputs", None)
-        if check is not None:
-            check([structure])  # periodicity errors, out-of-domain warnings
+        if spec is not None:  # the predictor's own checks: periodicity, nucleus
+            _predict.check_structures([structure], spec)
         graph = build_graph([structure], self.r_max, dtype=getattr(self.model, "dtype", None))
+        if spec is not None:  # out-of-domain warnings from the graph just built
+            _predict.warn_out_of_domain(graph, [0], spec.domain, stacklevel=3)
         out = self._jit(
             self.model, graph, bool(self.outputs), self.has_energy, self.acoustic_sum_rule
         )
