@@ -73,6 +73,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zoo.hubbard import IntersiteModel, OnsiteModel, fit_scalers
 from zoo.hubbard._basis import occupations_qe_to_e3nn
 from zoo.hubbard._ensemble import HubbardEnsemble
 from zoo.hubbard._features import (
@@ -82,7 +83,6 @@ from zoo.hubbard._features import (
     spin_features,
 )
 from zoo.hubbard._kernel import KernelModel, cross_validate
-from zoo.hubbard._models import IntersiteModel, OnsiteModel, fit_scalers
 from zoo.hubbard._predict import HubbardUV
 from zoo.hubbard._split import (
     TRAIN,

@@ -263,7 +263,7 @@ def _train(model, inputs, y, steps=150):
     import jax.numpy as jnp
     import optax
 
-    from zoo.hubbard._models import fit_scalers
+    from zoo.hubbard import fit_scalers
 
     model = fit_scalers(model, inputs if len(inputs) > 1 else inputs[0], y)
     opt = optax.adam(1e-2)

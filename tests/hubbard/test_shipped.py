@@ -93,7 +93,7 @@ def test_rotated_occupations_give_the_same_prediction():
 
 def _rotate_blocks(occ, occ_d, rot, labels):
     """Rotate each on-site block with the Wigner D of its own l (d: 5x5, p: top-left 3x3)."""
-    from zoo.hubbard._predict import element_of
+    from zoo.hubbard._run import element_of
     from zoo.hubbard.dft.structures import TRANSITION_METALS
 
     out = np.array(occ)

@@ -13,6 +13,7 @@ from ._basis import wigner_d_qe as wigner_d_qe
 from ._ensemble import HubbardEnsemble as HubbardEnsemble
 from ._features import intersite_features as intersite_features
 from ._features import onsite_features as onsite_features
+from ._fit import fit_scalers as fit_scalers
 from ._kernel import KernelModel as KernelModel
 from ._loop import HubbardLoopError as HubbardLoopError
 from ._loop import LoopResult as LoopResult
@@ -20,9 +21,8 @@ from ._loop import run_pw_local as run_pw_local
 from ._loop import self_consistent_hubbard as self_consistent_hubbard
 from ._models import IntersiteModel as IntersiteModel
 from ._models import OnsiteModel as OnsiteModel
-from ._models import fit_scalers as fit_scalers
-from ._predict import HubbardPrediction as HubbardPrediction
 from ._predict import HubbardUV as HubbardUV
+from ._prediction import HubbardPrediction as HubbardPrediction
 from ._split import baseline_metrics as baseline_metrics
 from ._split import duplicate_clusters as duplicate_clusters
 from ._split import regression_metrics as regression_metrics

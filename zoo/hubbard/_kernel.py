@@ -25,6 +25,7 @@ from jaxtyping import Array, Float
 from .._dtype import resolve_float
 from ._features import invariants, occs_prod_irreps, occs_sum_irreps, onsite_irreps
 from ._models import _zoo_version, intersite_input_irreps
+from ._prediction import PredictsRuns
 
 KERNEL_TYPE = "hubbard-kernel"
 KINDS = ("onsite", "intersite")
@@ -68,7 +69,7 @@ def raw_descriptor(kind: str, n_species: int, inputs, xp=np) -> tuple:
     return xp.concatenate([p_hot, d_hot], axis=-1), inv
 
 
-class KernelModel(eqx.Module):
+class KernelModel(PredictsRuns, eqx.Module):
     """Hubbard U (``kind="onsite"``) or V (``"intersite"``) by kernel ridge regression.
 
     Build it with :meth:`fit`; call it like the networks: ``model(x)`` (U) or

@@ -32,7 +32,9 @@ import jax
 import numpy as np
 
 from .._io import atomic_write_json, atomic_write_text
-from ._predict import HubbardPrediction, HubbardUV, PairKey
+from ._predict import HubbardUV
+from ._prediction import HubbardPrediction, PairKey
+from ._run import check_elements
 from .dft import inputs
 from .dft.parsers import RY_TO_EV, parse_pw_output
 from .dft.runner import mpi_cmd, run_command
@@ -266,19 +268,10 @@ def _start(structure, hubbard) -> tuple[dict, Params]:
 def _check_species(model: HubbardUV, st: dict) -> None:
     # fail before pw.x runs for hours on an element the model would refuse afterwards
     tms = sorted({s for s in st["symbols"] if s in TRANSITION_METALS})
-    for s in tms:
-        if s not in model.u_model.config["species"]:
-            raise ValueError(
-                f"structure: element {s!r} is not among the U model's species "
-                f"{model.u_model.config['species']}"
-            )
+    check_elements(model.u_model.config, tms, "U", "structure")
     ligands = {s for s in st["symbols"] if inputs.MANIFOLD.get(s, "").endswith("p")}
-    for s in sorted(set(tms) | ligands) if ligands else []:
-        if s not in model.v_model.config["species"]:
-            raise ValueError(
-                f"structure: element {s!r} is not among the V model's species "
-                f"{model.v_model.config['species']}"
-            )
+    if ligands:
+        check_elements(model.v_model.config, sorted(set(tms) | ligands), "V", "structure")
 
 
 def _sha(text: str) -> str:
