@@ -10,11 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from zoo.hubbard._loop import (
-    HubbardLoopError,
-    run_pw_local,
-    self_consistent_hubbard,
-)
+from zoo.hubbard import HubbardLoopError, run_pw_local, self_consistent_hubbard
 from zoo.hubbard._models import IntersiteModel, OnsiteModel
 from zoo.hubbard._predict import HubbardUV
 from zoo.hubbard.dft import structures

@@ -17,12 +17,12 @@ from ._fit import fit_scalers as fit_scalers
 from ._kernel import KernelModel as KernelModel
 from ._loop import HubbardLoopError as HubbardLoopError
 from ._loop import LoopResult as LoopResult
-from ._loop import run_pw_local as run_pw_local
 from ._loop import self_consistent_hubbard as self_consistent_hubbard
 from ._models import IntersiteModel as IntersiteModel
 from ._models import OnsiteModel as OnsiteModel
 from ._predict import HubbardUV as HubbardUV
 from ._prediction import HubbardPrediction as HubbardPrediction
+from ._pw_local import run_pw_local as run_pw_local
 from ._split import baseline_metrics as baseline_metrics
 from ._split import duplicate_clusters as duplicate_clusters
 from ._split import regression_metrics as regression_metrics
