@@ -3,8 +3,10 @@
 Occupation matrices (QE basis) -> spin-flip-invariant irreps features -> on-site (U) and
 inter-site (V) models (``KernelModel``, shipped: kernel ridge regression on the features'
 rotation invariants; ``OnsiteModel`` / ``IntersiteModel``: HubbardML's tensor-square
-networks); ``HubbardUV`` answers for a whole pw.x output and ``self_consistent_hubbard``
-alternates pw.x runs and predictions.
+networks; ``HubbardEnsemble``: a mean of networks). Every model answers ``predict(pw_output)``
+for a pw.x run (a U model the U of its d sites, a V model the V of its p-d pairs);
+``HubbardUV`` answers both, and ``self_consistent_hubbard`` alternates pw.x runs and
+predictions.
 """
 
 from ._basis import occupations_qe_to_e3nn as occupations_qe_to_e3nn

@@ -141,7 +141,7 @@ class OnsiteModel(PredictsRuns, eqx.Module):
         `feature_irreps` and number of gated `hidden_layers`, the tensor products'
         `irrep_normalization`, `with_param_in` (U_in as an input), `residual` (predict
         U - U_in; needs `with_param_in`), `squash` (bound every gated layer's irreps to norm
-        < 1, see :func:`_squash`; HubbardML's network has no such bound), the data statistics
+        < 1, see :func:`zoo.hubbard._layers._squash`; HubbardML's network has no such bound), the data statistics
         (`target_mean`, `target_std`, `input_stats`; set them with :func:`fit_scalers`),
         `dtype` (None: float32, or float64 under x64), `key` (None: zero weights, a skeleton
         to load weights into)."""
