@@ -1,13 +1,14 @@
 """ML self-consistent DFT+U+V loop vs the hp.x cycle on one structure of the data set.
 
-    .venv/bin/python benchmarks/hubbard_ml_loop.py [--path p111-NiO-sym-e-0.030] [--model hubbard-uv]
+    .venv/bin/python benchmarks/hubbard_ml_loop.py --pseudo-dir DIR [--path p111-NiO-sym-e-0.030]
 
 Runs :func:`zoo.hubbard.self_consistent_hubbard` (pw.x -> model -> pw.x ...) from the same
 structure, pw.x settings, pseudopotentials and starting guess (U(TM) = 4 eV, first-shell V
 switched on) as the queue job ``--path`` of ``data/hubbard``, and compares the converged U/V
 with hp.x's values at the last self-consistent iteration of that job, and the pw.x wall time
 of the ML loop with the pw.x + hp.x wall time of the hp.x cycle (``manifest.json``). Choose a
-path the model did not train on (the recipe's test paths). Needs pw.x (Quantum ESPRESSO).
+path the model did not train on (the recipe's test paths). Needs pw.x (Quantum ESPRESSO) and
+the job's pseudopotential files in ``--pseudo-dir`` (or ``$ZOO_PSEUDO_DIR``).
 Writes ``<workdir>/comparison.json``.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -27,7 +29,6 @@ DATA = ROOT / "data" / "hubbard"
 def main(argv=None) -> dict:
     import zoo
     from zoo.hubbard import run_pw_local, self_consistent_hubbard
-    from zoo.hubbard.dft.cycle import resolve_pseudo_dir
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--path", default="p111-NiO-sym-e-0.030", help="sc path (job id)")
@@ -35,7 +36,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--workdir", type=Path, default=ROOT / "runs" / "hubbard_ml_loop")
     ap.add_argument("--tol", type=float, default=0.01, help="eV")
     ap.add_argument("--max-iter", type=int, default=8)
+    ap.add_argument("--pseudo-dir", type=Path, default=os.environ.get("ZOO_PSEUDO_DIR"),
+                    help="folder of the job's pseudopotentials (default $ZOO_PSEUDO_DIR)")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.pseudo_dir is None or not Path(args.pseudo_dir).is_dir():
+        ap.error(f"--pseudo-dir: not a folder ({args.pseudo_dir}); pass it or set ZOO_PSEUDO_DIR")
 
     rows = [json.loads(x) for x in (DATA / "labels.jsonl").read_text().splitlines() if x]
     rows = [r for r in rows if r["sc_path"] == args.path]
@@ -52,7 +57,7 @@ def main(argv=None) -> dict:
     res = self_consistent_hubbard(
         model, st, {m: 4.0 for m in tms}, run_pw_local(nprocs=2, npool=2),
         workdir=args.workdir / args.path, pseudos=rows[0]["settings"]["pseudos"],
-        pseudo_dir=resolve_pseudo_dir(None), pw_settings=dict(job["pw"]), tol=args.tol, max_iter=args.max_iter,
+        pseudo_dir=args.pseudo_dir, pw_settings=dict(job["pw"]), tol=args.tol, max_iter=args.max_iter,
     )  # fmt: skip
     wall = time.perf_counter() - t0
     steps = job["steps"]

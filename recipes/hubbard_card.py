@@ -6,8 +6,12 @@ rows) and from the label rows it trained on (materials, QE version and settings)
 
 from __future__ import annotations
 
+import argparse
+import json
 from collections import Counter
 from pathlib import Path
+
+import yaml
 
 from zoo._serialization import make_model_card
 
@@ -36,25 +40,69 @@ def _description(name: str, kernel: bool) -> str:
     return f"{WHAT[name]} ({how})." if name == "hubbard-uv" else f"{WHAT[name]}: {how}."
 
 
-USAGE = """```python
-import zoo
-
-model = zoo.load("hubbard-uv")                    # embedded weights, offline
-pred = model.predict("scf.out", occup="out/pwscf.save/occup.txt")
-pred.U          # {site: eV} for every TM 3d Hubbard site
-pred.V          # {(i, j, image): eV} for every TM-O pair of the run's Hubbard_V table
-print(pred.hubbard_card("qe6"))  # Hubbard_U / Hubbard_V lines for QE <= 7.0 (&system)
-print(pred.hubbard_card("qe7"))  # HUBBARD card for QE >= 7.1
-# fine-tune (kernel models): refit with your own hp.x labels of that run added
+#: what `predict` returns, per model folder
+ANSWERS = {
+    "hubbard-u": "pred.U          # {site: eV} for every TM 3d Hubbard site (V: hubbard-v)",
+    "hubbard-v": "pred.V          # {(i, j, image): eV} for every TM-O pair of the run's table",
+    "hubbard-uv": "pred.U          # {site: eV} for every TM 3d Hubbard site\n"
+    "pred.V          # {(i, j, image): eV} for every TM-O pair of the run's table",
+}
+EXTEND = """# fine-tune (kernel models): refit with your own hp.x labels of that run added
 tuned = model.extend("scf.out", U={1: 6.1}, V={(1, 3, (0, 0, 0)): 0.52},
                      occup="out/pwscf.save/occup.txt")
-```
-
-pw.x must have run DFT+U+V (`lda_plus_u_kind = 2`, `nspin = 2`) with the 3d manifolds of
+"""
+RUN_NEEDS = """pw.x must have run DFT+U+V (`lda_plus_u_kind = 2`, `nspin = 2`) with the 3d manifolds of
 the TMs and the O 2p manifold as Hubbard manifolds and every first-shell TM-O pair listed
-(V = 1e-8 switches a pair on); `zoo.hubbard.self_consistent_hubbard` iterates pw.x and the
-model to self-consistency. An element or manifold outside the training set is an error, never
-an extrapolation."""
+(V = 1e-8 switches a pair on). Atoms without a Hubbard manifold (Li, P, ...) are skipped.
+`occup.txt` must be that run's: its on-site traces and moments are checked against the ones
+pw.x prints, and occupations outside [0, 1] are refused. `zoo.hubbard.self_consistent_hubbard`
+iterates pw.x and the model to self-consistency. An element or manifold outside the training
+set is an error, never an extrapolation."""
+
+
+def _usage(name: str) -> str:
+    lines = [
+        "```python",
+        "import zoo",
+        "",
+        f'model = zoo.load("{name}"){" " * (20 - len(name))}# embedded weights, offline',
+        'pred = model.predict("scf.out", occup="out/pwscf.save/occup.txt")',
+        ANSWERS[name],
+        'print(pred.hubbard_card("qe6"))  # Hubbard_V lines for QE <= 7.0 (&system)',
+        'print(pred.hubbard_card("qe7"))  # HUBBARD card for QE >= 7.1',
+    ]
+    if name == "hubbard-uv":
+        lines.append(EXTEND.rstrip())
+    return "\n".join(lines + ["```", "", RUN_NEEDS])
+
+
+def _front_matter(name: str, report: dict, parts: list[str]) -> str:
+    """The Hub's YAML front matter, with the held-out metrics as `model-index` results."""
+    head = make_model_card(
+        name,
+        tags=["hubbard", "dft+u+v", "quantum-espresso"],
+        datasets=["data/hubbard (this repository; QE 6.7 pw.x + hp.x)"],
+    )
+    meta = yaml.safe_load(head.split("---")[1])
+    meta["metrics"] = ["mae", "mare"]
+    results = []
+    for p in parts:
+        for split, what in (("validation", "held-out clusters"), ("test", "held-out structures")):
+            m = report[p].get(f"{split}_model", {}).get("all")
+            if not m:
+                continue
+            results.append({
+                "task": {"type": "tabular-regression", "name": f"Hubbard {p} (eV)"},
+                "dataset": {"name": f"data/hubbard, {what}", "type": "data/hubbard",
+                            "split": split},
+                "metrics": [
+                    {"type": "mae", "value": round(m["mae"], 4), "name": f"{p} {split} MAE (eV)"},
+                    {"type": "mare", "value": round(100 * m["mare"], 2),
+                     "name": f"{p} {split} MARE (%)"},
+                ],
+            })  # fmt: skip
+    meta["model-index"] = [{"name": name, "results": results}]
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False).rstrip() + "\n---"
 
 
 def _table(part: dict, split: str) -> list[str]:
@@ -110,16 +158,8 @@ def _data_section(rows: list[dict], parts: list[str], report: dict) -> list[str]
 
 def model_card(name: str, report: dict, parts: list[str], rows: list[dict]) -> str:
     """README.md of one model folder (`parts`: ``["U"]``, ``["V"]`` or both)."""
-    head = make_model_card(
-        name,
-        description=_description(name, _is_kernel(report)),
-        tags=["hubbard", "dft+u+v", "quantum-espresso"],
-        datasets=["data/hubbard (this repository; QE 6.7 pw.x + hp.x)"],
-        metrics={f"{p}_{s}_{k}": 0.0 for p in parts for s in ("validation", "test")
-                 for k in ("mae", "mare")},
-    )  # fmt: skip
-    head = head.split("## Metrics")[0].split("## Usage")[0]  # our own sections follow
-    lines = [head.rstrip(), "", "## Usage", "", USAGE, ""]
+    lines = [_front_matter(name, report, parts), "", f"# {name}", ""]
+    lines += [_description(name, _is_kernel(report)), "", "## Usage", "", _usage(name), ""]
     lines += _data_section(rows, parts, report)
     test = ", ".join(f"`{p}`" for p in report["test_paths"]) or "none"
     lines += [
@@ -176,7 +216,7 @@ def model_card(name: str, report: dict, parts: list[str], rows: list[dict]) -> s
             "**Test** (held-out structures):",
             "",
             *_table(report[p], "test"),
-            f"Parity plot: `parity_{p}.png`.",
+            f"![parity {p}](parity_{p}.png)",
             "",
         ]
     lines += [
@@ -338,3 +378,36 @@ def _worst_test(report: dict, parts: list[str]) -> str:
             rid, (label, pred) = max(pairs.items(), key=lambda kv: abs(kv[1][1] - kv[1][0]))
             worst.append(f"{p} {pred:.3g} eV against hp.x {label:.3g} eV (`{rid}`)")
     return (": worst held-out test row " + "; ".join(worst)) if worst else ""
+
+
+def rerender(folder: Path, rows: list[dict]) -> None:
+    """Rewrite the card of a shipped model folder from its own metrics.json (no training:
+    the same weights and metrics), with the data path in metrics.json repository-relative."""
+    metrics_path = folder / "metrics.json"
+    report = json.loads(metrics_path.read_text())
+    report["data"] = "data/hubbard/labels.jsonl"
+    parts = [p for p in ("U", "V") if isinstance(report.get(p), dict)]
+    (folder / "README.md").write_text(model_card(folder.name, report, parts, rows))
+    metrics_path.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+
+
+def main(argv=None) -> None:
+    """``python -m recipes.hubbard_card zoo/weights/hubbard-u ...``: re-render the cards."""
+    try:
+        from recipes.hubbard_uv import ROOT, load_rows
+    except ModuleNotFoundError:  # run as a script: recipes/ itself is on sys.path
+        from hubbard_uv import ROOT, load_rows
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("folders", nargs="+", type=Path)
+    ap.add_argument("--data", type=Path, default=ROOT / "data" / "hubbard" / "labels.jsonl")
+    args = ap.parse_args(argv)
+    rows = load_rows(args.data)
+    for folder in args.folders:
+        if not (folder / "metrics.json").is_file():
+            raise SystemExit(f"{folder}: no metrics.json (not a Hubbard model folder)")
+        rerender(folder, rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -12,46 +12,13 @@ clone (seconds for the kernel models, ~15 min for the networks):
 The data set grows as the DFT queue runs; ``--steps`` restricts it to the self-consistent
 steps a shipped model was trained on (its ``data_steps.json``), which reproduces its card.
 
-``--model kernel`` (default, shipped since session 9): kernel ridge regression on the
+``--model kernel`` (the default and the shipped model): kernel ridge regression on the
 rotation invariants of the same inputs (:class:`zoo.hubbard.KernelModel`), width and ridge by
-5-fold cross-validation over the training rows' duplicate clusters. On 598 rows (40 steps),
-validation MARE for split seeds 0 / 1 / 2: U 0.82 / 0.94 / 1.19 %, V 1.99 / 2.11 / 2.51 %;
-held-out structures (test), the rows ``predict`` accepts: U 1.14 %, V 3.46 %. HubbardML's
-network on the same rows and splits (``--model network --restarts 3``, 15 min): U 0.92 /
-2.50 / 3.00 %, V 7.72 / 7.69 / 7.89 %, test NiO U 2.5 %, V 9.5 % (FeO blows up). Transfer
-(``--transfer 2``: iterations 0-1 train, iteration 2 = converged values validate): U 1.15 %
-(baseline U_in 0.49 %), V 9.68 % (V_in 2.27 %): with two iterations per path the kernel
-interpolates V(V_in) between V_in = 0 and the first hp.x value, below the converged one;
-fitting V - V_in instead: U 0.84 %, V 6.70 % but splits V 2.78 / 3.32 / 2.38 %; not shipped.
-Descriptor floor ``STD_FLOOR`` 1e-3 (set when a fit on 18 U rows put every held-out row
-1e3-1e6 units away): against no floor (1e-12), validation V 2.10 / 2.27 / 2.51 % vs 1.94 /
-2.11 / 2.46 %, test V 3.4-4.4 % vs 3.9-4.9 % (582 rows).
-
-The network (``--model network``), options measured against its shipped settings
-(validation MARE, session 6, 381 rows; split seeds 0 / 1 / 2 where given): ``--loss relative`` U 1.75 / 1.85 / 3.75 %, V 5.69 /
-6.12 / 8.52 % against U 1.65 / 1.02 / 1.97 %, V 6.30 / 6.08 / 7.13 % (MSE, the default);
-``--bond-lmax 4`` (bond-direction harmonics) on 373 rows, one start: V 9.35 / 16.4 % against
-4.35 / 11.6 % without (it fits the training rows better and overfits them). Neither shipped.
-Session 7, the shipped 454 rows: the mean of 3 (5) restarts V 6.33 (6.71) % against 5.64 % for
-the restart of lowest training MSE (the restarts alone 5.6-9.4 %, in the order of their
-training MSE: the fit is optimisation-limited, an ensemble does not help); ``--patience 100
---epochs 3000`` U 1.20 / 2.78 / 1.53 %, V no better on split 0 (restarts' MAE 0.037-0.039 eV
-against 0.029). All 486 rows (+ p135 it0/it1): V 11.6 / 9.3 / 8.2 % (training MSE 8x the
-shipped fit's): not shipped.
-Session 8, V on the shipped 454 rows (split seeds 0 / 1 / 2; shipped recipe 5.64 / 6.43 /
-7.75 %), none shipped: ``--residual`` (the network predicts V - V_in; the shipped model errs
-4.1 % at iteration 2 where V_in alone errs 2.3 %) 4.99 / 9.54 / 6.68 % (U: 2.3 / 9.9 %, worse);
-EMA 0.999 of the weights 5.83 / 6.38 / 7.69 %; ``--keep final`` (no early stopping) split 0
-5.57 %, split 1 11.9 %; ``--ensemble`` of 5 restarts split 0 7.14 % (direct) / 4.70 %
-(residual; but split 1 33 %: one member blows up on a validation row); half the features
-(2x per irrep) 6.5 %; ``--squash`` (bounded layers) 8.8 % (it removes the held-out FeO
-blow-ups: test MARE 21 % against 94 %); all the rows then committed (the shipped steps +
-p135, p145) with ``--keep final`` 8.0 % (ensemble 6.2 %). The shipped recipe on all 550 rows
-(35 steps, + p135 and p145): U 0.87 / 2.39 / 2.30 %, V 8.10 / 5.83 / 8.05 % (restarts'
-training MSE 8e-4 - 2.7e-3, against 2.9e-4 for the shipped fit): more rows, a harder V fit.
-On 566 rows, split 0, V only: ``--batch-v 32`` (twice the steps) 7.03 % (restarts 6.5 / 7.9 /
-7.0 %, training MSE 2.9e-4 - 5.4e-4; mean of the 3: 5.96 %), ``--lr 0.003`` 8.65 %. The split
-and the initialisation move V by more than any of these: more data is the lever.
+5-fold cross-validation over the training rows' duplicate clusters. ``--model network``:
+HubbardML's tensor-square network (:class:`zoo.hubbard.OnsiteModel`,
+:class:`zoo.hubbard.IntersiteModel`), with restarts, ensembles, residual and bounded layers
+as options. The measured comparison of the two and of the network's options is in
+``docs/experiments.md`` (Hubbard models).
 
 Rows: U of TM 3d sites with ``param_out > 0.2`` eV; V of TM 3d - O 2p pairs with
 ``param_out > 0.3`` eV. Near-duplicates are clustered and 20 % of the clusters of every
@@ -73,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zoo.hubbard import IntersiteModel, OnsiteModel, fit_scalers
 from zoo.hubbard._basis import occupations_qe_to_e3nn
 from zoo.hubbard._ensemble import HubbardEnsemble
 from zoo.hubbard._features import (
@@ -82,7 +50,6 @@ from zoo.hubbard._features import (
     spin_features,
 )
 from zoo.hubbard._kernel import KernelModel, cross_validate
-from zoo.hubbard._models import IntersiteModel, OnsiteModel, fit_scalers
 from zoo.hubbard._predict import HubbardUV
 from zoo.hubbard._split import (
     TRAIN,
@@ -470,7 +437,7 @@ def main(argv=None) -> dict:
     if args.steps:
         rows = select_steps(rows, args.steps)
     report = {
-        "data": str(args.data),
+        "data": _repo_relative(args.data),
         "purpose": args.purpose,
         "n_rows": len(rows),
         "steps": sorted({step_of(r) for r in rows}),
@@ -546,6 +513,14 @@ def main(argv=None) -> dict:
         _save(models, report, WEIGHTS_DIR, rows)
         write_registry(WEIGHTS_DIR)
     return report
+
+
+def _repo_relative(path: Path) -> str:
+    """`path` relative to the repository when inside it (metrics.json names no machine path)."""
+    try:
+        return Path(path).resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def _save(models: dict, report: dict, out: Path, rows: list[dict]) -> None:

@@ -8,11 +8,11 @@ import pytest
 
 import zoo
 from zoo._serialization import save_pretrained
+from zoo.hubbard import IntersiteModel, OnsiteModel, fit_scalers
 from zoo.hubbard._basis import wigner_d_qe
 from zoo.hubbard._ensemble import HubbardEnsemble
 from zoo.hubbard._features import intersite_features, onsite_features
 from zoo.hubbard._infer import predict_u, predict_v
-from zoo.hubbard._models import IntersiteModel, OnsiteModel, fit_scalers
 from zoo.hubbard._predict import HubbardUV
 
 U_SPECIES, V_SPECIES = ["Mn", "Ni"], ["Mn", "Ni", "O"]

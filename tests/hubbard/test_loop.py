@@ -10,11 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from zoo.hubbard._loop import (
-    HubbardLoopError,
-    run_pw_local,
-    self_consistent_hubbard,
-)
+from zoo.hubbard import HubbardLoopError, run_pw_local, self_consistent_hubbard
 from zoo.hubbard._models import IntersiteModel, OnsiteModel
 from zoo.hubbard._predict import HubbardUV
 from zoo.hubbard.dft import structures
@@ -263,7 +259,7 @@ def _train(model, inputs, y, steps=150):
     import jax.numpy as jnp
     import optax
 
-    from zoo.hubbard._models import fit_scalers
+    from zoo.hubbard import fit_scalers
 
     model = fit_scalers(model, inputs if len(inputs) > 1 else inputs[0], y)
     opt = optax.adam(1e-2)

@@ -9,16 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from zoo.hubbard import fit_scalers
 from zoo.hubbard._basis import wigner_d_qe
 from zoo.hubbard._features import intersite_features, onsite_features, onsite_irreps
+from zoo.hubbard._layers import TensorProduct, TensorSquare
 from zoo.hubbard._models import (
     INTERSITE_TYPE,
     ONSITE_TYPE,
     IntersiteModel,
     OnsiteModel,
-    TensorProduct,
-    TensorSquare,
-    fit_scalers,
     intersite_input_irreps,
 )
 

@@ -8,7 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from zoo.hubbard._predict import HubbardUV, element_of
+from zoo.hubbard._predict import HubbardUV, pair_bonds
+from zoo.hubbard._run import element_of
 from zoo.hubbard.dft.parsers import parse_hubbard_card
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "qe"
@@ -71,7 +72,7 @@ def test_bond_directions_from_the_header(tmp_path):
     pw = parse_pw_output(out.read_text())
     occ = parse_occup((DATA / "MnO.occup.txt").read_text(), nat=4)
     keys = list(res.V)
-    bonds = uv._bonds(keys, pw["positions_bohr"], pw["cell_bohr"], 4)
+    bonds = pair_bonds(uv.v_model, keys, pw["positions_bohr"], pw["cell_bohr"], 4)
     np.testing.assert_allclose(
         np.linalg.norm(bonds, axis=1), [res.distances[k] for k in keys], atol=2e-5
     )

@@ -170,6 +170,16 @@ def test_recipe_kernel_models_are_fit_and_loaded(tmp_path):
     assert uv.v_model.config["model_type"] == "hubbard-kernel"
     card = (tmp_path / "run0" / "hubbard-v" / "README.md").read_text()
     assert "kernel ridge regression" in card and "Transfer test" in card
+    assert "![parity V](parity_V.png)" in card
+    metrics = json.loads((tmp_path / "run0" / "hubbard-v" / "metrics.json").read_text())
+    assert metrics["data"] == "data/hubbard/labels.jsonl"  # no machine path
+    # the card is a function of the folder's metrics.json: re-rendering changes nothing
+    from recipes.hubbard_card import main as render
+    from recipes.hubbard_uv import ROOT, load_rows
+
+    render([str(tmp_path / "run0" / "hubbard-v")])
+    assert (tmp_path / "run0" / "hubbard-v" / "README.md").read_text() == card
+    assert len(load_rows(ROOT / metrics["data"])) > 0
     transfer = v["transfer"]  # iterations 0-1 train, iteration 2 validates
     assert transfer["k"] == 2 and transfer["rows"]["validate"] == 24
     assert np.isfinite(uv.v_model.config["support_distance"])

@@ -93,7 +93,7 @@ def test_rotated_occupations_give_the_same_prediction():
 
 def _rotate_blocks(occ, occ_d, rot, labels):
     """Rotate each on-site block with the Wigner D of its own l (d: 5x5, p: top-left 3x3)."""
-    from zoo.hubbard._predict import element_of
+    from zoo.hubbard._run import element_of
     from zoo.hubbard.dft.structures import TRANSITION_METALS
 
     out = np.array(occ)
@@ -154,3 +154,27 @@ def test_extend_fits_your_own_hp_labels_and_leaves_the_model_unchanged(tmp_path)
         uv.extend(EXAMPLES / f"{name}.out", U={1: float("nan")}, **files)
     with pytest.raises(ValueError, match=r"V: pair \(1, 1, \(0, 0, 0\)\) is not an inter-site"):
         uv.extend(EXAMPLES / f"{name}.out", V={(1, 1, (0, 0, 0)): 0.5}, **files)
+
+
+@pytest.mark.parametrize("name", ["hubbard-u", "hubbard-v", "hubbard-uv"])
+def test_cards_carry_the_metrics_and_show_the_parity_plots(name):
+    """Hub model-card layout: front matter with `model-index` results equal to metrics.json,
+    parity plots embedded by relative link, and a repository-relative data path."""
+    from zoo._serialization import read_card_metadata
+
+    folder = WEIGHTS / name
+    meta = read_card_metadata(folder / "README.md")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert meta["library_name"] == "e3zoo" and meta["license"] and meta["datasets"]
+    results = meta["model-index"][0]["results"]
+    parts = [p for p in "UV" if p in metrics]
+    assert len(results) == 2 * len(parts)  # validation and test of each part
+    for res in results:
+        part, split = res["metrics"][0]["name"].split()[:2]
+        stored = metrics[part][f"{split}_model"]["all"]
+        assert res["metrics"][0]["value"] == pytest.approx(stored["mae"], abs=5e-5)
+        assert res["metrics"][1]["value"] == pytest.approx(100 * stored["mare"], abs=5e-3)
+    card = (folder / "README.md").read_text()
+    for p in parts:
+        assert f"![parity {p}](parity_{p}.png)" in card and (folder / f"parity_{p}.png").is_file()
+    assert metrics["data"] == "data/hubbard/labels.jsonl"

@@ -16,13 +16,15 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from .._registry import model_class
 from ._models import INTERSITE_TYPE, ONSITE_TYPE, IntersiteModel, OnsiteModel
+from ._prediction import PredictsRuns
 
 ENSEMBLE_TYPE = "hubbard-ensemble"
-_MEMBER_CLASSES = {ONSITE_TYPE: OnsiteModel, INTERSITE_TYPE: IntersiteModel}
+MEMBER_TYPES = (ONSITE_TYPE, INTERSITE_TYPE)
 
 
-class HubbardEnsemble(eqx.Module):
+class HubbardEnsemble(PredictsRuns, eqx.Module):
     """``mean(member(*inputs) for member in members)``: a U or a V model of ``n`` members."""
 
     members: tuple[OnsiteModel | IntersiteModel, ...]
@@ -35,9 +37,9 @@ class HubbardEnsemble(eqx.Module):
         if not members:
             raise ValueError("HubbardEnsemble: needs at least one member")
         first = members[0].config
-        if first.get("model_type") not in _MEMBER_CLASSES:
+        if first.get("model_type") not in MEMBER_TYPES:
             raise ValueError(
-                f"HubbardEnsemble: members must be {sorted(_MEMBER_CLASSES)} models, "
+                f"HubbardEnsemble: members must be {list(MEMBER_TYPES)} models, "
                 f"got {first.get('model_type')!r}"
             )
         for i, m in enumerate(members[1:], 1):
@@ -71,15 +73,15 @@ class HubbardEnsemble(eqx.Module):
     def _build(cls, config: dict, how: str) -> "HubbardEnsemble":
         if not isinstance(config, dict) or config.get("model_type") != ENSEMBLE_TYPE:
             raise ValueError(f"config: expected model_type {ENSEMBLE_TYPE!r}")
-        member_class = _MEMBER_CLASSES.get(config.get("member_type"))
         n = config.get("n_members")
-        if member_class is None or not isinstance(n, int) or n < 1:
+        if config.get("member_type") not in MEMBER_TYPES or not isinstance(n, int) or n < 1:
             raise ValueError(
-                f"config: an ensemble needs member_type in {sorted(_MEMBER_CLASSES)} and "
+                f"config: an ensemble needs member_type in {list(MEMBER_TYPES)} and "
                 f"n_members >= 1, got {config.get('member_type')!r}, {n!r}"
             )
         member = {k: v for k, v in config.items() if k not in ("member_type", "n_members")}
         member["model_type"] = config["member_type"]
+        member_class = model_class(config["member_type"])  # the package's one type table
         return cls(getattr(member_class, how)(member) for _ in range(n))
 
     @property

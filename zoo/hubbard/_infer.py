@@ -15,15 +15,8 @@ from jaxtyping import Float
 from ._ensemble import HubbardEnsemble
 from ._features import regroup_index
 from ._kernel import KernelModel
-from ._models import (
-    IntersiteModel,
-    OnsiteModel,
-    TensorProduct,
-    TensorSquare,
-    _second_moment_scale,
-    gated_irreps,
-    param_offset,
-)
+from ._layers import TensorProduct, TensorSquare, _second_moment_scale, gated_irreps
+from ._models import IntersiteModel, OnsiteModel, param_offset
 
 
 def _standardize(x: np.ndarray, stats: dict | None) -> np.ndarray:
@@ -37,7 +30,7 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 def _gate(y: np.ndarray, irreps: e3nn.Irreps) -> np.ndarray:
-    """`_models._gate` on a plain array of regrouped `irreps` (scalars, then the gated ones)."""
+    """`_layers._gate` on a plain array of regrouped `irreps` (scalars, then the gated ones)."""
     (n0, _), rest = irreps[0], irreps[1:]
     n_gates = sum(mul for mul, _ in rest)
     s = y[..., :n0]
@@ -53,7 +46,7 @@ def _gate(y: np.ndarray, irreps: e3nn.Irreps) -> np.ndarray:
 
 
 def _squash(y: np.ndarray, irreps: e3nn.Irreps) -> np.ndarray:
-    """`_models._squash` on a plain array of `irreps`: ``v / sqrt(1 + |v|^2)`` per copy."""
+    """`_layers._squash` on a plain array of `irreps`: ``v / sqrt(1 + |v|^2)`` per copy."""
     out = []
     for (mul, ir), sl in zip(irreps, irreps.slices()):
         c = y[..., sl].reshape(*y.shape[:-1], mul, ir.dim)

@@ -8,7 +8,7 @@ prediction is ``mean + std * sum_i alpha_i exp(-gamma |z - z_i|^2)`` over the tr
 ``z_i``. Rotation, reflection and spin-swap invariance follow from the descriptor.
 
 Why a kernel and not only HubbardML's network: on the same cluster splits of ``data/hubbard``
-it errs 3-4x less (``recipes/hubbard_uv.py`` docstring), it has no initialisation to get
+it errs 3-4x less (``docs/experiments.md``, Hubbard models), it has no initialisation to get
 stuck in, and a sum of Gaussians stays bounded off the data where the network (a high-degree
 polynomial of its inputs) blew up to 1e5 eV. It also knows when it is off the data: a row
 farther from every training row than :data:`SUPPORT_FACTOR` times the largest such distance
@@ -25,6 +25,7 @@ from jaxtyping import Array, Float
 from .._dtype import resolve_float
 from ._features import invariants, occs_prod_irreps, occs_sum_irreps, onsite_irreps
 from ._models import _zoo_version, intersite_input_irreps
+from ._prediction import PredictsRuns
 
 KERNEL_TYPE = "hubbard-kernel"
 KINDS = ("onsite", "intersite")
@@ -68,7 +69,7 @@ def raw_descriptor(kind: str, n_species: int, inputs, xp=np) -> tuple:
     return xp.concatenate([p_hot, d_hot], axis=-1), inv
 
 
-class KernelModel(eqx.Module):
+class KernelModel(PredictsRuns, eqx.Module):
     """Hubbard U (``kind="onsite"``) or V (``"intersite"``) by kernel ridge regression.
 
     Build it with :meth:`fit`; call it like the networks: ``model(x)`` (U) or

@@ -2,7 +2,7 @@
 
 Replaces the pw.x -> hp.x cycle (hp.x: hours) by pw.x -> :class:`HubbardUV` (seconds). The
 user decides how pw.x runs through `run_pw(input_file, workdir) -> output_file`
-(:func:`run_pw_local` is a ready one: ``nice mpirun -np N pw.x -nk P``). Layout::
+(:func:`zoo.hubbard.run_pw_local` is a ready one: ``nice mpirun -np N pw.x -nk P``). Layout::
 
     <workdir>/iter00/pw.in        input written with the iteration's parameters
     <workdir>/iter00/run.json     pw.x output path and wall time (written once run_pw returned)
@@ -23,7 +23,7 @@ import json
 import re
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +32,15 @@ import jax
 import numpy as np
 
 from .._io import atomic_write_json, atomic_write_text
-from ._predict import HubbardPrediction, HubbardUV, PairKey
+from ._predict import HubbardUV
+from ._prediction import HubbardPrediction, PairKey
+from ._pw_local import RunPw
+from ._run import check_elements
 from .dft import inputs
 from .dft.parsers import RY_TO_EV, parse_pw_output
-from .dft.runner import mpi_cmd, run_command
 from .dft.structures import TRANSITION_METALS, from_ase
 
 Params = list[tuple[int, int, float]]
-RunPw = Callable[[Path, Path], Path]
 SYNTAX_QE = {"qe6": (6, 7), "qe7": (7, 1)}
 
 
@@ -75,39 +76,6 @@ class LoopResult:
     def hubbard_card(self, syntax: str = "qe7") -> str:
         """The final parameters as QE input text (see :meth:`HubbardPrediction.hubbard_card`)."""
         return self.prediction.hubbard_card(syntax)
-
-
-def run_pw_local(
-    nprocs: int = 2,
-    npool: int = 2,
-    *,
-    nice: int = 10,
-    pw_exe: str = "pw.x",
-    mpirun: str = "mpirun",
-    timeout: float | None = None,
-) -> RunPw:
-    """A `run_pw` running ``nice -n {nice} mpirun -np {nprocs} {pw_exe} -nk {npool}`` locally.
-
-    Uses the root-safe Open MPI environment (``OMPI_ALLOW_RUN_AS_ROOT=1``,
-    ``OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1``) and ``OMP_NUM_THREADS=1``; ``nprocs=1`` runs the bare
-    executable (`npool` ignored). The input is given on stdin, stdout goes to ``<workdir>/pw.out``.
-    """
-    if not isinstance(nprocs, int) or nprocs < 1:
-        raise ValueError(f"nprocs: expected an int >= 1, got {nprocs!r}")
-    if not isinstance(npool, int) or npool < 1 or (nprocs > 1 and nprocs % npool):
-        raise ValueError(f"npool: expected an int >= 1 dividing nprocs={nprocs}, got {npool!r}")
-    cmd = mpi_cmd(pw_exe, nprocs, npool, mpirun)
-
-    def run_pw(input_file: Path, workdir: Path) -> Path:
-        missing = [c for c in (cmd[0], pw_exe) if shutil.which(c) is None]
-        if missing:
-            raise FileNotFoundError(f"run_pw_local: {missing[0]!r} not found on PATH")
-        out = Path(workdir) / "pw.out"
-        run_command(cmd, cwd=Path(workdir), stdin=Path(input_file), stdout=out, nice=nice,
-                    timeout=timeout)  # fmt: skip
-        return out
-
-    return run_pw
 
 
 def self_consistent_hubbard(
@@ -266,19 +234,10 @@ def _start(structure, hubbard) -> tuple[dict, Params]:
 def _check_species(model: HubbardUV, st: dict) -> None:
     # fail before pw.x runs for hours on an element the model would refuse afterwards
     tms = sorted({s for s in st["symbols"] if s in TRANSITION_METALS})
-    for s in tms:
-        if s not in model.u_model.config["species"]:
-            raise ValueError(
-                f"structure: element {s!r} is not among the U model's species "
-                f"{model.u_model.config['species']}"
-            )
+    check_elements(model.u_model.config, tms, "U", "structure")
     ligands = {s for s in st["symbols"] if inputs.MANIFOLD.get(s, "").endswith("p")}
-    for s in sorted(set(tms) | ligands) if ligands else []:
-        if s not in model.v_model.config["species"]:
-            raise ValueError(
-                f"structure: element {s!r} is not among the V model's species "
-                f"{model.v_model.config['species']}"
-            )
+    if ligands:
+        check_elements(model.v_model.config, sorted(set(tms) | ligands), "V", "structure")
 
 
 def _sha(text: str) -> str:
@@ -414,4 +373,4 @@ def _finish(pred: HubbardPrediction, params: Params) -> HubbardPrediction:
     return dataclasses.replace(pred, V=v, param_in=kept)
 
 
-__all__ = ["HubbardLoopError", "LoopResult", "run_pw_local", "self_consistent_hubbard"]
+__all__ = ["HubbardLoopError", "LoopResult", "self_consistent_hubbard"]
