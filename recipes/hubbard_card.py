@@ -393,14 +393,11 @@ def rerender(folder: Path, rows: list[dict]) -> None:
 
 def main(argv=None) -> None:
     """``python -m recipes.hubbard_card zoo/weights/hubbard-u ...``: re-render the cards."""
-    try:
-        from recipes.hubbard_uv import ROOT, load_rows
-    except ModuleNotFoundError:  # run as a script: recipes/ itself is on sys.path
-        from hubbard_uv import ROOT, load_rows
+    from zoo.data.hubbard import DATA_DIR, load_rows
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("folders", nargs="+", type=Path)
-    ap.add_argument("--data", type=Path, default=ROOT / "data" / "hubbard" / "labels.jsonl")
+    ap.add_argument("--data", type=Path, default=DATA_DIR / "labels.jsonl")
     args = ap.parse_args(argv)
     rows = load_rows(args.data)
     for folder in args.folders:

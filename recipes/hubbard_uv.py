@@ -40,117 +40,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zoo.hubbard import IntersiteModel, OnsiteModel, fit_scalers
-from zoo.hubbard._basis import occupations_qe_to_e3nn
-from zoo.hubbard._ensemble import HubbardEnsemble
-from zoo.hubbard._features import (
-    intersite_features,
-    onsite_features,
-    pair_vectors,
-    spin_features,
+from zoo.data.hubbard import (
+    load_rows,
+    select_steps,
+    step_of,
+    u_dataset,
+    v_dataset,
 )
-from zoo.hubbard._kernel import KernelModel, cross_validate
-from zoo.hubbard._predict import HubbardUV
-from zoo.hubbard._split import (
+from zoo.hubbard import (
     TRAIN,
-    U_PARAM_TOL,
-    V_PARAM_TOL,
     VALIDATE,
+    HubbardEnsemble,
+    HubbardUV,
+    IntersiteModel,
+    KernelModel,
+    OnsiteModel,
     baseline_metrics,
+    cross_validate,
     duplicate_clusters,
-    power_spectrum,
+    fit_scalers,
     regression_metrics,
     split_by_clusters,
 )
 from zoo.train import TrainConfig, fit
 
 ROOT = Path(__file__).resolve().parents[1]
-U_CUTOFF, V_CUTOFF = 0.2, 0.3  # eV, HubbardML's hubbard_param_cutoff
 TEST = "test"
 #: whole structures (sc paths) held out of training and validation: the models are judged
 #: on these unseen structures too, and zoo/examples/hubbard-uv holds their pw.x runs
 TEST_PATHS = ("p111-NiO-sym-e-0.030", "p113-FeO-sym-e-0.030")
-
-
-def load_rows(path: Path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def step_of(row: dict) -> str:
-    """The self-consistent step of a row, ``<sc_path>/it<k>`` (its rows are fixed once written)."""
-    return f"{row['sc_path']}/it{row['iteration']}"
-
-
-def select_steps(rows: list[dict], path: Path) -> list[dict]:
-    """The rows of the steps listed in the JSON file `path`; every step must be in the data."""
-    steps = json.loads(Path(path).read_text())
-    if not isinstance(steps, list) or not all(isinstance(x, str) for x in steps):
-        raise SystemExit(f"{path}: expected a JSON list of '<sc_path>/it<k>' strings")
-    wanted = set(steps)
-    missing = sorted(wanted - {step_of(r) for r in rows})
-    if missing:
-        raise SystemExit(f"{path}: steps not in the data: {', '.join(missing[:5])}")
-    return [r for r in rows if step_of(r) in wanted]
-
-
-def _spectra(up: np.ndarray, down: np.ndarray, l: int) -> list[np.ndarray]:
-    s, p = spin_features(occupations_qe_to_e3nn(up, l), occupations_qe_to_e3nn(down, l), l)
-    return [power_spectrum(s), power_spectrum(p)]
-
-
-def u_dataset(rows: list[dict]) -> dict | None:
-    rows = [
-        r for r in rows
-        if r["param_type"] == "U" and r["atom_1_manifold"] == "3d" and r["param_out"] > U_CUTOFF
-    ]  # fmt: skip
-    if len(rows) < 2:
-        return None
-    species = sorted({r["atom_1_element"] for r in rows})
-    occs = np.array([r["atom_1_occs"] for r in rows], dtype=np.float64)
-    elements = [r["atom_1_element"] for r in rows]
-    p_in = np.array([r["param_in"] for r in rows])
-    x = onsite_features(
-        elements, occs[:, 0], occs[:, 1], p_in, species=species, labels=[r["id"] for r in rows]
-    )
-    return {
-        "rows": rows, "species": species, "inputs": (x.array,), "key": elements,
-        "y": np.array([r["param_out"] for r in rows]), "param_in": p_in,
-        "spectra": _spectra(occs[:, 0], occs[:, 1], 2), "distance": None, "tol": U_PARAM_TOL,
-    }  # fmt: skip
-
-
-def bond_vector(row: dict) -> np.ndarray:
-    """The TM (atom 1) -> O (atom 2 in its cell image) vector of a V row, Å."""
-    st, pair = row["structure"], (row["atom_1_idx"], row["atom_2_idx"], row["atom_2_image"])
-    return pair_vectors(st["positions"], st["cell"], [pair])[0]
-
-
-def v_dataset(rows: list[dict], bond_lmax: int = 0) -> dict | None:
-    rows = [
-        r for r in rows
-        if r["param_type"] == "V" and (r["atom_1_manifold"], r["atom_2_manifold"]) == ("3d", "2p")
-        and r["param_out"] > V_CUTOFF
-    ]  # fmt: skip
-    if len(rows) < 2:
-        return None
-    species = sorted({r["atom_1_element"] for r in rows} | {r["atom_2_element"] for r in rows})
-    d_occ = np.array([r["atom_1_occs"] for r in rows], dtype=np.float64)  # atom 1: the TM
-    p_occ = np.array([r["atom_2_occs"] for r in rows], dtype=np.float64)  # atom 2: the ligand
-    p_el, d_el = [r["atom_2_element"] for r in rows], [r["atom_1_element"] for r in rows]
-    dist = np.array([r["dist_bohr"] for r in rows])
-    p_in = np.array([r["param_in"] for r in rows])
-    feats = intersite_features(
-        p_el, p_occ[:, 0], p_occ[:, 1], d_el, d_occ[:, 0], d_occ[:, 1], dist, p_in,
-        species=species, labels=[r["id"] for r in rows],
-        bond=np.array([bond_vector(r) for r in rows]), bond_lmax=bond_lmax,
-    )  # fmt: skip
-    return {
-        "rows": rows, "species": species, "inputs": tuple(f.array for f in feats),
-        "key": [f"{p}-{d}" for p, d in zip(p_el, d_el)],
-        "y": np.array([r["param_out"] for r in rows]), "param_in": p_in, "distance": dist, "tol": V_PARAM_TOL,
-        "spectra": _spectra(p_occ[:, 0], p_occ[:, 1], 1) + _spectra(d_occ[:, 0], d_occ[:, 1], 2),
-    }  # fmt: skip
 
 
 def clusters_of(ds: dict, idx: np.ndarray) -> np.ndarray:
@@ -435,7 +353,10 @@ def main(argv=None) -> dict:
     if args.purpose != "all":
         rows = [r for r in rows if r.get("purpose") == args.purpose]
     if args.steps:
-        rows = select_steps(rows, args.steps)
+        try:
+            rows = select_steps(rows, args.steps)
+        except ValueError as err:
+            raise SystemExit(str(err)) from None
     report = {
         "data": _repo_relative(args.data),
         "purpose": args.purpose,

@@ -1,6 +1,7 @@
 """The numpy inference path (`zoo.hubbard._infer`) is the JAX forward of the models."""
 
 import contextlib
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -52,14 +53,16 @@ def test_numpy_forward_is_the_jax_forward(precision, layers):
 def test_shipped_models_answer_the_same_through_jax():
     """The shipped weights (float32) through numpy (what ``predict`` uses) and through the
     jitted JAX forward, on committed data rows (random inputs would sit off a kernel's data)."""
-    from recipes.hubbard_uv import ROOT, load_rows, select_steps, u_dataset, v_dataset
+    from zoo.data.hubbard import DATA_DIR, load_rows, select_steps, u_dataset, v_dataset
 
     model = zoo.load("hubbard-uv")
     u, v = model.u_model, model.v_model
-    rows = [r for r in load_rows(ROOT / "data" / "hubbard" / "labels.jsonl")
+    rows = [r for r in load_rows(DATA_DIR / "labels.jsonl")
             if r.get("purpose") == "production"]  # fmt: skip
     # the rows the shipped model saw: fixed however the data set grows
-    rows = select_steps(rows, ROOT / "zoo" / "weights" / "hubbard-uv" / "data_steps.json")
+    rows = select_steps(
+        rows, Path(zoo.__file__).parent / "weights" / "hubbard-uv" / "data_steps.json"
+    )
     us, vs = u_dataset(rows), v_dataset(rows)
     assert us["species"] == u.config["species"] and vs["species"] == v.config["species"]
     forward = eqx.filter_jit(lambda m, *a: m(*a))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import zoo
-from recipes.hubbard_uv import ROOT, load_rows, u_dataset, v_dataset
 from zoo._serialization import save_pretrained
+from zoo.data.hubbard import DATA_DIR, load_rows, u_dataset, v_dataset
 from zoo.hubbard._basis import wigner_d_qe
 from zoo.hubbard._infer import predict_u, predict_v
 from zoo.hubbard._kernel import LAMBDA_MIN, KernelModel, cluster_folds, cross_validate
@@ -20,7 +20,7 @@ HELD_OUT = "p125-NiO-rat-s2"  # a rattled NiO cell the fits below never see
 
 @pytest.fixture(scope="module")
 def rows():
-    rows = load_rows(ROOT / "data" / "hubbard" / "labels.jsonl")
+    rows = load_rows(DATA_DIR / "labels.jsonl")
     return [r for r in rows if r.get("purpose") == "production"]
 
 

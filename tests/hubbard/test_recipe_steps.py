@@ -5,7 +5,7 @@ import json
 import jax
 import pytest
 
-from recipes.hubbard_uv import select_steps, step_of
+from zoo.data.hubbard import select_steps, step_of
 
 
 def _rows():
@@ -26,10 +26,10 @@ def test_select_steps_keeps_only_the_listed_steps(tmp_path):
 def test_select_steps_refuses_steps_missing_from_the_data(tmp_path):
     f = tmp_path / "steps.json"
     f.write_text(json.dumps(["p1-MnO/it0", "p9-FeO/it2"]))
-    with pytest.raises(SystemExit, match="p9-FeO/it2"):
+    with pytest.raises(ValueError, match="p9-FeO/it2"):
         select_steps(_rows(), f)
     f.write_text(json.dumps({"p1-MnO": 0}))
-    with pytest.raises(SystemExit, match="JSON list"):
+    with pytest.raises(ValueError, match="JSON list"):
         select_steps(_rows(), f)
 
 
@@ -175,11 +175,11 @@ def test_recipe_kernel_models_are_fit_and_loaded(tmp_path):
     assert metrics["data"] == "data/hubbard/labels.jsonl"  # no machine path
     # the card is a function of the folder's metrics.json: re-rendering changes nothing
     from recipes.hubbard_card import main as render
-    from recipes.hubbard_uv import ROOT, load_rows
+    from zoo.data.hubbard import DATA_DIR, load_rows
 
     render([str(tmp_path / "run0" / "hubbard-v")])
     assert (tmp_path / "run0" / "hubbard-v" / "README.md").read_text() == card
-    assert len(load_rows(ROOT / metrics["data"])) > 0
+    assert len(load_rows(DATA_DIR.parents[1] / metrics["data"])) > 0
     transfer = v["transfer"]  # iterations 0-1 train, iteration 2 validates
     assert transfer["k"] == 2 and transfer["rows"]["validate"] == 24
     assert np.isfinite(uv.v_model.config["support_distance"])

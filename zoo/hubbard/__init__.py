@@ -17,6 +17,7 @@ from ._features import intersite_features as intersite_features
 from ._features import onsite_features as onsite_features
 from ._fit import fit_scalers as fit_scalers
 from ._kernel import KernelModel as KernelModel
+from ._kernel import cross_validate as cross_validate
 from ._loop import HubbardLoopError as HubbardLoopError
 from ._loop import LoopResult as LoopResult
 from ._loop import self_consistent_hubbard as self_consistent_hubbard
@@ -25,6 +26,8 @@ from ._models import OnsiteModel as OnsiteModel
 from ._predict import HubbardUV as HubbardUV
 from ._prediction import HubbardPrediction as HubbardPrediction
 from ._pw_local import run_pw_local as run_pw_local
+from ._split import TRAIN as TRAIN
+from ._split import VALIDATE as VALIDATE
 from ._split import baseline_metrics as baseline_metrics
 from ._split import duplicate_clusters as duplicate_clusters
 from ._split import regression_metrics as regression_metrics
