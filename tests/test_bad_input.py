@@ -412,6 +412,8 @@ ROWS = [
         ValueError, "no such input file"),
     Row("zoo predict to an unknown suffix", cli_call("predict", "{response}", "{tmp}/in.xyz",
         "-o", "{tmp}/p.txt"), ValueError, "the suffix must be one of"),
+    Row("zoo predict --occup with a structure model", cli_call("predict", "{response}",
+        "{tmp}/weights/registry.json", "--occup", "occup.txt"), ValueError, "for Hubbard models"),
     Row("zoo train of an unknown recipe", cli_call("train", "no_such_recipe"), ValueError,
         "unknown recipe 'no_such_recipe'; known recipes: batio3_global"),
     Row("zoo train of a missing recipe file", lambda c: cli._recipe_module("./nothing.py"),

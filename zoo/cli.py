@@ -281,6 +281,8 @@ def _cmd_predict(args) -> int:
     model = load(args.name)
     if out is not None and _is_pw_model(model) and out.suffix != ".json":
         raise ValueError(f"output {str(out)!r}: Hubbard predictions are written as .json only")
+    if not _is_pw_model(model) and (args.occup or args.labels):
+        raise ValueError("--occup and --labels are for Hubbard models (pw.x outputs) only")
     records = _predict_files(model, files, args)
     if out is None:
         for r in records:
