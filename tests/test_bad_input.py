@@ -414,6 +414,8 @@ ROWS = [
         "-o", "{tmp}/p.txt"), ValueError, "the suffix must be one of"),
     Row("zoo predict --occup with a structure model", cli_call("predict", "{response}",
         "{tmp}/weights/registry.json", "--occup", "occup.txt"), ValueError, "for Hubbard models"),
+    Row("zoo predict of a pw.x output ASE cannot read", cli_call("predict", "{response}",
+        str(MNO)), ValueError, "ASE cannot read this pw.x output"),
     Row("zoo train of an unknown recipe", cli_call("train", "no_such_recipe"), ValueError,
         "unknown recipe 'no_such_recipe'; known recipes: batio3_global"),
     Row("zoo train of a missing recipe file", lambda c: cli._recipe_module("./nothing.py"),

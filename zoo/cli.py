@@ -30,7 +30,10 @@ def _read_frames(path: Path) -> list:
     try:
         frames = read(path, index=":")
     except Exception as err:  # ASE raises many types for unreadable files
-        raise ValueError(f"cannot read {str(path)!r} ({type(err).__name__}: {err})") from None
+        hint = ""
+        if "Program PWSCF" in path.read_text(errors="replace")[:5000]:
+            hint = "; ASE cannot read this pw.x output (for Hubbard U/V: zoo predict hubbard-uv)"
+        raise ValueError(f"cannot read {str(path)!r} ({type(err).__name__}: {err}){hint}") from None
     frames = frames if isinstance(frames, list) else [frames]
     if not frames:
         raise ValueError(f"{str(path)!r} holds no structure")
