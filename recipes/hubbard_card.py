@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from zoo._serialization import make_model_card
+from zoo import make_model_card
 
 #: what each model answers, then how (the kernel, or HubbardML's network): `_description`
 WHAT = {

@@ -57,7 +57,7 @@ SETTINGS = {
     "direct": {
         "backbone": {"r_max": 4.0, "channels": 8, "num_layers": 3, "lmax": 2},
         "feature_irreps": None,
-        # 60 epochs, the best epoch kept. Measured on the same split (card, "Also measured"):
+        # 60 epochs, the best epoch kept. Measured on the same split:
         # the second stage of the earlier recipe (rate 1e-3, isotropic part weighted 10x) made
         # the isotropic MAE worse after 60 epochs, and a weight average (ema_decay 0.995) was
         # no better; `train` still runs a second stage if "finetune" is set

@@ -25,7 +25,8 @@ from safetensors.numpy import save_file
 from test_cli import BACKBONE, perovskite
 from test_serialization import TINY_TYPES, predict, train_tiny
 
-from zoo import _registry, cli
+import zoo
+from zoo import _registry, cli, nmr
 from zoo._serialization import load_safetensors, make_model_card, model_tensors, save_pretrained
 from zoo.finetune import _base_identity, finetune
 from zoo.hub import WeightsUnavailableError, load
@@ -337,6 +338,13 @@ def cli_call(*argv: str) -> Callable[[Ctx], None]:
     return run
 
 
+MNO = Path(zoo.__file__).parent / "examples" / "hubbard-uv" / "MnO.out"
+
+
+def hubbard_predict(pw_output, **kwargs):
+    return load("hubbard-uv").predict(pw_output, **kwargs)
+
+
 # fmt: off
 ROWS = [
     # ---- the table ----
@@ -404,10 +412,22 @@ ROWS = [
         ValueError, "no such input file"),
     Row("zoo predict to an unknown suffix", cli_call("predict", "{response}", "{tmp}/in.xyz",
         "-o", "{tmp}/p.txt"), ValueError, "the suffix must be one of"),
+    Row("zoo predict --occup with a structure model", cli_call("predict", "{response}",
+        "{tmp}/weights/registry.json", "--occup", "occup.txt"), ValueError, "for Hubbard models"),
+    Row("zoo predict of a pw.x output ASE cannot read", cli_call("predict", "{response}",
+        str(MNO)), ValueError, "ASE cannot read this pw.x output"),
     Row("zoo train of an unknown recipe", cli_call("train", "no_such_recipe"), ValueError,
         "unknown recipe 'no_such_recipe'; known recipes: batio3_global"),
     Row("zoo train of a missing recipe file", lambda c: cli._recipe_module("./nothing.py"),
         ValueError, "no such recipe file"),
+    # ---- found by a later sweep ----
+    Row("reference slope not a number",
+        lambda c: nmr.reference_shift(np.zeros(3), {"slope": "a", "offset": 0.0}), ValueError,
+        "reference: slope and offset must be numbers"),
+    Row("Hubbard predict given an ase.Atoms", lambda c: hubbard_predict(perovskite()), ValueError,
+        "pw_output: expected a file path, got Atoms"),
+    Row("Hubbard labels as one string", lambda c: hubbard_predict(MNO, labels="Mn1,Mn2,O,O"),
+        ValueError, "labels: expected a list of species labels, got the string"),
 ]
 # fmt: on
 

@@ -30,7 +30,10 @@ def _read_frames(path: Path) -> list:
     try:
         frames = read(path, index=":")
     except Exception as err:  # ASE raises many types for unreadable files
-        raise ValueError(f"cannot read {str(path)!r} ({type(err).__name__}: {err})") from None
+        hint = ""
+        if "Program PWSCF" in path.read_text(errors="replace")[:5000]:
+            hint = "; ASE cannot read this pw.x output (for Hubbard U/V: zoo predict hubbard-uv)"
+        raise ValueError(f"cannot read {str(path)!r} ({type(err).__name__}: {err}){hint}") from None
     frames = frames if isinstance(frames, list) else [frames]
     if not frames:
         raise ValueError(f"{str(path)!r} holds no structure")
@@ -281,6 +284,8 @@ def _cmd_predict(args) -> int:
     model = load(args.name)
     if out is not None and _is_pw_model(model) and out.suffix != ".json":
         raise ValueError(f"output {str(out)!r}: Hubbard predictions are written as .json only")
+    if not _is_pw_model(model) and (args.occup or args.labels):
+        raise ValueError("--occup and --labels are for Hubbard models (pw.x outputs) only")
     records = _predict_files(model, files, args)
     if out is None:
         for r in records:

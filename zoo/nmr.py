@@ -246,7 +246,12 @@ def _slope_offset(reference) -> tuple[float, float]:
         raise ValueError(
             f"reference: expected a dict with 'slope' and 'offset' (ppm), got {reference!r}"
         )
-    slope, offset = float(reference["slope"]), float(reference["offset"])
+    try:
+        slope, offset = float(reference["slope"]), float(reference["offset"])
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"reference: slope and offset must be numbers, got {reference!r}"
+        ) from None
     if not (np.isfinite(slope) and np.isfinite(offset)) or slope == 0:
         raise ValueError(f"reference: slope must be finite and non-zero, got {reference!r}")
     return slope, offset

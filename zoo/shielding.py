@@ -45,7 +45,8 @@ def _symbol(z: int) -> str:
 
 
 class ShieldingModel(eqx.Module):
-    """Shielding tensors of the atoms of one element; see the module docstring.
+    """NMR tensors (the training data's quantity) of the atoms of one element; see the module
+    docstring.
 
     **Arguments** of `__init__`: `config` (``{"model_type": "shielding", "zoo_version",
     "atomic_number", "reference": {"slope", "offset", ...} or None, "response": <ResponseModel

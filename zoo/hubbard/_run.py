@@ -8,6 +8,7 @@ models answer for every Hubbard site and pair of any cell. Refused, each with on
 (the occupations of another run), and on-site occupations with NaN or a diagonal outside [0, 1].
 """
 
+import os
 import re
 from pathlib import Path
 from typing import NamedTuple
@@ -63,6 +64,11 @@ def read_run(pw_output, occup=None, labels=None) -> Run:
     ``occup.txt`` beside it), with one clear error for a missing, unsupported, unconverged or
     non-DFT+U+V output, missing labels, bad occupations (see :func:`prepare`) or an
     ``occup.txt`` of another run."""
+    for name, value in (("pw_output", pw_output), ("occup", occup)):
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise ValueError(f"{name}: expected a file path, got {type(value).__name__}")
+    if isinstance(labels, str):  # a string would be read one character per atom
+        raise ValueError(f"labels: expected a list of species labels, got the string {labels!r}")
     path = Path(pw_output)
     if not path.is_file():
         raise ValueError(f"pw_output: no such file {str(path)!r}")
