@@ -6,6 +6,8 @@ when it ships a shift reference (from the folder's ``metrics.json``).
 
 from __future__ import annotations
 
+from ase.data import chemical_symbols
+
 from recipes.si29_shielding import COMMAND, NAME, SEED, SETTINGS, seeds_of
 
 
@@ -143,7 +145,7 @@ def card_text(best: str, summaries: dict, split: dict, n_struct: dict, n_sites: 
         + " | ".join(f"{s['epochs']} ({s['best_epoch']})" for s in summaries.values())
         + " |"
     )
-    species = ", ".join(str(z) for z in summaries[best]["species"])
+    species = ", ".join(chemical_symbols[z] for z in summaries[best]["species"])
     return (
         _front_matter(m, reference)
         + f"""
@@ -171,8 +173,8 @@ x, y = model.spectrum(atoms, kind="isotropic", fwhm=1.0, plot=True)   # ppm vs T
 zoo.nmr.write_magres("quartz.magres", atoms, out)   # ms = -delta (shielding relative to TMS)
 ```
 
-Structures without Si are refused; elements outside {{{species}}} are outside the training
-set.
+Refused with one clear error: structures without Si, elements outside the training set
+({species}) and structures not periodic in all three directions.
 
 ## Shift reference
 

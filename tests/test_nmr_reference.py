@@ -1,6 +1,7 @@
 """Si-29 shift reference, literature silicates, conventions against soprano, `.magres` output."""
 
 import json
+from pathlib import Path
 
 import ase
 import ase.io
@@ -254,3 +255,12 @@ def test_referenced_shift_tensor_rotates(shipped, compounds):
     np.testing.assert_allclose(b["shift_tensor"][si], expect, atol=2e-3 * 110)
     for key in ("chemical_shift", "span", "skew"):
         np.testing.assert_allclose(b[key][si], a[key][si], atol=2e-2)
+
+
+def test_the_shipped_card_is_rendered_from_its_metrics():
+    """The si29 card is a function of the folder's metrics.json (the recipe's template)."""
+    from recipes._si29_card import card_from_metrics
+
+    folder = Path(nmr.__file__).parent / "weights" / "si29-shielding"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert card_from_metrics(metrics) == (folder / "README.md").read_text()
