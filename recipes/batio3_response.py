@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import zoo
 from zoo.data.batio3 import DATA_DIR, load_batio3, load_split
 from zoo.graph import build_graph
 from zoo.hub import from_pretrained
@@ -188,9 +189,7 @@ def ship(out_root: Path, split: dict, records: list[dict]) -> None:
         extra[f"parity_{name}.png"] = out_root / best / f"val_parity_{name}.png"
     model.save_pretrained(WEIGHTS, card=card(metrics, split, others), overwrite=True,
                           extra_files=extra)  # fmt: skip
-    from zoo._registry import write_registry
-
-    write_registry()
+    zoo.write_registry()
     print(f"shipped {best} to {WEIGHTS}")
 
 

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import zoo
 from zoo.data.hubbard import (
     load_rows,
     select_steps,
@@ -429,10 +430,8 @@ def main(argv=None) -> dict:
     (args.out / "metrics.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     _save(models, report, args.out, rows)
     if args.ship:
-        from zoo._registry import WEIGHTS_DIR, write_registry
-
-        _save(models, report, WEIGHTS_DIR, rows)
-        write_registry(WEIGHTS_DIR)
+        _save(models, report, zoo.WEIGHTS_DIR, rows)
+        zoo.write_registry(zoo.WEIGHTS_DIR)
     return report
 
 
@@ -445,7 +444,7 @@ def _repo_relative(path: Path) -> str:
 
 
 def _save(models: dict, report: dict, out: Path, rows: list[dict]) -> None:
-    from zoo._serialization import save_pretrained
+    from zoo import save_pretrained
 
     try:
         from recipes.hubbard_card import model_card, parity_png

@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from recipes._si29_card import card_from_metrics
-from zoo import nmr
-from zoo._registry import write_registry
+from zoo import nmr, write_registry
 from zoo.data.silicates import load_reference_compounds
 from zoo.hub import from_pretrained
 from zoo.shielding import ShieldingModel

@@ -31,7 +31,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from zoo._registry import write_registry
+from zoo import write_registry
 from zoo.data.si29 import (
     DATA_DIR,
     load_si29,

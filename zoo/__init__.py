@@ -47,6 +47,8 @@ from .nmr import herzfeld_berger as herzfeld_berger
 
 # isort: split
 # model folders: embedded weights, the Hub, saving
+from ._registry import WEIGHTS_DIR as WEIGHTS_DIR
+from ._registry import write_registry as write_registry
 from ._serialization import make_model_card as make_model_card
 from ._serialization import save_pretrained as save_pretrained
 from .hub import WeightsUnavailableError as WeightsUnavailableError
