@@ -20,9 +20,9 @@ import equinox as eqx
 import huggingface_hub as hf
 
 from . import _registry as registry
+from ._dtype import cast_floating, resolve_float
 from ._hub_files import PathLike, _endpoint, _hub_files, _local_files, _offline, _verify
 from ._hub_files import WeightsUnavailableError as WeightsUnavailableError
-from ._dtype import cast_floating, resolve_float
 from ._registry import SHIPPED, ModelTypeEntry
 from ._serialization import (
     CARD_NAME,
