@@ -12,6 +12,7 @@ from ase.io import read, write
 
 import zoo
 from zoo import _registry as registry
+from zoo._cli_output import write_csv
 from zoo.cli import main
 from zoo.model import ResponseModel, make_config
 
@@ -169,7 +170,7 @@ def test_hubbard_prediction_from_a_pw_output(capsys, tmp_path):
     tiny models: the CLI plumbing, not the physics."""
     import argparse
 
-    from zoo._cli_output import format_record, write_csv
+    from zoo._cli_output import format_record
     from zoo.cli import EXAMPLES, _plain_records, _predict_files, _write_predictions
     from zoo.hubbard._models import IntersiteModel, OnsiteModel
     from zoo.hubbard._predict import HubbardUV
@@ -215,44 +216,44 @@ def test_evaluate_the_shipped_shielding_model_on_its_examples(capsys, tmp_path):
 def test_shielding_table_csv_reference_magres_and_input_format(capsys, tmp_path):
     """The shipped si29 model on its bundled silicates: per-Si table (1-based input order),
     CSV, --reference slope,offset / none, magres, and --input-format passed to ASE."""
-    from zoo._cli_output import shift_columns
+    import argparse
+
+    from zoo._cli_output import format_record, parse_reference, shift_columns
+    from zoo.cli import _predict_files
 
     data = Path(zoo.__file__).parent / "examples" / "si29-shielding" / "silicates.extxyz"
     model = zoo.load("si29-shielding")
-    frames = read(data, index=":")
-    want = model.predict(frames[0])
+    ns = argparse.Namespace(occup=None, labels=None, batch_size=8, input_format=None)
+    records = _predict_files(model, [data], ns)
+    want = records[0]["prediction"]
+    si = [i for i, s in enumerate(records[0]["atoms"].get_chemical_symbols()) if s == "Si"]
     code, out, _ = run(capsys, "predict", "si29-shielding", data)
     assert code == 0
     assert "site  element  isotropic (ppm vs TMS)  span (ppm)     skew" in out
-    si = [i for i, s in enumerate(frames[0].get_chemical_symbols()) if s == "Si"]
     row = next(
         line.split() for line in out.splitlines() if line.split()[:2] == [str(si[0] + 1), "Si"]
     )
     assert float(row[2]) == pytest.approx(float(want["chemical_shift"][si[0]]), abs=1e-3)
     assert "summary: CaLi2O4Si, 8 atoms, 1 Si site(s)" in out
-    code, out, _ = run(capsys, "predict", "si29-shielding", data, "--format", "csv")
-    lines = out.strip().splitlines()
+    lines = write_csv(None, records).strip().splitlines()
     assert lines[0] == "file,frame,site,element,isotropic (ppm vs TMS),span (ppm),skew"
     assert len(lines) == 1 + 1 + 3  # one Si in the first crystal, three in the second
-    code, out, _ = run(capsys, "predict", "si29-shielding", data, "--format", "csv",
-                       "--reference", "1,0")  # fmt: skip
     raw = np.trace(np.asarray(want["unreferenced_shift"][si[0]])) / 3
-    assert float(out.splitlines()[1].split(",")[4]) == pytest.approx(raw, abs=1e-3)
-    cols, unit = shift_columns(want, None)
+    scaled = write_csv(None, records, parse_reference("2,-10")).splitlines()[1].split(",")
+    assert float(scaled[4]) == pytest.approx(2 * raw - 10, abs=1e-3)
+    cols, unit = shift_columns(want, parse_reference("none"))
     assert unit == "ppm, unreferenced" and cols["chemical_shift"][si[0]] == pytest.approx(raw)
-    code, out, _ = run(capsys, "predict", "si29-shielding", data, "--reference", "none")
-    assert code == 0 and "isotropic (ppm, unreferenced)" in out
+    assert "isotropic (ppm, unreferenced)" in format_record(records[0], None)
     code, _, err = run(capsys, "predict", "si29-shielding", data, "--reference", "1")
     assert code == 1 and "--reference must be 'slope,offset'" in err
-    code, out, _ = run(capsys, "predict", "si29-shielding", data, "-o", tmp_path / "s.magres")
-    assert code == 0 and (tmp_path / "s.0.magres").is_file() and (tmp_path / "s.1.magres").is_file()
-    assert "ms" in (tmp_path / "s.1.magres").read_text()
     weird = tmp_path / "silicates.dat"  # a name ASE cannot guess the format from
     weird.write_bytes(data.read_bytes())
     code, _, err = run(capsys, "predict", "si29-shielding", weird)
     assert code == 1 and "cannot read" in err
-    code, out, _ = run(capsys, "predict", "si29-shielding", weird, "--input-format", "extxyz")
-    assert code == 0 and "summary: O6Si3, 9 atoms, 3 Si site(s)" in out
+    code, out, _ = run(capsys, "predict", "si29-shielding", weird, "--input-format", "extxyz",
+                       "-o", tmp_path / "s.magres")  # fmt: skip
+    assert code == 0 and (tmp_path / "s.0.magres").is_file() and (tmp_path / "s.1.magres").is_file()
+    assert "ms" in (tmp_path / "s.1.magres").read_text()
 
 
 def test_csv_of_born_charges_and_option_errors(capsys, tmp_path, folder, model, structures):

@@ -339,3 +339,27 @@ def test_device_at_load(tmp_path, response_model):
             for d in x.devices()} == {device}  # fmt: skip
     with pytest.raises(ValueError, match="device must be a jax.Device"):
         load(folder, device="gpu0")
+
+
+def test_the_mixin_on_a_hubbard_class(tmp_path):
+    """The mixin needs only ``config["model_type"]`` and the registry: a Hubbard model class
+    that inherits it loads the shipped weights as itself."""
+    import equinox as eqx
+    import jax
+
+    from zoo._hub_mixin import HubMixin
+    from zoo.hubbard._predict import HubbardUV
+
+    class HubbardUVHub(HubMixin, HubbardUV):
+        pass
+
+    model = HubbardUVHub.from_pretrained("hubbard-uv")
+    assert type(model) is HubbardUVHub
+    shipped = load("hubbard-uv")
+    mine, theirs = (
+        jax.tree_util.tree_leaves(eqx.filter(m, eqx.is_array)) for m in (model, shipped)
+    )
+    assert len(mine) == len(theirs) > 0
+    assert all(np.array_equal(a, b) for a, b in zip(mine, theirs))
+    folder = model.save_pretrained(tmp_path / "uv")
+    assert type(HubbardUVHub.from_pretrained(folder)) is HubbardUVHub
