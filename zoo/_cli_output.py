@@ -16,6 +16,38 @@ from pathlib import Path
 OUT_SUFFIXES = (".extxyz", ".xyz", ".npz", ".json", ".csv", ".magres")
 
 
+#: ``--format`` by the suffix of ``-o`` when no ``--format`` is given
+_FORMAT_OF_SUFFIX = {".extxyz": "extxyz", ".xyz": "extxyz", ".npz": "npz", ".json": "json",
+                     ".csv": "csv", ".magres": "magres"}  # fmt: skip
+
+
+def _output_format(args, out: Path | None) -> str:
+    if args.format is not None:
+        if out is not None and _FORMAT_OF_SUFFIX.get(out.suffix) not in (args.format, None):
+            raise ValueError(
+                f"output {str(out)!r}: the suffix does not match --format {args.format}"
+            )
+        return args.format
+    if out is None:
+        return "table"
+    if out.suffix not in _FORMAT_OF_SUFFIX:
+        raise ValueError(f"output {str(out)!r}: the suffix must be one of "
+                         f"{', '.join(_FORMAT_OF_SUFFIX)} (or give --format)")  # fmt: skip
+    return _FORMAT_OF_SUFFIX[out.suffix]
+
+
+def _plain_records(records: list[dict]) -> list[dict]:
+    """Hubbard predictions as plain dicts (with the pair distances) for json/npz writers."""
+    out = []
+    for r in records:
+        pred = r["prediction"]
+        if r["kind"] == "hubbard":
+            key = lambda k: f"{k[0]}-{k[1]}-{','.join(map(str, k[2]))}"  # noqa: E731
+            pred = {**pred.as_dict(), "distances": {key(k): d for k, d in pred.distances.items()}}
+        out.append({**r, "prediction": pred})
+    return out
+
+
 def _split_frames(out: dict, sizes: list[int]) -> list[dict]:
     """Per-structure dicts of a batched structure-model prediction."""
     import numpy as np

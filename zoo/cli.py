@@ -17,7 +17,9 @@ from ._cli_output import OUT_SUFFIXES as OUT_SUFFIXES
 from ._cli_output import PREFIX as PREFIX
 from ._cli_output import (
     _check_output,
+    _output_format,
     _plain,
+    _plain_records,
     _split_frames,
     _write_predictions,
     format_record,
@@ -100,18 +102,6 @@ def _predict_files(model, files: list[Path], args) -> list[dict]:
             for (f, k, a), p in zip(frames, parts)]  # fmt: skip
 
 
-def _plain_records(records: list[dict]) -> list[dict]:
-    """Hubbard predictions as plain dicts (with the pair distances) for json/npz writers."""
-    out = []
-    for r in records:
-        pred = r["prediction"]
-        if r["kind"] == "hubbard":
-            key = lambda k: f"{k[0]}-{k[1]}-{','.join(map(str, k[2]))}"  # noqa: E731
-            pred = {**pred.as_dict(), "distances": {key(k): d for k, d in pred.distances.items()}}
-        out.append({**r, "prediction": pred})
-    return out
-
-
 def _check_out_dir(path: Path, overwrite: bool) -> None:
     if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
         raise ValueError(f"output folder {str(path)!r} is not empty; pass --overwrite to reuse it")
@@ -183,26 +173,6 @@ def _cmd_demo(args) -> int:
         print("no shipped weights are installed: nothing to demonstrate")
         return 1
     return 0
-
-
-#: ``--format`` by the suffix of ``-o`` when no ``--format`` is given
-_FORMAT_OF_SUFFIX = {".extxyz": "extxyz", ".xyz": "extxyz", ".npz": "npz", ".json": "json",
-                     ".csv": "csv", ".magres": "magres"}  # fmt: skip
-
-
-def _output_format(args, out: Path | None) -> str:
-    if args.format is not None:
-        if out is not None and _FORMAT_OF_SUFFIX.get(out.suffix) not in (args.format, None):
-            raise ValueError(
-                f"output {str(out)!r}: the suffix does not match --format {args.format}"
-            )
-        return args.format
-    if out is None:
-        return "table"
-    if out.suffix not in _FORMAT_OF_SUFFIX:
-        raise ValueError(f"output {str(out)!r}: the suffix must be one of "
-                         f"{', '.join(_FORMAT_OF_SUFFIX)} (or give --format)")  # fmt: skip
-    return _FORMAT_OF_SUFFIX[out.suffix]
 
 
 def _cmd_predict(args) -> int:
