@@ -63,40 +63,25 @@ about 399 ppm; forsterite, Q0: about 452 ppm) and is not an absolute shielding. 
 
 
 def _front_matter(metrics: dict, reference: dict | None) -> str:
-    import yaml
+    from zoo._cards import card_data, eval_result, front_matter
 
-    def entries(values: dict, names: dict) -> list[dict]:
-        return [{"type": k, "name": n, "value": round(float(values[k]), 4)}
-                for k, n in names.items() if k in values]  # fmt: skip
-
-    results = [{
-        "task": {"type": "tensor-regression", "name": "Si-29 NMR tensor per Si atom (ppm)"},
-        "dataset": {"name": "Venetos et al. 2023 Si-29 tensors, validation split by structure",
-                    "type": "wengroup/matten datasets/si_nmr_data.json"},
-        "metrics": entries(metrics, {"isotropic_mae": "isotropic MAE (ppm)",
-                                     "isotropic_rmse": "isotropic RMSE (ppm)",
-                                     "isotropic_r2": "isotropic R2",
-                                     "tensor_mae": "tensor component MAE (ppm)",
-                                     "span_mae": "span MAE (ppm)",
-                                     "skew_mae": "skew MAE"}),
-    }]  # fmt: skip
+    task = ("tensor-regression", "Si-29 NMR tensor per Si atom (ppm)")
+    data = ("Venetos et al. 2023 Si-29 tensors (wengroup/matten datasets/si_nmr_data.json)",
+            "si29-venetos2023")  # fmt: skip
+    names = {"isotropic_mae": "isotropic MAE (ppm)", "isotropic_rmse": "isotropic RMSE (ppm)",
+             "isotropic_r2": "isotropic R2", "tensor_mae": "tensor component MAE (ppm)",
+             "span_mae": "span MAE (ppm)", "skew_mae": "skew MAE"}  # fmt: skip
+    results = [eval_result(task, data, (k, n), round(float(metrics[k]), 4), split="validation")
+               for k, n in names.items() if k in metrics]  # fmt: skip
     if reference:
-        results.append({
-            "task": {"type": "chemical-shift", "name": "Si-29 chemical shift vs TMS (ppm)"},
-            "dataset": {"name": f"experimental MAS shifts of {reference['n']} silicates",
-                        "type": "data/si29/experimental_shifts.json"},
-            "metrics": entries(reference, {"mae": "fit MAE (ppm)",
-                                           "loo_mae": "leave-one-out MAE (ppm)"}),
-        })  # fmt: skip
-    meta = {
-        "library_name": "e3zoo",
-        "license": "mit",
-        "tags": ["e3zoo", "jax", "equinox", "e3nn", "materials", "nmr", "chemical-shift",
-                 "si29", "silicates", "gipaw"],
-        "datasets": ["Venetos et al. 2023 (wengroup/matten datasets/si_nmr_data.json)"],
-        "model-index": [{"name": NAME, "results": results}],
-    }  # fmt: skip
-    return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n"
+        task = ("chemical-shift", "Si-29 chemical shift vs TMS (ppm)")
+        data = (f"experimental MAS shifts of {reference['n']} silicates",
+                "data/si29/experimental_shifts.json")  # fmt: skip
+        results += [eval_result(task, data, (k, n), round(float(reference[k]), 4))
+                    for k, n in (("mae", "fit MAE (ppm)"), ("loo_mae", "leave-one-out MAE (ppm)"))
+                    if k in reference]  # fmt: skip
+    tags = ["nmr", "chemical-shift", "si29", "silicates", "gipaw"]
+    return front_matter(card_data(NAME, license="mit", tags=tags, results=results))
 
 
 def _reference_text(ref: dict | None) -> str:

@@ -210,26 +210,27 @@ def _results(metrics: dict) -> list[tuple[str, str, str, float]]:
     return rows
 
 
+def card_front_matter(results: list[tuple[str, str, str, float]]) -> str:
+    """The Hub front matter (`zoo._cards.card_data`) with the validation `results`."""
+    from zoo._cards import card_data, eval_result, front_matter
+
+    data = ("BaTiO3 400 K DFPT ensemble (e3response, L. Bastonero)", "batio3-e3response")
+    evals = [eval_result(("tensor-regression", task), data, (kind, label), round(value, 4),
+                         split="validation", subset=task) for task, kind, label, value in results]  # fmt: skip
+    tags = ["nequip", "born-charges", "raman", "dielectric", "batio3"]
+    return front_matter(card_data("batio3-response", license="gpl-3.0", tags=tags, results=evals))
+
+
 def card(metrics: dict, split: dict, others: dict[str, tuple[float, float]]) -> str:
     """The model card (Hub layout) of the shipped run's `metrics`; `others` are the other
     formulations' (Born MAE, Raman R2) on the same split."""
     results = _results(metrics)
-    by_task: dict[str, list[str]] = {}
-    for task, kind, label, value in results:
-        by_task.setdefault(task, []).append(
-            f"    - {{type: {kind}, name: '{label}', value: {value:.4f}}}"
-        )
-    index = "\n".join(
-        f"  - task: {{type: tensor-regression, name: {task}}}\n"
-        "    dataset: {name: BaTiO3 400 K DFPT ensemble (e3response), type: batio3-e3response,"
-        " split: validation}\n    metrics:\n" + "\n".join(lines)
-        for task, lines in by_task.items()
-    )
+    index = card_front_matter(results)
     rows = "\n".join(f"| {label} | {value:.4f} |" for _, _, label, value in results)
     other = "; ".join(f"{f}: Born MAE {a:.4f} e, Raman R² {b:.4f}" for f, (a, b) in others.items())
     v = metrics["validation"]
     return CARD.format(
-        formulation=metrics["formulation"], model_index=index, rows=rows,
+        formulation=metrics["formulation"], front_matter=index, rows=rows,
         others=f"Other formulation on the same split ({other}): see docs/experiments.md."
         if others else "",
         asr_z=v["born_charges"]["asr_violation_max_abs_sum"],
@@ -265,32 +266,7 @@ ph.x prints it in.
 """
 
 
-CARD = """---
-library_name: e3zoo
-license: gpl-3.0
-tags:
-- e3zoo
-- jax
-- equinox
-- e3nn
-- nequip
-- materials
-- born-charges
-- raman
-- dielectric
-- batio3
-datasets:
-- e3response BaTiO3 400 K DFPT ensemble (L. Bastonero)
-metrics:
-- mae
-- rmse
-- r2
-model-index:
-- name: batio3-response
-  results:
-{model_index}
----
-
+CARD = """{front_matter}
 # batio3-response
 
 Born effective charges Z* (e, `[atom, field, displacement]`), Raman tensors (Å²,

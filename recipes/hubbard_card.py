@@ -11,9 +11,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import yaml
-
-from zoo import make_model_card
+from zoo._cards import card_data, eval_result, front_matter
 
 #: what each model answers, then how (the kernel, or HubbardML's network): `_description`
 WHAT = {
@@ -78,31 +76,22 @@ def _usage(name: str) -> str:
 
 def _front_matter(name: str, report: dict, parts: list[str]) -> str:
     """The Hub's YAML front matter, with the held-out metrics as `model-index` results."""
-    head = make_model_card(
-        name,
-        tags=["hubbard", "dft+u+v", "quantum-espresso"],
-        datasets=["data/hubbard (this repository; QE 6.7 pw.x + hp.x)"],
-    )
-    meta = yaml.safe_load(head.split("---")[1])
-    meta["metrics"] = ["mae", "mare"]
     results = []
     for p in parts:
         for split, what in (("validation", "held-out clusters"), ("test", "held-out structures")):
             m = report[p].get(f"{split}_model", {}).get("all")
             if not m:
                 continue
-            results.append({
-                "task": {"type": "tabular-regression", "name": f"Hubbard {p} (eV)"},
-                "dataset": {"name": f"data/hubbard, {what}", "type": "data/hubbard",
-                            "split": split},
-                "metrics": [
-                    {"type": "mae", "value": round(m["mae"], 4), "name": f"{p} {split} MAE (eV)"},
-                    {"type": "mare", "value": round(100 * m["mare"], 2),
-                     "name": f"{p} {split} MARE (%)"},
-                ],
-            })  # fmt: skip
-    meta["model-index"] = [{"name": name, "results": results}]
-    return "---\n" + yaml.safe_dump(meta, sort_keys=False).rstrip() + "\n---"
+            task, data = (
+                ("tabular-regression", f"Hubbard {p} (eV)"),
+                (f"data/hubbard, {what}", "data/hubbard"),
+            )
+            results += [
+                eval_result(task, data, ("mae", f"{p} {split} MAE (eV)"), round(m["mae"], 4), split=split, subset=p),
+                eval_result(task, data, ("mare", f"{p} {split} MARE (%)"), round(100 * m["mare"], 2), split=split, subset=p),
+            ]  # fmt: skip
+    tags = ["hubbard", "dft+u+v", "quantum-espresso"]
+    return front_matter(card_data(name, license="mit", tags=tags, results=results)).rstrip("\n")
 
 
 def _table(part: dict, split: str) -> list[str]:

@@ -12,6 +12,7 @@ from ase.io import read, write
 
 import zoo
 from zoo import _registry as registry
+from zoo._cli_output import write_csv
 from zoo.cli import main
 from zoo.model import ResponseModel, make_config
 
@@ -81,8 +82,11 @@ def test_demo_predicts_on_bundled_examples(capsys, tmp_path, monkeypatch, model)
     registry.write_registry(tmp_path)  # embedded weights load only when pinned
     code, out, _ = run(capsys, "demo")
     assert code == 0
-    assert "== batio3-response: 1 example input(s)" in out
-    assert "born_charges: array(135, 3, 3)" in out and "dielectric: array(3, 3)" in out
+    assert "#### batio3-response: 1 example input(s)" in out
+    assert "site  element  Z*xx (e)  Z*yy (e)  Z*zz (e)" in out
+    assert "... 123 more row(s) (135 in all)" in out
+    assert "dielectric tensor eps_inf (dimensionless):" in out
+    assert "summary: Ba27O81Ti27, 135 atoms; mean Born charge (trace/3, e): Ba " in out
     assert "== hubbard-uv: not installed, skipped" in out
 
 
@@ -101,8 +105,14 @@ def test_predict_writes_each_format(capsys, tmp_path, folder, model, structures)
     assert run(capsys, "predict", folder, structures, "-o", tmp_path / "p.json")[0] == 0
     rows = json.loads((tmp_path / "p.json").read_text())
     assert [r["frame"] for r in rows] == [0, 1] and np.shape(rows[0]["born_charges"]) == (5, 3, 3)
-    code, out, _ = run(capsys, "predict", folder, structures)  # no -o: a printed summary
-    assert code == 0 and "born_charges: array(5, 3, 3)" in out
+    code, out, _ = run(capsys, "predict", folder, structures)  # no -o: a table per structure
+    assert code == 0 and out.count("summary: BaO3Ti, 5 atoms") == 2
+    lines = [line.split() for line in out.splitlines() if line.strip().startswith(("1 ", "2 "))]
+    z = np.diagonal(want["born_charges"][0])
+    assert lines[0][:2] == ["1", "Ba"] and np.allclose(
+        [float(x) for x in lines[0][2:]], z, atol=1e-4
+    )
+    assert lines[1][1] == "Ti"
 
 
 def test_predict_never_overwrites(capsys, tmp_path, folder, structures):
@@ -113,7 +123,7 @@ def test_predict_never_overwrites(capsys, tmp_path, folder, structures):
     assert err.strip().endswith("exists; pass --overwrite to replace it")
     assert target.read_text() == "mine"
     code, _, err = run(capsys, "predict", folder, structures, "-o", tmp_path / "p.txt")
-    assert code == 1 and "suffix must be one of .extxyz, .xyz, .npz, .json" in err
+    assert code == 1 and "the suffix must be one of .extxyz, .xyz, .npz, .json, .csv" in err
     assert run(capsys, "predict", folder, structures, "-o", target, "--overwrite")[0] == 0
     assert target.read_text() != "mine"
 
@@ -160,7 +170,8 @@ def test_hubbard_prediction_from_a_pw_output(capsys, tmp_path):
     tiny models: the CLI plumbing, not the physics."""
     import argparse
 
-    from zoo.cli import EXAMPLES, _predict_files, _print_prediction, _write_predictions
+    from zoo._cli_output import format_record
+    from zoo.cli import EXAMPLES, _plain_records, _predict_files, _write_predictions
     from zoo.hubbard._models import IntersiteModel, OnsiteModel
     from zoo.hubbard._predict import HubbardUV
 
@@ -171,11 +182,20 @@ def test_hubbard_prediction_from_a_pw_output(capsys, tmp_path):
     )
     args = argparse.Namespace(occup=None, labels=None, batch_size=8)
     records = _predict_files(uv, [EXAMPLES / "hubbard-uv" / "MnO.out"], args)
-    _print_prediction(records[0]["prediction"])
-    assert "U (eV): {1: " in capsys.readouterr().out
+    table = format_record(records[0])
+    assert "parameter                   sites  distance (Å)  value (eV)" in table
+    assert "U                     Mn1" in table
+    # pw.x prints pair distances in Bohr: Mn-O in MnO is 4.2 Bohr = 2.2225 Å
+    assert "V  Mn1-O4 (image -1,-1,0)        2.2225" in table
+    assert "summary: 2 U site(s)" in table
+    csv = write_csv(None, records).splitlines()
+    assert csv[0] == "file,frame,parameter,sites,distance (Å),value (eV)"
+    assert csv[1].endswith(",0,U,Mn1,,{:.6g}".format(records[0]["prediction"].U[1]))
+    records = _plain_records(records)
     _write_predictions(tmp_path / "h.json", records)
     rows = json.loads((tmp_path / "h.json").read_text())
     assert sorted(rows[0]["U"]) == ["1", "2"] and rows[0]["elements"]["3"] == "O"
+    assert rows[0]["distances"]["1-4--1,-1,0"] == pytest.approx(4.2, abs=1e-3)
     with pytest.raises(ValueError, match="Hubbard predictions are written as .json only"):
         _write_predictions(tmp_path / "h.npz", records)
     args.labels = "Mn1,Mn2,O"  # one label short
@@ -191,3 +211,64 @@ def test_evaluate_the_shipped_shielding_model_on_its_examples(capsys, tmp_path):
     assert code == 0, out
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())["metrics"]
     assert 0 < metrics["shielding"]["mae"] < 5.0  # ppm, on two silicates of the training set
+
+
+def test_shielding_table_csv_reference_magres_and_input_format(capsys, tmp_path):
+    """The shipped si29 model on its bundled silicates: per-Si table (1-based input order),
+    CSV, --reference slope,offset / none, magres, and --input-format passed to ASE."""
+    import argparse
+
+    from zoo._cli_output import format_record, parse_reference, shift_columns
+    from zoo.cli import _predict_files
+
+    data = Path(zoo.__file__).parent / "examples" / "si29-shielding" / "silicates.extxyz"
+    model = zoo.load("si29-shielding")
+    ns = argparse.Namespace(occup=None, labels=None, batch_size=8, input_format=None)
+    records = _predict_files(model, [data], ns)
+    want = records[0]["prediction"]
+    si = [i for i, s in enumerate(records[0]["atoms"].get_chemical_symbols()) if s == "Si"]
+    code, out, _ = run(capsys, "predict", "si29-shielding", data)
+    assert code == 0
+    assert "site  element  isotropic (ppm vs TMS)  span (ppm)     skew" in out
+    row = next(
+        line.split() for line in out.splitlines() if line.split()[:2] == [str(si[0] + 1), "Si"]
+    )
+    assert float(row[2]) == pytest.approx(float(want["chemical_shift"][si[0]]), abs=1e-3)
+    assert "summary: CaLi2O4Si, 8 atoms, 1 Si site(s)" in out
+    lines = write_csv(None, records).strip().splitlines()
+    assert lines[0] == "file,frame,site,element,isotropic (ppm vs TMS),span (ppm),skew"
+    assert len(lines) == 1 + 1 + 3  # one Si in the first crystal, three in the second
+    raw = np.trace(np.asarray(want["unreferenced_shift"][si[0]])) / 3
+    scaled = write_csv(None, records, parse_reference("2,-10")).splitlines()[1].split(",")
+    assert float(scaled[4]) == pytest.approx(2 * raw - 10, abs=1e-3)
+    cols, unit = shift_columns(want, parse_reference("none"))
+    assert unit == "ppm, unreferenced" and cols["chemical_shift"][si[0]] == pytest.approx(raw)
+    assert "isotropic (ppm, unreferenced)" in format_record(records[0], None)
+    code, _, err = run(capsys, "predict", "si29-shielding", data, "--reference", "1")
+    assert code == 1 and "--reference must be 'slope,offset'" in err
+    weird = tmp_path / "silicates.dat"  # a name ASE cannot guess the format from
+    weird.write_bytes(data.read_bytes())
+    code, _, err = run(capsys, "predict", "si29-shielding", weird)
+    assert code == 1 and "cannot read" in err
+    code, out, _ = run(capsys, "predict", "si29-shielding", weird, "--input-format", "extxyz",
+                       "-o", tmp_path / "s.magres")  # fmt: skip
+    assert code == 0 and (tmp_path / "s.0.magres").is_file() and (tmp_path / "s.1.magres").is_file()
+    assert "ms" in (tmp_path / "s.1.magres").read_text()
+
+
+def test_csv_of_born_charges_and_option_errors(capsys, tmp_path, folder, model, structures):
+    want = model.predict([perovskite(0), perovskite(1)])
+    code, out, _ = run(capsys, "predict", folder, structures, "-o", tmp_path / "z.csv")
+    assert code == 0
+    lines = (tmp_path / "z.csv").read_text().splitlines()
+    assert lines[0] == "file,frame,site,element,Z*xx (e),Z*yy (e),Z*zz (e)"
+    last = lines[-1].split(",")
+    assert last[1:4] == ["1", "5", "O"]
+    np.testing.assert_allclose([float(x) for x in last[4:]], np.diagonal(want["born_charges"][-1]),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    code, _, err = run(capsys, "predict", folder, structures, "--reference", "1,0")
+    assert code == 1 and "for NMR shielding models only" in err
+    code, _, err = run(capsys, "predict", folder, structures, "--format", "extxyz")
+    assert code == 1 and "give -o FILE" in err
+    code, out, _ = run(capsys, "predict", folder, structures, "--format", "json")
+    assert code == 0 and np.shape(json.loads(out)[1]["born_charges"]) == (5, 3, 3)

@@ -77,7 +77,10 @@ def test_first_download_then_cached_load_with_server_stopped(tmp_path, models, h
     model = load(NAME, **opts(tmp_path, weights))
     np.testing.assert_array_equal(predict(model), predict(models[0]))
     paths = {path for _, path in resolves(hub)}
-    assert paths == {f"/{REPO}/resolve/v0.1.0/{f}" for f in ("config.json", "model.safetensors")}
+    commit = hub.commit_of(REPO, "v0.1.0")
+    assert {f"/{REPO}/resolve/v0.1.0/{f}" for f in ("config.json", "model.safetensors")} <= paths
+    # the rest of the repo (the card) is snapshotted at the same commit
+    assert f"/{REPO}/resolve/{commit}/README.md" in paths
     hub.stop()
     again = load(NAME, **opts(tmp_path, weights))
     np.testing.assert_array_equal(predict(again), predict(models[0]))
@@ -210,3 +213,153 @@ def test_push_to_hub_then_load(tmp_path, models, hub, weights, monkeypatch):
         push_to_hub(models[1], "tiny", token="hf_test")
     with pytest.raises(ValueError, match="is not a model folder: config.json is missing"):
         push_to_hub(tmp_path, "alice/tiny", token="hf_test")
+
+
+# ---- the ModelHubMixin surface of the model classes ----
+TINY_RESPONSE = dict(channels=4, lmax=2, num_layers=2, radial_hidden=8, r_max=4.0)
+
+
+@pytest.fixture(scope="module")
+def response_model():
+    import jax
+
+    from zoo.model import ResponseModel, make_config
+
+    config = make_config([56, 22, 8], ["born_charges", "dielectric"], backbone=TINY_RESPONSE)
+    return ResponseModel(config, key=jax.random.key(0))
+
+
+def perovskite():
+    from ase import Atoms
+
+    atoms = Atoms("BaTiO3", cell=np.eye(3) * 4.0, pbc=True,
+                  scaled_positions=[[0, 0, 0], [.5, .5, .5], [.5, .5, 0], [.5, 0, .5], [0, .5, .5]])  # fmt: skip
+    atoms.rattle(0.05, seed=1)
+    return atoms
+
+
+def test_mixin_adds_no_field_and_keeps_the_module_a_pytree(response_model):
+    import dataclasses
+
+    import equinox as eqx
+    import jax
+    from huggingface_hub import ModelHubMixin
+
+    from zoo.model import ResponseModel
+    from zoo.shielding import ShieldingModel
+
+    assert issubclass(ResponseModel, ModelHubMixin) and issubclass(ShieldingModel, ModelHubMixin)
+    assert [f.name for f in dataclasses.fields(ResponseModel)] == ["backbone", "heads", "config"]
+    assert [f.name for f in dataclasses.fields(ShieldingModel)] == ["response", "others", "config"]
+    assert "_hub_mixin_config" not in vars(response_model)
+    assert ResponseModel._hub_mixin_info.model_card_data.library_name == "e3zoo"
+    leaves = jax.tree_util.tree_leaves(eqx.filter(response_model, eqx.is_array))
+    assert len(leaves) > 0 and all(isinstance(x, jax.Array) for x in leaves)
+
+
+def test_from_pretrained_push_to_hub_round_trip(tmp_path, hub, response_model, monkeypatch):
+    """push_to_hub -> ResponseModel.from_pretrained at a pinned revision, the whole repo (card,
+    plots) in the Hugging Face cache, then an offline reload with the server stopped."""
+    from zoo.model import ResponseModel
+    from zoo.shielding import ShieldingModel
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    first = response_model.push_to_hub("alice/resp", token="hf_test")
+    hub.repos["alice/resp"]["v1"] = first.oid  # a tag on the first commit
+    hub.add_commit(
+        "alice/resp", {"parity_born_charges.png": b"\x89PNG plot", "metrics.json": b"{}"}
+    )
+    hub.add_commit("alice/resp", {"later.txt": b"after the pin"})
+    cache = tmp_path / "hf"
+    model = ResponseModel.from_pretrained("alice/resp", cache_dir=cache)
+    want = response_model.predict(perovskite())
+    np.testing.assert_allclose(model.predict(perovskite())["born_charges"], want["born_charges"])
+    snapshots = list((cache / "models--alice--resp" / "snapshots").iterdir())
+    assert len(snapshots) == 1
+    cached = {p.name for p in snapshots[0].iterdir()}
+    assert {"config.json", "model.safetensors", "README.md", "parity_born_charges.png",
+            "metrics.json", "later.txt"} <= cached  # fmt: skip
+    pinned = ResponseModel.from_pretrained("alice/resp", revision="v1", cache_dir=cache)
+    assert isinstance(pinned, ResponseModel)
+    assert not (cache / "models--alice--resp" / "snapshots" / first.oid / "later.txt").exists()
+    hub.stop()
+    again = ResponseModel.from_pretrained("alice/resp", cache_dir=cache, local_files_only=True)
+    np.testing.assert_allclose(again.predict(perovskite())["dielectric"], want["dielectric"])
+    with pytest.raises(ValueError, match="model_type 'response' .*not a ShieldingModel"):
+        ShieldingModel.from_pretrained("alice/resp", cache_dir=cache, local_files_only=True)
+    folder = again.save_pretrained(tmp_path / "saved")
+    assert ResponseModel.from_pretrained(folder).config == response_model.config
+
+
+def test_a_subclass_loads_as_itself(tmp_path, response_model):
+    from zoo.model import ResponseModel
+
+    class MyResponse(ResponseModel):
+        pass
+
+    folder = response_model.save_pretrained(tmp_path / "m")
+    model = MyResponse.from_pretrained(folder)
+    assert type(model) is MyResponse
+
+
+def test_dtype_at_load_without_a_global_switch(tmp_path, response_model):
+    import jax
+    import jax.numpy as jnp
+
+    folder = response_model.save_pretrained(tmp_path / "m")
+    assert not jax.config.jax_enable_x64
+    with pytest.raises(ValueError, match="float64 needs jax_enable_x64"):
+        load(folder, dtype="float64")
+    with pytest.raises(ValueError, match="dtype must be 'float32' or 'float64'"):
+        load(folder, dtype="bfloat16")
+    with jax.enable_x64(True):
+        model = load(folder, dtype="float64")
+        floats = [x for x in jax.tree_util.tree_leaves(model) if hasattr(x, "dtype")
+                  and jnp.issubdtype(x.dtype, jnp.floating)]  # fmt: skip
+        assert floats and all(x.dtype == jnp.float64 for x in floats)
+        assert model.config["dtype"] == "float64"
+        got = model.predict(perovskite())["born_charges"]
+        assert got.dtype == np.float64
+        # a float64 copy saves and reloads as float64 (its config says so)
+        again = load(model.save_pretrained(tmp_path / "m64"))
+        assert again.backbone.embedding.dtype == jnp.float64
+    want = response_model.predict(perovskite())["born_charges"]
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    f32 = load(folder, dtype="float32")
+    assert f32.backbone.embedding.dtype == jnp.float32
+
+
+def test_device_at_load(tmp_path, response_model):
+    import jax
+
+    folder = response_model.save_pretrained(tmp_path / "m")
+    device = jax.devices("cpu")[-1]
+    model = load(folder, device=device)
+    assert {d for x in jax.tree_util.tree_leaves(model) if isinstance(x, jax.Array)
+            for d in x.devices()} == {device}  # fmt: skip
+    with pytest.raises(ValueError, match="device must be a jax.Device"):
+        load(folder, device="gpu0")
+
+
+def test_the_mixin_on_a_hubbard_class(tmp_path):
+    """The mixin needs only ``config["model_type"]`` and the registry: a Hubbard model class
+    that inherits it loads the shipped weights as itself."""
+    import equinox as eqx
+    import jax
+
+    from zoo._hub_mixin import HubMixin
+    from zoo.hubbard._predict import HubbardUV
+
+    class HubbardUVHub(HubMixin, HubbardUV):
+        pass
+
+    model = HubbardUVHub.from_pretrained("hubbard-uv")
+    assert type(model) is HubbardUVHub
+    shipped = load("hubbard-uv")
+    mine, theirs = (
+        jax.tree_util.tree_leaves(eqx.filter(m, eqx.is_array)) for m in (model, shipped)
+    )
+    assert len(mine) == len(theirs) > 0
+    assert all(np.array_equal(a, b) for a, b in zip(mine, theirs))
+    folder = model.save_pretrained(tmp_path / "uv")
+    assert type(HubbardUVHub.from_pretrained(folder)) is HubbardUVHub

@@ -203,8 +203,12 @@ def _hub_files(
     required: Sequence[str],
     optional: Sequence[str],
     pins: Mapping[str, str],
+    *,
+    snapshot: bool = False,
     **hub: Any,
 ) -> dict:
+    """The requested files, checked; with `snapshot`, every other file of the repo at the same
+    commit is cached and checked too (the card and plots a Hub page shows)."""
     files = {}
     for name in [*required, *optional]:
         path = _fetch_checked(repo_id, name, revision, name in optional, hub)
@@ -214,4 +218,31 @@ def _hub_files(
             _verify(path, pins[name], f"{repo_id}@{revision}/{name}",
                     "The Hub copy differs from the pinned release.")  # fmt: skip
         files[name] = path
+    if snapshot and files:
+        _snapshot(repo_id, next(iter(files.values())).parent, pins, hub)
     return files
+
+
+def _snapshot(repo_id: str, folder: Path, pins: Mapping[str, str], hub: dict) -> None:
+    """Cache every file of the repo at the commit of ``folder`` (a ``snapshots/<commit>`` folder
+    of the cache), each checked like the model files (ETag, then its pin if it has one).
+    Offline, the files already cached are checked."""
+    commit = folder.name
+    if hub["offline"]:
+        names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    else:
+        try:
+            info = hf.HfApi(endpoint=hub["endpoint"], token=hub["token"]).model_info(
+                repo_id, revision=commit
+            )
+        except (hf_errors.HfHubHTTPError, *_transport_errors()) as err:
+            raise WeightsUnavailableError(
+                f"cannot list the files of {repo_id!r} at commit {commit} "
+                f"({type(err).__name__}: {err}). Retry, or pass local_files_only=True"
+            ) from err
+        names = sorted(s.rfilename for s in info.siblings or () if not s.rfilename.startswith("."))
+    for name in names:
+        path = _fetch_checked(repo_id, name, commit, False, hub)
+        if name in pins:
+            _verify(path, pins[name], f"{repo_id}@{commit}/{name}",
+                    "The Hub copy differs from the pinned release.")  # fmt: skip

@@ -15,7 +15,19 @@ from pathlib import Path
 
 from ._cli_output import OUT_SUFFIXES as OUT_SUFFIXES
 from ._cli_output import PREFIX as PREFIX
-from ._cli_output import _check_output, _print_prediction, _split_frames, _write_predictions
+from ._cli_output import (
+    _check_output,
+    _output_format,
+    _plain,
+    _plain_records,
+    _split_frames,
+    _write_predictions,
+    format_record,
+    model_kind,
+    parse_reference,
+    write_csv,
+    write_magres,
+)
 
 EXAMPLES = Path(__file__).parent / "examples"
 
@@ -23,16 +35,16 @@ EXAMPLES = Path(__file__).parent / "examples"
 # ---- helpers ----
 def _is_pw_model(model) -> bool:
     """Hubbard models answer for a pw.x output, the others for structures."""
-    return str(getattr(model, "config", {}).get("model_type", "")).startswith("hubbard")
+    return model_kind(model) == "hubbard"
 
 
-def _read_frames(path: Path) -> list:
+def _read_frames(path: Path, input_format: str | None = None) -> list:
     from ase.io import read
 
     if not path.is_file():
         raise ValueError(f"no such input file {str(path)!r}")
     try:
-        frames = read(path, index=":")
+        frames = read(path, index=":", format=input_format)
     except Exception as err:  # ASE raises many types for unreadable files
         hint = ""
         if "Program PWSCF" in path.read_text(errors="replace")[:5000]:
@@ -66,21 +78,27 @@ def _predict_pw(model, path: Path, occup: str | None, labels: str | None) -> dic
     if labels is not None:
         kwargs["labels"] = labels.replace(",", " ").split()
     try:
-        result = model.predict(path, **kwargs)
+        return model.predict(path, **kwargs)
     except (UnicodeDecodeError, IndexError) as err:
         raise ValueError(f"cannot read {str(path)!r} as a pw.x output ({err})") from None
-    return result.as_dict() if hasattr(result, "as_dict") else dict(result)
+
+
+def _predict_structures(model, atoms_list: list, batch_size: int) -> list[dict]:
+    """The one place the CLI calls a structure model: all structures at once, split back."""
+    out = model.predict(atoms_list, batch_size=batch_size)
+    return _split_frames(out, [len(a) for a in atoms_list])
 
 
 def _predict_files(model, files: list[Path], args) -> list[dict]:
-    if _is_pw_model(model):
-        return [{"file": str(f), "frame": 0, "atoms": None,
+    """Records ``{file, frame, atoms (None for pw.x runs), prediction, kind}``."""
+    kind = model_kind(model)
+    if kind == "hubbard":
+        return [{"file": str(f), "frame": 0, "atoms": None, "kind": kind,
                  "prediction": _predict_pw(model, f, args.occup, args.labels)} for f in files]  # fmt: skip
-    frames = [(f, k, atoms) for f in files for k, atoms in enumerate(_read_frames(f))]
-    atoms_list = [a for _, _, a in frames]
-    out = model.predict(atoms_list, batch_size=args.batch_size)
-    parts = _split_frames(out, [len(a) for a in atoms_list])
-    return [{"file": str(f), "frame": k, "atoms": a, "prediction": p}
+    fmt = getattr(args, "input_format", None)
+    frames = [(f, k, atoms) for f in files for k, atoms in enumerate(_read_frames(f, fmt))]
+    parts = _predict_structures(model, [a for _, _, a in frames], args.batch_size)
+    return [{"file": str(f), "frame": k, "atoms": a, "prediction": p, "kind": kind}
             for (f, k, a), p in zip(frames, parts)]  # fmt: skip
 
 
@@ -116,11 +134,17 @@ def _cmd_info(args) -> int:
     return 0
 
 
-def _example_inputs(name: str, pw: bool) -> list[Path]:
+def _example_folder(name: str, kind: str) -> Path:
+    """``examples/<name>``; the Hubbard models (U, V and U+V) share ``examples/hubbard-uv``."""
     folder = EXAMPLES / name
+    return folder if folder.is_dir() or kind != "hubbard" else EXAMPLES / "hubbard-uv"
+
+
+def _example_inputs(folder: Path, pw: bool) -> list[Path]:
     if not folder.is_dir():
         return []
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    files = [p for p in files if p.suffix not in (".md", ".json")]  # provenance notes
     return [p for p in files if p.suffix == ".out"] if pw else files
 
 
@@ -134,16 +158,16 @@ def _cmd_demo(args) -> int:
             print(f"== {name}: not installed, skipped")
             continue
         model = load(name)
-        pw = _is_pw_model(model)
-        if pw and not hasattr(model, "predict"):
-            print(f"== {name}: part of hubbard-uv (predicts from features), see hubbard-uv below")
-            continue
-        inputs = _example_inputs(name, pw)
-        print(f"== {name}: {len(inputs)} example input(s) in {EXAMPLES / name}")
-        ns = argparse.Namespace(occup=None, labels=None, batch_size=8)
+        kind = model_kind(model)
+        folder = _example_folder(name, kind)
+        inputs = _example_inputs(folder, kind == "hubbard")
+        print(f"#### {name}: {len(inputs)} example input(s) in {folder}")
+        if not inputs:
+            print(f"   no example input for {name}")
+        ns = argparse.Namespace(occup=None, labels=None, batch_size=8, input_format=None)
         for record in _predict_files(model, inputs, ns):
-            print(f"-- {Path(record['file']).name} (frame {record['frame']})")
-            _print_prediction(record["prediction"])
+            record["file"] = Path(record["file"]).name
+            print(format_record(record, max_rows=12))
         ran += 1
     if not ran:
         print("no shipped weights are installed: nothing to demonstrate")
@@ -155,24 +179,51 @@ def _cmd_predict(args) -> int:
     from .hub import load
 
     out = Path(args.output) if args.output else None
-    if out is not None:
-        _check_output(out, args.overwrite)
+    fmt = _output_format(args, out)
+    if out is not None and out.exists() and not args.overwrite:
+        raise ValueError(f"output {str(out)!r} exists; pass --overwrite to replace it")
+    if fmt in ("extxyz", "npz", "magres") and out is None:
+        raise ValueError(f"--format {fmt} writes a file: give -o FILE")
+    reference = parse_reference(args.reference)
     files = [Path(f) for f in args.files]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise ValueError(f"no such input file {missing[0]!r}")
     model = load(args.name)
-    if out is not None and _is_pw_model(model) and out.suffix != ".json":
-        raise ValueError(f"output {str(out)!r}: Hubbard predictions are written as .json only")
-    if not _is_pw_model(model) and (args.occup or args.labels):
+    kind = model_kind(model)
+    if kind == "hubbard" and fmt in ("extxyz", "npz", "magres"):
+        raise ValueError(f"Hubbard predictions are written as table, json or csv, not {fmt}")
+    if kind != "hubbard" and (args.occup or args.labels):
         raise ValueError("--occup and --labels are for Hubbard models (pw.x outputs) only")
+    if kind != "shielding" and (args.reference is not None or fmt == "magres"):
+        raise ValueError("--reference and --format magres are for NMR shielding models only")
+    if kind == "hubbard" and args.input_format:
+        raise ValueError("--input-format is for structure files; Hubbard models read pw.x outputs")
     records = _predict_files(model, files, args)
-    if out is None:
-        for r in records:
-            print(f"-- {r['file']} (frame {r['frame']})")
-            _print_prediction(r["prediction"])
+    if fmt == "table":
+        text = "\n".join(format_record(r, reference) for r in records)
+    elif fmt == "csv":
+        text = write_csv(out, records, reference)
+    elif fmt == "magres":
+        written = write_magres(out, records)
+        text = None
+        print(f"wrote {len(written)} magres file(s): {', '.join(map(str, written))}")
+    elif fmt == "json" and out is None:
+        rows = [{"file": r["file"], "frame": r["frame"], **_plain(r["prediction"])}
+                for r in _plain_records(records)]  # fmt: skip
+        text = json.dumps(rows, indent=1, allow_nan=False)
     else:
-        _write_predictions(out, records)
+        _check_output(out, True)
+        _write_predictions(out, _plain_records(records))
+        text = None
+        print(f"wrote {len(records)} prediction(s) to {out}")
+    if text is not None and out is None:
+        print(text)
+    elif text is not None:
+        if fmt == "table":
+            from ._io import atomic_write_text
+
+            atomic_write_text(out, text + "\n")
         print(f"wrote {len(records)} prediction(s) to {out}")
     return 0
 
@@ -331,10 +382,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict on structure files (or pw.x outputs for Hubbard)",
                        description="Predict with a model. Structure models read any "
                        "ASE-readable file (every frame); Hubbard models read a pw.x output "
-                       "with its occup.txt. Without -o a summary is printed.")  # fmt: skip
+                       "with its occup.txt. Prints a per-site table with units (sites "
+                       "numbered 1..N in input order) and a summary line per structure.")  # fmt: skip
     p.add_argument("name", help="shipped model name (zoo list), Hub repo id or model folder")
     p.add_argument("files", nargs="+", help="input files")
-    p.add_argument("-o", "--output", help="write all predictions to .extxyz/.xyz, .npz or .json")
+    p.add_argument("-o", "--output", help="write to a file (.extxyz/.xyz, .npz, .json, .csv, "
+                   ".magres; the format follows the suffix unless --format is given)")  # fmt: skip
+    p.add_argument("--format", choices=("table", "json", "csv", "extxyz", "npz", "magres"),
+                   help="table (default on screen), json, csv (per-site scalars), extxyz, npz "
+                   "(with -o), magres (shielding models, with -o)")  # fmt: skip
+    p.add_argument("--reference", help="shielding models: the shift reference as "
+                   "'slope,offset' (delta = slope * raw + offset, ppm) or 'none' for the "
+                   "unreferenced output (default: the model's fitted reference to TMS)")  # fmt: skip
+    p.add_argument("--input-format", help="ASE format of the input files (passed to "
+                   "ase.io.read), e.g. vasp, espresso-in, cif; default: from the file name")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--batch-size", type=int, default=8, help="structures per batch (default 8)")
     p.add_argument("--occup", help="Hubbard: the run's occup.txt (default: FILE's "

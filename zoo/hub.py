@@ -20,6 +20,7 @@ import equinox as eqx
 import huggingface_hub as hf
 
 from . import _registry as registry
+from ._dtype import cast_floating, resolve_float
 from ._hub_files import PathLike, _endpoint, _hub_files, _local_files, _offline, _verify
 from ._hub_files import WeightsUnavailableError as WeightsUnavailableError
 from ._registry import SHIPPED, ModelTypeEntry
@@ -56,8 +57,10 @@ def _resolve(
     token: str | bool | None,
     endpoint: str | None,
     weights_dir: PathLike | None,
+    snapshot: bool = False,
 ) -> tuple[dict, str]:
-    """Paths of the requested files of a model, and a description of where they came from."""
+    """Paths of the requested files of a model, and a description of where they came from;
+    with `snapshot`, a Hub model's other files (card, plots, metrics) are cached too."""
     if source not in ("auto", "embedded", "hub"):
         raise ValueError(f"source must be 'auto', 'embedded' or 'hub', got {source!r}")
     hub = dict(
@@ -65,6 +68,7 @@ def _resolve(
         offline=_offline() if local_files_only is None else bool(local_files_only),
         token=token,
         endpoint=_endpoint(endpoint),
+        snapshot=snapshot,
     )
     # A bare shipped name wins over a folder of the same name in the cwd ("./name" for that).
     if isinstance(spec, os.PathLike) or (
@@ -171,6 +175,8 @@ def from_pretrained(
     token: str | bool | None = None,
     endpoint: str | None = None,
     weights_dir: PathLike | None = None,
+    dtype: str | None = None,
+    device: Any = None,
 ) -> eqx.Module:
     """Load a pretrained model.
 
@@ -180,28 +186,77 @@ def from_pretrained(
       or a model folder.
     - `revision`: Hub branch, tag or commit; shipped names default to their pinned release.
     - `cache_dir`: Hugging Face cache folder (default: huggingface_hub's, ``HF_HUB_CACHE``).
+      A Hub model is cached whole (config, weights, card, plots, metrics), every file checked.
     - `local_files_only`: never touch the network; ``None`` follows ``HF_HUB_OFFLINE``.
     - `source`: ``"auto"`` (embedded weights if installed, else the Hub), ``"embedded"``
       or ``"hub"``.
     - `model_types`: extra ``model_type -> class`` entries (e.g. your own model class).
     - `token`, `endpoint`: Hub token and URL (default ``HF_ENDPOINT``).
     - `weights_dir`: where embedded weights live (default: the package's ``weights/``).
+    - `dtype`: ``"float32"`` or ``"float64"``: cast every floating weight (and the config's
+      ``dtype``) after loading; ``None`` keeps the stored dtype. float64 needs
+      ``jax.config.update("jax_enable_x64", True)`` first, else a ValueError (JAX would
+      otherwise compute in float32 without a word).
+    - `device`: a ``jax.Device`` (e.g. ``jax.devices("gpu")[0]``) to place the weights on;
+      ``None`` leaves them on JAX's default device.
 
     **Returns:** the model, an ``eqx.Module``.
     """
-    files, _ = _resolve(
+    return _load(
         name_or_path,
-        (CONFIG_NAME, WEIGHTS_NAME),
-        (),
         revision=revision,
         cache_dir=cache_dir,
         local_files_only=local_files_only,
         source=source,
+        model_types=model_types,
         token=token,
         endpoint=endpoint,
         weights_dir=weights_dir,
+        dtype=dtype,
+        device=device,
     )
-    return load_folder_files(files[CONFIG_NAME], files[WEIGHTS_NAME], model_types)
+
+
+def _load(
+    name_or_path: PathLike,
+    *,
+    model_class: type | None = None,
+    model_types: Mapping[str, ModelTypeEntry] | None = None,
+    dtype: str | None = None,
+    device: Any = None,
+    **where: Any,
+) -> eqx.Module:
+    """`from_pretrained`; with `model_class`, the config's model type must be that class or
+    one it derives from, and the model is built as `model_class`."""
+    if dtype is not None:
+        resolve_float(dtype)  # refuse float64 without x64 before any download
+    where = {"revision": None, "cache_dir": None, "local_files_only": None, "source": "auto",
+             "token": None, "endpoint": None, "weights_dir": None, **where}  # fmt: skip
+    files, _ = _resolve(name_or_path, (CONFIG_NAME, WEIGHTS_NAME), (), snapshot=True, **where)
+    if model_class is not None:
+        model_type = read_config(files[CONFIG_NAME])["model_type"]
+        registered = registry.model_class(model_type)
+        if not (isinstance(registered, type) and issubclass(model_class, registered)):
+            shown = getattr(registered, "__name__", str(registered))
+            raise ValueError(
+                f"{name_or_path}: config.json has model_type {model_type!r} ({shown}), not a "
+                f"{model_class.__name__}; load it with zoo.load({str(name_or_path)!r})"
+            )
+        model_types = {model_type: model_class}
+    model = load_folder_files(files[CONFIG_NAME], files[WEIGHTS_NAME], model_types)
+    model = cast_floating(model, dtype)
+    return model if device is None else to_device(model, device)
+
+
+def to_device(model: eqx.Module, device: Any) -> eqx.Module:
+    """``model`` with its arrays on ``device`` (a ``jax.Device`` or ``jax.sharding.Sharding``):
+    ``jax.device_put`` of the array leaves, the rest of the module kept."""
+    import jax
+
+    if not isinstance(device, jax.Device | jax.sharding.Sharding):
+        raise ValueError(f"device must be a jax.Device (e.g. jax.devices()[0]), got {device!r}")
+    arrays, rest = eqx.partition(model, eqx.is_array)
+    return eqx.combine(jax.device_put(arrays, device), rest)
 
 
 def load(
@@ -211,7 +266,8 @@ def load(
     local_files_only: bool | None = None,
     **kwargs: Any,
 ) -> eqx.Module:
-    """``zoo.load("hubbard-uv")``: same as :func:`from_pretrained` (keyword options there)."""
+    """``zoo.load("hubbard-uv")``: same as :func:`from_pretrained` (keyword options there,
+    e.g. ``dtype="float64"``, ``device=jax.devices()[0]``)."""
     return from_pretrained(
         name_or_repo_or_path,
         revision=revision,

@@ -34,6 +34,7 @@ import numpy as np
 from . import _predict
 from . import heads as H
 from ._dtype import resolve_float
+from ._hub_mixin import HubMixin
 from ._response_config import ASR_OUTPUTS as ASR_OUTPUTS
 from ._response_config import FORMULATIONS as FORMULATIONS
 from ._response_config import MODEL_TYPE as MODEL_TYPE
@@ -47,7 +48,7 @@ from .nequip import NequIP, NequIPConfig
 from .response import broadcast_to_nodes, graph_sum, mixed_derivatives
 
 
-class ResponseModel(eqx.Module):
+class ResponseModel(HubMixin, eqx.Module):
     """NequIP backbone + response heads; see the module docstring for outputs and units.
 
     **Arguments** of `__init__`: `config` (from :func:`make_config`, usually refitted with

@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 from . import _predict, nmr
+from ._hub_mixin import HubMixin
 from ._serialization import FORMAT_VERSION
 from .irreps import to_irreps
 from .model import ResponseModel
@@ -44,7 +45,7 @@ def _symbol(z: int) -> str:
     return chemical_symbols[int(z)]
 
 
-class ShieldingModel(eqx.Module):
+class ShieldingModel(HubMixin, eqx.Module):
     """NMR tensors (the training data's quantity) of the atoms of one element; see the module
     docstring.
 
