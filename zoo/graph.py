@@ -136,6 +136,7 @@ def build_graph(
     n_nodes: int | None = None,
     n_edges: int | None = None,
     n_graphs: int | None = None,
+    neighbors: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
 ) -> Graph:
     """Build a padded :class:`Graph` from one or several structures.
 
@@ -149,16 +150,20 @@ def build_graph(
       padding node and graph).
     - `n_nodes`, `n_edges`, `n_graphs`: force larger padded sizes (e.g. a fixed capacity
       for a whole data set); too small a value is an error.
+    - `neighbors`: the structures' :func:`neighbor_pairs` at `r_max`, if already computed.
     """
     if not (isinstance(r_max, (int, float)) and math.isfinite(r_max) and r_max > 0):
         raise ValueError(f"r_max must be a positive number of Å, got {r_max!r}")
     dtype = resolve_float(dtype)
     items: list[Structure] = as_structures(structures)
+    if neighbors is None:
+        neighbors = [neighbor_pairs(s, r_max) for s in items]
+    elif len(neighbors) != len(items):
+        raise ValueError(f"neighbors: {len(neighbors)} lists for {len(items)} structures")
 
     pos, num, cells, pbcs, snd, rcv, shf, node_graph, n_node = [], [], [], [], [], [], [], [], []
     offset = 0
-    for g, s in enumerate(items):
-        i, j, shift = neighbor_pairs(s, r_max)
+    for g, (s, (i, j, shift)) in enumerate(zip(items, neighbors)):
         pos.append(s.positions)
         num.append(s.numbers)
         cells.append(s.cell)
