@@ -116,8 +116,10 @@ def main() -> None:
         rows.append(_row("BaTiO3 5 atoms a=4.00, empty disk cache", bto["cold"], bto["warm"]))
         rows.append(_row("BaTiO3 a=4.10 after a=4.00 (vs warm 4.00)", bto["strained"], bto["warm"]))
     load = os.getloadavg()[0]
-    print(f"cold vs warm `predict` ({os.cpu_count()} cores, load average {load:.1f}); "
-          "times wall / CPU s")
+    print(
+        f"cold vs warm `predict` ({os.cpu_count()} cores, load average {load:.1f}); "
+        "times wall / CPU s"
+    )
     print()
     print("| scenario | cold | warm | cold/warm (wall) | XLA compiles, cold | warm |")
     print("|---|---|---|---|---|---|")

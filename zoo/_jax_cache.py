@@ -33,14 +33,15 @@ _OFF = {"0", "false", "no", "off", ""}
 MIN_COMPILE_TIME = 0.0
 
 
-def default_dir() -> Path:
+def default_dir(environ=None) -> Path:
     """The platform's user cache directory for zoo's compiled executables."""
+    env = os.environ if environ is None else environ
     if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+        base = Path(env.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
         return base / "zoo" / "cache" / "jax"
     if sys.platform == "darwin":
         return Path.home() / "Library" / "Caches" / "zoo" / "jax"
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    xdg = env.get("XDG_CACHE_HOME", "")
     base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"  # XDG: relative = unset
     return base / "zoo" / "jax"
 
@@ -56,7 +57,7 @@ def cache_dir(environ=None) -> Path | None:
         if not moved.strip():
             raise ValueError("ZOO_JAX_CACHE_DIR is empty: give a directory, or set ZOO_JAX_CACHE=0")
         return Path(moved).expanduser()
-    return default_dir()
+    return default_dir(env)
 
 
 def enable() -> str | None:

@@ -16,7 +16,9 @@ snapshots, vacancies and supercells of one material land on the same shapes. The
 graphs is padded to the next power of two.
 There is always at least one padding node and one padding graph: padding edges join the
 first padding node to itself, padding nodes belong to the last (padding) graph. Structures
-whose padded sizes coincide reuse the same compiled code.
+whose padded sizes coincide reuse the same compiled code. Positions, cell and shifts are data,
+never shapes; the edge count is a shape, so ``predict`` pads with `zoo._capacity` instead
+(edge headroom and capacities reused across calls) and passes the sizes explicitly.
 """
 
 from __future__ import annotations

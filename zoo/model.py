@@ -236,7 +236,9 @@ class ResponseModel(eqx.Module):
     def predict_iter(self, atoms, batch_size: int = 8, *, acoustic_sum_rule=None, progress=None):
         """:meth:`predict` streamed: yields one structure's outputs (a dict as for a single
         structure) at a time, in input order; see `zoo._predict.stream`."""
-        for _, out in self._predict(_predict.stream, atoms, batch_size, acoustic_sum_rule, progress):
+        for _, out in self._predict(
+            _predict.stream, atoms, batch_size, acoustic_sum_rule, progress
+        ):
             yield out
 
     def _predict(self, run, atoms, batch_size, acoustic_sum_rule, progress):
