@@ -27,6 +27,7 @@ import math
 from collections.abc import Sequence
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
@@ -207,19 +208,25 @@ def build_graph(
     node_graph_arr = padded(node_graph, N, G - 1)
     n_node_arr = np.zeros(G, np.int64)
     n_node_arr[:g_real] = n_node
+    float_ = np.dtype(dtype)
+
+    def put(x, dt):
+        # cast on the host: a device-side cast would compile one small program per shape
+        return jax.device_put(np.asarray(x, dtype=dt))
+
     return Graph(
-        positions=jnp.asarray(padded(pos, N, 0.0, (3,)), dtype),
-        numbers=jnp.asarray(padded(num, N, 0), jnp.int32),
-        cell=jnp.asarray(cell, dtype),
-        senders=jnp.asarray(padded(snd, E, n_real), jnp.int32),
-        receivers=jnp.asarray(padded(rcv, E, n_real), jnp.int32),
-        shifts=jnp.asarray(padded(shf, E, 0, (3,)), dtype),
-        node_graph=jnp.asarray(node_graph_arr, jnp.int32),
-        n_node=jnp.asarray(n_node_arr, jnp.int32),
-        node_mask=jnp.asarray(np.arange(N) < n_real),
-        edge_mask=jnp.asarray(np.arange(E) < e_real),
-        graph_mask=jnp.asarray(np.arange(G) < g_real),
-        pbc=jnp.asarray(pbc),
+        positions=put(padded(pos, N, 0.0, (3,)), float_),
+        numbers=put(padded(num, N, 0), np.int32),
+        cell=put(cell, float_),
+        senders=put(padded(snd, E, n_real), np.int32),
+        receivers=put(padded(rcv, E, n_real), np.int32),
+        shifts=put(padded(shf, E, 0, (3,)), float_),
+        node_graph=put(node_graph_arr, np.int32),
+        n_node=put(n_node_arr, np.int32),
+        node_mask=put(np.arange(N) < n_real, bool),
+        edge_mask=put(np.arange(E) < e_real, bool),
+        graph_mask=put(np.arange(G) < g_real, bool),
+        pbc=put(pbc, bool),
     )
 
 
