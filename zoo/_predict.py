@@ -41,9 +41,10 @@ from ._neighbors import neighbor_pairs
 from .graph import Graph, build_graph
 from .structure import Structure, as_structures, iter_structures
 
-#: Capacities used by predictions in this process: a capacity is worth reusing exactly when
-#: its executables are in jax's (process-wide) jit cache.
-CAPACITIES = Capacities()
+#: Capacities used by predictions in this process, per kind of model (:func:`capacities_for`):
+#: a capacity is worth reusing exactly when its executables are in jax's (process-wide) jit
+#: cache.
+_CAPACITIES: dict[tuple, Capacities] = {}
 #: An iterable is read this many batches at a time (the unit of packing and of streaming).
 CHUNK_BATCHES = 16
 #: Seconds before the automatic progress bar appears.
@@ -188,6 +189,12 @@ def warn_out_of_domain(
                           stacklevel=stacklevel + 1)  # fmt: skip
 
 
+def capacities_for(spec: InputSpec) -> Capacities:
+    """The capacities this process used for models of `spec` (species, cutoff, dtype)."""
+    key = (spec.name, spec.species, float(spec.r_max), np.dtype(spec.dtype).name)
+    return _CAPACITIES.setdefault(key, Capacities())
+
+
 def _validated(atoms, spec: InputSpec) -> Iterator[Structure]:
     """Validated structures of `atoms`: one structure or a sequence is checked whole before
     anything is yielded; any other iterable one structure at a time, as it is read."""
@@ -251,12 +258,12 @@ def stream(
     `per_atom` `(n_atoms, ...)`, the others `(...)`. A sequence is validated whole first; an
     iterable is read `CHUNK_BATCHES * batch_size` structures at a time. If reading or
     validating structure ``i`` fails, the structures before it are predicted and yielded,
-    then the error is raised. `capacities` defaults to the process-wide :data:`CAPACITIES`.
+    then the error is raised. `capacities` defaults to :func:`capacities_for` `spec`.
     """
     if not (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1):
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     enable_compilation_cache()
-    capacities = CAPACITIES if capacities is None else capacities
+    capacities = capacities_for(spec) if capacities is None else capacities
     total = 1 if is_single(atoms) else len(atoms) if isinstance(atoms, Sized) else None
     source = _validated(atoms, spec)
     size = CHUNK_BATCHES * batch_size
@@ -284,8 +291,8 @@ def stream(
 
 
 class PredictionInterrupted(RuntimeError):
-    """Reading or validating input structure `index` failed after `index` structures were
-    predicted. **Fields:** `index`, `results` (what :func:`predict` returns for those
+    """A prediction stopped at input structure `index` (the iterable failed to give it, it
+    was refused, or its chunk failed) after the `index` before it were predicted. **Fields:** `index`, `results` (what :func:`predict` returns for those
     structures), `structures`. The original error is ``__cause__``."""
 
     def __init__(
