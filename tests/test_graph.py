@@ -65,6 +65,19 @@ def test_edge_vectors_are_differentiable_in_positions_cell_and_strain():
     )  # translation invariance
 
 
+def test_precomputed_neighbors_give_the_same_graph():
+    from zoo._neighbors import neighbor_pairs
+    from zoo.structure import as_structures
+
+    items = as_structures([bulk("Si", "diamond", 5.43), bto_cell()])
+    pairs = [neighbor_pairs(s, 4.0) for s in items]
+    a, b = build_graph(items, 4.0), build_graph(items, 4.0, neighbors=pairs)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    with pytest.raises(ValueError, match="neighbors: 1 lists for 2 structures"):
+        build_graph(items, 4.0, neighbors=pairs[:1])
+
+
 def test_too_small_capacity_refused():
     with pytest.raises(ValueError, match="n_edges=4 is too small"):
         build_graph(bulk("Si"), 3.0, n_edges=4)

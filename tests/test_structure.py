@@ -6,7 +6,7 @@ from ase import Atoms
 from ase.build import bulk, molecule
 
 from zoo.graph import build_graph, check_species
-from zoo.structure import Structure, as_structure, as_structures
+from zoo.structure import Structure, as_structure, as_structures, iter_structures
 
 
 def water_dict(**over):
@@ -69,6 +69,26 @@ def test_list_errors_name_the_structure():
         as_structures([])
     with pytest.raises(ValueError, match="cannot make a structure from int"):
         as_structure(3)
+
+
+def test_iterables_are_read_lazily_and_errors_name_the_structure():
+    read = []
+
+    def frames():
+        for k in range(3):
+            read.append(k)
+            yield water_dict() if k != 2 else water_dict(numbers=[8, 1, 0])
+
+    it = iter_structures(frames())
+    assert len(next(it)) == 3 and read == [0]  # one at a time, as read
+    with pytest.raises(ValueError, match="structure 2: atom 2 has atomic number 0"):
+        list(it)
+    assert [len(s) for s in as_structures(s for s in [water_dict(), bulk("Si")])] == [3, 2]
+    with pytest.raises(ValueError, match="empty list"):
+        as_structures(iter([]))
+    for bad in ("POSCAR", 3, water_dict()):
+        with pytest.raises(ValueError, match="expected an iterable of structures"):
+            next(iter_structures(bad))
 
 
 def test_unknown_species_named():

@@ -1,10 +1,17 @@
 """The one host-side predictor of the zoo's graph models.
 
-Every ``predict`` goes the same way: the input is converted and validated once
-(:func:`prepare`), structures are grouped by size into batches, each batch's padded graph is
-built once, the training-domain check runs on that graph (:func:`domain_reasons`), the model runs
-as one jitted call per batch, and outputs come back per structure in input order
-(:func:`predict`).
+Every ``predict`` goes the same way (:func:`stream`): the input (one structure, a list, or any
+iterable such as ``ase.io.iread``) is converted and validated (a list whole, before anything
+runs; an iterable as it is read), structures are packed by size into batches that share one
+padded capacity (`zoo._capacity`: a handful of shapes, so a handful of compilations), each
+batch's graph is built once, the training-domain check runs on that graph
+(:func:`domain_reasons`), the model runs as one jitted call per batch, and outputs come back
+per structure in input order. The persistent compilation cache (`zoo._jax_cache`) is switched
+on at the first prediction.
+
+An iterable that fails part-way (a truncated trajectory file) loses nothing: :func:`stream`
+first yields the structures read before the failure, then raises; :func:`predict` raises
+:class:`PredictionInterrupted` with their outputs in ``.results``.
 
 Input rules (errors name the structure index):
 
@@ -20,14 +27,29 @@ Input rules (errors name the structure index):
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 import warnings
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence, Sized
 
 import equinox as eqx
 import numpy as np
 
+from ._capacity import Capacities, plan
+from ._jax_cache import enable as enable_compilation_cache
+from ._neighbors import neighbor_pairs
 from .graph import Graph, build_graph
-from .structure import Structure, as_structures
+from .structure import Structure, as_structures, iter_structures
+
+#: Capacities used by predictions in this process, per kind of model (:func:`capacities_for`):
+#: a capacity is worth reusing exactly when its executables are in jax's (process-wide) jit
+#: cache.
+_CAPACITIES: dict[tuple, Capacities] = {}
+#: An iterable is read this many batches at a time (the unit of packing and of streaming).
+CHUNK_BATCHES = 16
+#: Seconds before the automatic progress bar appears.
+PROGRESS_DELAY = 3.0
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def _symbols(numbers) -> str:
@@ -61,12 +83,13 @@ def is_single(atoms) -> bool:
     return isinstance(atoms, (Structure, dict)) or hasattr(atoms, "get_atomic_numbers")
 
 
-def check_structures(structures: Sequence[Structure], spec: InputSpec) -> None:
+def check_structures(structures: Sequence[Structure], spec: InputSpec, *, start: int = 0) -> None:
     """Refuse unknown elements, non-periodic input where a cell is needed, and structures
-    without the model's nucleus; one ``ValueError`` naming the structure index."""
+    without the model's nucleus; one ``ValueError`` naming the structure index (counted from
+    `start`)."""
     known = set(spec.species)
     periodic_only = bool(spec.domain and spec.domain.get("periodic"))
-    for g, s in enumerate(structures):
+    for g, s in enumerate(structures, start):
         unknown = sorted({int(z) for z in s.numbers} - known)
         if unknown:
             atoms = np.flatnonzero(~np.isin(s.numbers, spec.species))
@@ -94,7 +117,8 @@ def check_structures(structures: Sequence[Structure], spec: InputSpec) -> None:
 
 
 def prepare(atoms, spec: InputSpec) -> tuple[list[Structure], bool]:
-    """Convert and validate the input once. **Returns:** `(structures, single)`."""
+    """Convert and validate the input once (an iterable is read whole).
+    **Returns:** `(structures, single)`."""
     structures = as_structures(atoms)
     check_structures(structures, spec)
     return structures, is_single(atoms)
@@ -105,7 +129,7 @@ def check(atoms, spec: InputSpec) -> None:
     graphs, e.g. the ASE calculator): errors of :func:`prepare`, then domain warnings."""
     structures, _ = prepare(atoms, spec)
     graph = build_graph(structures, spec.r_max, dtype=spec.dtype)
-    warn_out_of_domain(graph, range(len(structures)), spec.domain, stacklevel=3)
+    warn_out_of_domain(graph, range(len(structures)), spec.domain)
 
 
 def domain_reasons(graph: Graph, domain: dict | None) -> list[str | None]:
@@ -143,23 +167,142 @@ def domain_reasons(graph: Graph, domain: dict | None) -> list[str | None]:
     return reasons
 
 
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside the zoo package, seen from the caller."""
+    frame, level = sys._getframe(2), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def warn_out_of_domain(
-    graph: Graph, indices: Sequence[int], domain: dict | None, stacklevel: int = 4
+    graph: Graph, indices: Sequence[int], domain: dict | None, stacklevel: int | None = None
 ) -> None:
     """A ``UserWarning`` per graph of the batch outside `domain`; `indices` are the graphs'
-    input indices; `stacklevel` points the warning at the user's call."""
+    input indices; `stacklevel` (default: the first caller outside zoo) points the warning at
+    the user's call."""
+    if stacklevel is None:
+        stacklevel = _caller_stacklevel()
     for i, reason in zip(indices, domain_reasons(graph, domain)):
         if reason:
             warnings.warn(f"structure {i} is outside the training domain: {reason}",
                           stacklevel=stacklevel + 1)  # fmt: skip
 
 
-def batches(structures: Sequence[Structure], batch_size: int) -> list[list[int]]:
-    """Indices of `structures` grouped by size, `batch_size` per batch."""
+def capacities_for(spec: InputSpec) -> Capacities:
+    """The capacities this process used for models of `spec` (species, cutoff, dtype)."""
+    key = (spec.name, spec.species, float(spec.r_max), np.dtype(spec.dtype).name)
+    return _CAPACITIES.setdefault(key, Capacities())
+
+
+def _validated(atoms, spec: InputSpec) -> Iterator[Structure]:
+    """Validated structures of `atoms`: one structure or a sequence is checked whole before
+    anything is yielded; any other iterable one structure at a time, as it is read."""
+    if is_single(atoms) or (isinstance(atoms, Sequence) and not isinstance(atoms, (str, bytes))):
+        yield from prepare(atoms, spec)[0]
+        return
+    count = 0
+    for s in iter_structures(atoms):
+        check_structures([s], spec, start=count)
+        count += 1
+        yield s
+    if count == 0:
+        raise ValueError("no structures to predict: the iterable was empty")
+
+
+def _progress(progress: bool | None, total: int | None):
+    """A tqdm bar over structures: ``None`` shows it on a terminal once the run passes
+    `PROGRESS_DELAY` seconds, ``True`` always, ``False`` never."""
+    if progress is not None and not isinstance(progress, bool):
+        raise ValueError(f"progress must be True, False or None, got {progress!r}")
+    from tqdm.auto import tqdm
+
+    disable = {None: None, True: False, False: True}[progress]  # None: tqdm's TTY check
+    return tqdm(total=total, desc="predict", unit="structure", disable=disable,
+                delay=PROGRESS_DELAY if progress is None else 0.0)  # fmt: skip
+
+
+def _predict_chunk(chunk, offset, spec, call, per_atom, batch_size, capacities, bar):
+    """Outputs of one chunk of validated structures, in chunk order; `offset` is the chunk's
+    first input index (for warnings)."""
+    pairs = [neighbor_pairs(s, spec.r_max) for s in chunk]
+    cap, groups = plan([(len(s), len(p[0])) for s, p in zip(chunk, pairs)], batch_size,
+                       capacities)  # fmt: skip
+    results: list[dict[str, np.ndarray]] = [{} for _ in chunk]
+    for idx in groups:
+        graph = build_graph([chunk[i] for i in idx], spec.r_max, dtype=spec.dtype,
+                            neighbors=[pairs[i] for i in idx], **cap._asdict())  # fmt: skip
+        warn_out_of_domain(graph, [offset + i for i in idx], spec.domain)
+        for name, value in call(graph).items():
+            value = np.asarray(value)
+            parts = graph.split_nodes(value) if name in per_atom else value[: len(idx)]
+            for i, part in zip(idx, parts):
+                results[i][name] = np.asarray(part)
+        bar.update(len(idx))
+    return results
+
+
+def stream(
+    atoms,
+    spec: InputSpec,
+    call: Callable[[Graph], dict],
+    per_atom: Collection[str],
+    *,
+    batch_size: int = 8,
+    progress: bool | None = None,
+    capacities: Capacities | None = None,
+) -> Iterator[tuple[Structure, dict[str, np.ndarray]]]:
+    """Predict `atoms` (one structure, a sequence or any iterable of them) chunk by chunk.
+
+    **Yields:** `(structure, outputs)` per input structure, in input order: outputs named in
+    `per_atom` `(n_atoms, ...)`, the others `(...)`. A sequence is validated whole first; an
+    iterable is read `CHUNK_BATCHES * batch_size` structures at a time. If reading or
+    validating structure ``i`` fails, the structures before it are predicted and yielded,
+    then the error is raised. `capacities` defaults to :func:`capacities_for` `spec`.
+    """
     if not (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1):
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    order = sorted(range(len(structures)), key=lambda i: len(structures[i]))
-    return [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+    enable_compilation_cache()
+    capacities = capacities_for(spec) if capacities is None else capacities
+    total = 1 if is_single(atoms) else len(atoms) if isinstance(atoms, Sized) else None
+    source = _validated(atoms, spec)
+    size = CHUNK_BATCHES * batch_size
+    done = 0
+    with _progress(progress, total) as bar:
+        while True:
+            chunk: list[Structure] = []
+            failure = None
+            try:
+                for s in source:
+                    chunk.append(s)
+                    if len(chunk) == size:
+                        break
+            except Exception as err:  # noqa: BLE001 - re-raised below, after the chunk
+                failure = err
+            if chunk:
+                results = _predict_chunk(chunk, done, spec, call, per_atom, batch_size,
+                                         capacities, bar)  # fmt: skip
+                yield from zip(chunk, results)
+                done += len(chunk)
+            if failure is not None:
+                raise failure
+            if len(chunk) < size:
+                return
+
+
+class PredictionInterrupted(RuntimeError):
+    """A prediction stopped at input structure `index` (the iterable failed to give it, it
+    was refused, or its chunk failed) after the `index` before it were predicted. **Fields:** `index`, `results` (what :func:`predict` returns for those
+    structures), `structures`. The original error is ``__cause__``."""
+
+    def __init__(
+        self, index: int, results: dict, structures: list[Structure], cause: BaseException
+    ):
+        super().__init__(
+            f"structure {index} could not be predicted ({type(cause).__name__}: {cause}); the "
+            f"{index} structures before it were, and their outputs are in this error's .results"
+        )
+        self.index, self.results, self.structures = index, results, structures
 
 
 def run(
@@ -169,29 +312,12 @@ def run(
     per_atom: Collection[str],
     *,
     batch_size: int = 8,
-    progress: bool | None = False,
+    progress: bool | None = None,
 ) -> list[dict[str, np.ndarray]]:
-    """Run `call` (a jitted model call on one padded graph) over validated `structures`.
-
-    **Returns:** one dict per structure in input order: outputs named in `per_atom`
-    `(n_atoms, ...)`, the others `(...)`. Domain warnings name the input index.
-    """
-    groups = batches(structures, batch_size)
-    show = len(groups) > 4 if progress is None else progress
-    if show:
-        from tqdm.auto import tqdm
-
-        groups = tqdm(groups, desc="predict", unit="batch")
-    results: list[dict[str, np.ndarray]] = [{} for _ in structures]
-    for idx in groups:
-        graph = build_graph([structures[i] for i in idx], spec.r_max, dtype=spec.dtype)
-        warn_out_of_domain(graph, idx, spec.domain)
-        for name, value in call(graph).items():
-            value = np.asarray(value)
-            parts = graph.split_nodes(value) if name in per_atom else value[: len(idx)]
-            for i, part in zip(idx, parts):
-                results[i][name] = np.asarray(part)
-    return results
+    """:func:`stream` over validated `structures` into a list: one dict per structure, in
+    input order."""
+    return [r for _, r in stream(structures, spec, call, per_atom, batch_size=batch_size,
+                                 progress=progress)]  # fmt: skip
 
 
 def merge(
@@ -217,12 +343,25 @@ def predict(
     per_atom: Collection[str],
     *,
     batch_size: int = 8,
-    progress: bool | None = False,
+    progress: bool | None = None,
 ) -> dict[str, np.ndarray]:
-    """:func:`prepare`, :func:`run`, then one structure's dict or the :func:`merge` of a list."""
-    structures, single = prepare(atoms, spec)
-    results = run(structures, spec, call, per_atom, batch_size=batch_size, progress=progress)
-    return results[0] if single else merge(results, structures, per_atom)
+    """:func:`stream`, then one structure's dict or the :func:`merge` of several.
+
+    **Raises** :class:`PredictionInterrupted` (carrying the outputs so far) when an iterable
+    fails part-way; the error itself when nothing was predicted yet.
+    """
+    structures: list[Structure] = []
+    results: list[dict[str, np.ndarray]] = []
+    try:
+        for s, r in stream(atoms, spec, call, per_atom, batch_size=batch_size, progress=progress):
+            structures.append(s)
+            results.append(r)
+    except Exception as err:
+        if not results:
+            raise
+        merged = merge(results, structures, per_atom)
+        raise PredictionInterrupted(len(results), merged, structures, err) from err
+    return results[0] if is_single(atoms) else merge(results, structures, per_atom)
 
 
 @eqx.filter_jit

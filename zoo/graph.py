@@ -16,7 +16,9 @@ snapshots, vacancies and supercells of one material land on the same shapes. The
 graphs is padded to the next power of two.
 There is always at least one padding node and one padding graph: padding edges join the
 first padding node to itself, padding nodes belong to the last (padding) graph. Structures
-whose padded sizes coincide reuse the same compiled code.
+whose padded sizes coincide reuse the same compiled code. Positions, cell and shifts are data,
+never shapes; the edge count is a shape, so ``predict`` pads with `zoo._capacity` instead
+(edge headroom and capacities reused across calls) and passes the sizes explicitly.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import math
 from collections.abc import Sequence
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
@@ -136,6 +139,7 @@ def build_graph(
     n_nodes: int | None = None,
     n_edges: int | None = None,
     n_graphs: int | None = None,
+    neighbors: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
 ) -> Graph:
     """Build a padded :class:`Graph` from one or several structures.
 
@@ -149,16 +153,20 @@ def build_graph(
       padding node and graph).
     - `n_nodes`, `n_edges`, `n_graphs`: force larger padded sizes (e.g. a fixed capacity
       for a whole data set); too small a value is an error.
+    - `neighbors`: the structures' :func:`neighbor_pairs` at `r_max`, if already computed.
     """
     if not (isinstance(r_max, (int, float)) and math.isfinite(r_max) and r_max > 0):
         raise ValueError(f"r_max must be a positive number of Å, got {r_max!r}")
     dtype = resolve_float(dtype)
     items: list[Structure] = as_structures(structures)
+    if neighbors is None:
+        neighbors = [neighbor_pairs(s, r_max) for s in items]
+    elif len(neighbors) != len(items):
+        raise ValueError(f"neighbors: {len(neighbors)} lists for {len(items)} structures")
 
     pos, num, cells, pbcs, snd, rcv, shf, node_graph, n_node = [], [], [], [], [], [], [], [], []
     offset = 0
-    for g, s in enumerate(items):
-        i, j, shift = neighbor_pairs(s, r_max)
+    for g, (s, (i, j, shift)) in enumerate(zip(items, neighbors)):
         pos.append(s.positions)
         num.append(s.numbers)
         cells.append(s.cell)
@@ -200,19 +208,25 @@ def build_graph(
     node_graph_arr = padded(node_graph, N, G - 1)
     n_node_arr = np.zeros(G, np.int64)
     n_node_arr[:g_real] = n_node
+    float_ = np.dtype(dtype)
+
+    def put(x, dt):
+        # cast on the host: a device-side cast would compile one small program per shape
+        return jax.device_put(np.asarray(x, dtype=dt))
+
     return Graph(
-        positions=jnp.asarray(padded(pos, N, 0.0, (3,)), dtype),
-        numbers=jnp.asarray(padded(num, N, 0), jnp.int32),
-        cell=jnp.asarray(cell, dtype),
-        senders=jnp.asarray(padded(snd, E, n_real), jnp.int32),
-        receivers=jnp.asarray(padded(rcv, E, n_real), jnp.int32),
-        shifts=jnp.asarray(padded(shf, E, 0, (3,)), dtype),
-        node_graph=jnp.asarray(node_graph_arr, jnp.int32),
-        n_node=jnp.asarray(n_node_arr, jnp.int32),
-        node_mask=jnp.asarray(np.arange(N) < n_real),
-        edge_mask=jnp.asarray(np.arange(E) < e_real),
-        graph_mask=jnp.asarray(np.arange(G) < g_real),
-        pbc=jnp.asarray(pbc),
+        positions=put(padded(pos, N, 0.0, (3,)), float_),
+        numbers=put(padded(num, N, 0), np.int32),
+        cell=put(cell, float_),
+        senders=put(padded(snd, E, n_real), np.int32),
+        receivers=put(padded(rcv, E, n_real), np.int32),
+        shifts=put(padded(shf, E, 0, (3,)), float_),
+        node_graph=put(node_graph_arr, np.int32),
+        n_node=put(n_node_arr, np.int32),
+        node_mask=put(np.arange(N) < n_real, bool),
+        edge_mask=put(np.arange(E) < e_real, bool),
+        graph_mask=put(np.arange(G) < g_real, bool),
+        pbc=put(pbc, bool),
     )
 
 

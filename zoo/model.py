@@ -209,14 +209,16 @@ class ResponseModel(HubMixin, eqx.Module):
         acoustic_sum_rule: bool | None = None,
         progress: bool | None = None,
     ) -> dict[str, np.ndarray]:
-        """Predict every output for one structure or a list of them.
+        """Predict every output for one structure or a list or iterable of them.
 
         **Arguments:**
 
-        - `atoms`: an ``ase.Atoms`` / :class:`~zoo.Structure` / dict, or a list of them.
-        - `batch_size`: structures per compiled call (batches are grouped by size bucket).
+        - `atoms`: an ``ase.Atoms`` / :class:`~zoo.Structure` / dict, or a list or any
+          iterable of them (e.g. ``ase.io.iread(path)``).
+        - `batch_size`: typical structures per compiled call (packed by size, see
+          `zoo._predict`).
         - `acoustic_sum_rule`: override the config's switch.
-        - `progress`: tqdm bar (default: on for more than 4 batches).
+        - `progress`: tqdm bar (``None``: on a terminal once the run takes a few seconds).
 
         **Returns:** a dict of numpy arrays in the input atom order. One structure: per-atom
         outputs `(n_atoms, ...)`, global ones `(...)`. A list: per-atom outputs concatenated
@@ -227,12 +229,24 @@ class ResponseModel(HubMixin, eqx.Module):
         **Raises** ``ValueError`` for an element outside the training species, and for a
         structure not periodic in all three directions when the model was trained on crystals
         only (``config["domain"]["periodic"]``) or a bulk output needs a cell volume; warns
-        when a structure is outside the training domain (see `zoo._predict`).
+        when a structure is outside the training domain (see `zoo._predict`). An iterable
+        failing part-way raises `zoo._predict.PredictionInterrupted` with the outputs so far.
         """
+        return self._predict(_predict.predict, atoms, batch_size, acoustic_sum_rule, progress)
+
+    def predict_iter(self, atoms, batch_size: int = 8, *, acoustic_sum_rule=None, progress=None):
+        """:meth:`predict` streamed: yields one structure's outputs (a dict as for a single
+        structure) at a time, in input order; see `zoo._predict.stream`."""
+        for _, out in self._predict(
+            _predict.stream, atoms, batch_size, acoustic_sum_rule, progress
+        ):
+            yield out
+
+    def _predict(self, run, atoms, batch_size, acoustic_sum_rule, progress):
         if acoustic_sum_rule is None:  # resolved here: one compiled function per setting
             acoustic_sum_rule = bool(self.config["acoustic_sum_rule"])
         per_atom = [n for n in self.outputs if OUTPUTS[n][1]]
-        return _predict.predict(
+        return run(
             atoms,
             self.input_spec(),
             lambda graph: _predict.forward(self, graph, acoustic_sum_rule),

@@ -10,7 +10,7 @@ Units: positions and cell in Å.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -145,21 +145,37 @@ def as_structure(obj: Any) -> Structure:
     )
 
 
+def _is_one(obj: Any) -> bool:
+    return isinstance(obj, (Structure, dict)) or hasattr(obj, "get_atomic_numbers")
+
+
+def iter_structures(obj: Any) -> Iterator[Structure]:
+    """Validated structures of an iterable (a list, a generator, ``ase.io.iread(...)``),
+    converted one at a time as they are read; a bad item is a ``ValueError`` naming its
+    index. An error of the iterable itself is raised unchanged."""
+    if _is_one(obj) or isinstance(obj, (str, bytes)) or not isinstance(obj, Iterable):
+        raise ValueError(
+            f"expected an iterable of structures, got {type(obj).__name__}: give a list or "
+            "iterator of ase.Atoms / zoo.Structure / dicts"
+        )
+    for i, item in enumerate(obj):
+        try:
+            yield as_structure(item)
+        except ValueError as err:
+            raise ValueError(f"structure {i}: {err}") from None
+
+
 def as_structures(obj: Any) -> list[Structure]:
-    """One structure or a sequence of them -> a list of validated structures."""
-    if isinstance(obj, (Structure, dict)) or hasattr(obj, "get_atomic_numbers"):
+    """One structure, or a sequence or other iterable of them -> a list of validated
+    structures (an empty one is refused)."""
+    if _is_one(obj):
         return [as_structure(obj)]
-    if isinstance(obj, Sequence) and not isinstance(obj, (str, bytes)):
-        if len(obj) == 0:
-            raise ValueError("empty list of structures")
-        out = []
-        for i, item in enumerate(obj):
-            try:
-                out.append(as_structure(item))
-            except ValueError as err:
-                raise ValueError(f"structure {i}: {err}") from None
-        return out
-    return [as_structure(obj)]
+    if isinstance(obj, (str, bytes)) or not isinstance(obj, Iterable):
+        return [as_structure(obj)]  # refused with the message of as_structure
+    out = list(iter_structures(obj))
+    if not out:
+        raise ValueError("empty list of structures: give at least one")
+    return out
 
 
 def _as_pbc(value) -> np.ndarray:
