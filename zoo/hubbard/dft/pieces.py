@@ -150,8 +150,8 @@ def run_piece(job, jobdir, status, step, sdir, outdir, attempt, np, nice, hp_exe
     res = parsers.parse_hp_output(text)
     if q is None and name not in ("init", "collect") and _atom_done(text, outdir):
         res = {**res, "converged": True}
-    if q is not None and not (res["reason"] or "").startswith(("hp.x chi not", "hp.x crashed at")):
-        res = {**res, "converged": True}  # 6.7 stops after the range ("Not all q points ...")
+    if q is not None and _postprocessing_reached(text):  # q = Gamma was the atom's only q
+        res = {**res, "converged": True}
     if not res["converged"]:
         state[name]["state"] = "failed"
         return False, {"reason": f"piece {name}: {res['reason'] or f'hp.x rc={rc}'}"}
@@ -253,15 +253,19 @@ def _check_dns_header(path: Path, atom: int, iq: int, xq) -> None:
         )
 
 
+def _postprocessing_reached(text: str) -> bool:
+    """Every (atom, q) of the run converged and hp.x went on to the Hubbard parameters."""
+    return (
+        "Post-processing calculation of Hubbard parameters" in text
+        and "Convergence has not been reached" not in text
+    )
+
+
 def _atom_done(text: str, outdir: Path) -> bool:
     """A ``perturb_only_atom`` run of QE 6.7 writes its chi column for every q and then stops in
     the post-processing ("Missing file with the chi matrix", no JOB DONE): its column counts
     when every q converged and the file is there."""
-    return (
-        "Post-processing calculation of Hubbard parameters" in text
-        and "Convergence has not been reached" not in text
-        and any((outdir / "HP").glob(f"{PREFIX}.chi.*.dat"))
-    )
+    return _postprocessing_reached(text) and any((outdir / "HP").glob(f"{PREFIX}.chi.*.dat"))
 
 
 def _mismatch(used: dict, hp: dict) -> str | None:
