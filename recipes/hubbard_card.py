@@ -271,7 +271,9 @@ def _kernel_limitation(report: dict, parts: list[str]) -> str:
     for p in parts:
         part = report[p]
         refused = part["kernel"]["test_refused"]
-        if refused:
+        if refused and "supported_test_model" not in part:  # every held-out row refused
+            out += f" {p}: it refuses all {len(refused)} held-out test rows."
+        elif refused:
             sup = part["supported_test_model"]["all"]
             out += (
                 f" {p}: it refuses {len(refused)} of {part['rows']['test']} held-out test rows "

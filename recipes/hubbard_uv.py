@@ -8,6 +8,7 @@ clone (seconds for the kernel models, ~15 min for the networks):
     python -m recipes.hubbard_uv --out runs/transfer --transfer 2  # train it < 2, test it >= 2
     python -m recipes.hubbard_uv --steps zoo/weights/hubbard-uv/data_steps.json  # as shipped
     python -m recipes.hubbard_uv --model network --restarts 3     # HubbardML's network
+    python -m recipes.hubbard_uv --out runs/lofo-FeO --test-paths --hold-out FeO  # one family out
 
 The data set grows as the DFT queue runs; ``--steps`` restricts it to the self-consistent
 steps a shipped model was trained on (its ``data_steps.json``), which reproduces its card.
@@ -150,9 +151,14 @@ def evaluate(model, ds: dict, idx: np.ndarray, name: str) -> dict:
         [np.asarray(_predict(model, b["x"]))[b["mask"] > 0] for b in batches(ds, idx, 64)]
     )
     keys = [ds["key"][i] for i in idx]
+    materials = [ds["rows"][i]["material"] for i in idx]
     return {
         f"{name}_model": regression_metrics(ds["y"][idx], pred, keys),
         f"{name}_baseline": baseline_metrics(ds["param_in"][idx], ds["y"][idx], keys),
+        f"{name}_by_material": {
+            "model": regression_metrics(ds["y"][idx], pred, materials),
+            "baseline": baseline_metrics(ds["param_in"][idx], ds["y"][idx], materials),
+        },
         f"{name}_predictions": {
             ds["rows"][i]["id"]: [float(ds["y"][i]), float(p)] for i, p in zip(idx, pred)
         },
@@ -336,6 +342,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--transfer", type=int, default=None, metavar="K")
     ap.add_argument("--test-paths", nargs="*", default=list(TEST_PATHS), metavar="SC_PATH")
     ap.add_argument(
+        "--hold-out", nargs="*", default=[], metavar="MATERIAL",
+        help="every sc path of these materials is a test path too (leave-one-family-out)",
+    )  # fmt: skip
+    ap.add_argument(
         "--ship", action="store_true",
         help="also write the model folders to zoo/weights/ (cards, metrics, plots, registry)",
     )  # fmt: skip
@@ -358,6 +368,11 @@ def main(argv=None) -> dict:
             rows = select_steps(rows, args.steps)
         except ValueError as err:
             raise SystemExit(str(err)) from None
+    unknown = sorted(set(args.hold_out) - {r["material"] for r in rows})
+    if unknown:
+        ap.error(f"--hold-out: no rows of {', '.join(unknown)}")
+    held = sorted({r["sc_path"] for r in rows if r["material"] in set(args.hold_out)})
+    args.test_paths = [*args.test_paths, *(p for p in held if p not in args.test_paths)]
     report = {
         "data": _repo_relative(args.data),
         "purpose": args.purpose,
@@ -373,6 +388,7 @@ def main(argv=None) -> dict:
         "keep": args.keep,
         "transfer": args.transfer,
         "test_paths": list(args.test_paths),
+        "hold_out": list(args.hold_out),
         "command": "python -m recipes.hubbard_uv "
         + " ".join(argv if argv is not None else sys.argv[1:]),
     }

@@ -124,6 +124,13 @@ def test_hp_output_converged_and_not():
     assert not res["converged"] and "not converged" in res["reason"]
     with pytest.raises(ValueError, match="not a hp.x stdout"):
         parsers.parse_hp_output(_read("MnO.scf.out"))
+    # QE's own error message is the reason (seen: the NSCF of an O perturbation in LiMnO2)
+    nscf = _read("MnO.hp.out").split("Post-processing")[0].replace("JOB DONE", "") + (
+        "\n %%%%\n     Error in routine cdiaghg (146):\n     S matrix not positive definite\n"
+    )
+    res = parsers.parse_hp_output(nscf)
+    assert not res["converged"]
+    assert res["reason"].endswith(": cdiaghg: S matrix not positive definite")
 
 
 def test_occupation_blocks_match_pair_table():

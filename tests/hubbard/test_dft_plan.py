@@ -69,6 +69,14 @@ def test_seed_refreshes_the_run_order_and_the_settings_of_unstarted_jobs(tmp_pat
     plan.seed(queue, manifest=tmp_path / "none.json")
     assert read_json(fe)["pw"]["ecutwfc"] == 40 and read_json(fe)["settings_hash"] != "old"
     assert read_json(jp)["settings_hash"] == "old"
+    # how hp.x is split is refreshed the same way (it is not in the settings hash)
+    ni = queue / "c950-LiNiO2-rat-s0" / "job.json"
+    planned = read_json(ni)["hp_q_per_piece"]
+    write_json_atomic(ni, {k: v for k, v in read_json(ni).items() if k != "hp_q_per_piece"})
+    write_json_atomic(jp, {**job, "hp_split": True})  # started: its pieces stay as they are
+    plan.seed(queue, manifest=tmp_path / "none.json")
+    assert read_json(ni)["hp_q_per_piece"] == planned
+    assert read_json(jp)["hp_split"] is True
     # Rattled Ni cells (most unique labels per CPU-minute) run before symmetric strains.
     prio = {j["id"]: j["priority"] for j in plan.production_jobs()}
     assert prio["p125-NiO-rat-s2"] < prio["p111-NiO-sym-e-0.030"]
@@ -96,13 +104,17 @@ def test_pseudo_dir_comes_from_the_argument_or_the_environment(tmp_path, monkeyp
 def test_existing_jobs_keep_their_settings_hash_wherever_the_pseudopotentials_are(plan_pseudos):
     jobs = {j["id"]: j for j in plan.planned_jobs()}
     man = read_json(REPO_DATA / "manifest.json")["jobs"]
-    # the pseudopotential tests and the first convergence jobs ran with older settings
+    # the pseudopotential tests and the first convergence jobs ran with older settings; jobs
+    # that never started take the plan's settings when it changes them (seed)
     current = [
         k
         for k in man
-        if k in jobs and "pptest" not in k and k[:3] not in ("p20", "p21", "p22", "p23")
+        if k in jobs
+        and man[k]["steps"]
+        and "pptest" not in k
+        and k[:3] not in ("p20", "p21", "p22", "p23")
     ]
-    assert len(current) > 60
+    assert len(current) > 20
     assert all(jobs[k]["settings_hash"] == man[k]["settings_hash"] for k in current)
     j = jobs["p101-NiO-sym-e+0.000"]
     assert "pseudo_dir" not in json.dumps({k: j[k] for k in ("pw", "hp", "pseudos")})
@@ -177,14 +189,32 @@ def test_cathode_queue_order(plan_pseudos):
     early = [j for j in checks if "FePO4" not in j["id"]] + cheap
     assert max(j["priority"] for j in early) < min(rocksalt_strains)
     olivine = [p for i, p in prio.items() if "FePO4" in i]
-    others = [p for i, p in prio.items() if i.startswith("c") and "FePO4" not in i and p < 900]
-    assert min(olivine) > max(others)
-    # no hp.x piece of a job before the >= 900 block is estimated above ~45 min of the machine
-    assert all(estimated_cost(j)["piece_min"] <= 45 for j in cath if j["priority"] < 900)
-    assert estimated_cost(next(j for j in cath if j["id"] == "c160-beta-MnO2-sym-e+0.000")) == {
-        "hours": pytest.approx(0.8, abs=0.05),
-        "piece_min": pytest.approx(7.35, abs=0.01),
+    # the rattled spinel and beta-MnO2 cells (fewest labels per core-hour) after the olivines'
+    # symmetric cells, before their rattled ones
+    late = {i: p for i, p in prio.items() if "LiMn2O4-rat" in i or "beta-MnO2-rat" in i}
+    others = [p for i, p in prio.items() if i[0] == "c" and "FePO4" not in i and i not in late]
+    assert len(late) == 3 and min(olivine) > max(others)
+    assert max(p for i, p in prio.items() if "FePO4-sym" in i) < min(late.values())
+    assert max(late.values()) < min(p for i, p in prio.items() if "FePO4-rat" in i)
+    # the rattled layered-Ni and spinel cells run (ids kept), their hp.x split over q
+    for jid in ("c950-LiNiO2-rat-s0", "c950-LiNiO2-rat-s1", "c952-NiO2-rat-s0",
+                "c954-LiMn2O4-rat-s0"):  # fmt: skip
+        job = next(j for j in cath if j["id"] == jid)
+        assert job["priority"] < 900 and job["hp_q_per_piece"] >= 1
+    # no hp.x piece is estimated above ~45 min of the machine, but a Gamma-only k check that
+    # cannot be split (one q point per perturbed atom)
+    long = {j["id"] for j in cath if estimated_cost(j)["piece_min"] > 45}
+    assert all(np.prod(j["hp"]["nq"]) == 1 for j in cath if j["id"] in long)
+    assert long == {"c153b-kcheck-LiMn2O4-k4x4x4-q111"}
+    beta = next(j for j in cath if j["id"] == "c160-beta-MnO2-sym-e+0.000")
+    assert beta["pw"]["kpts"] == [4, 4, 4] and beta["hp"]["nq"] == [2, 2, 2]
+    assert estimated_cost(beta) == {
+        "hours": pytest.approx(11.9, abs=0.05),
+        "piece_min": pytest.approx(39.7, abs=0.1),
         "n_pert": 2,
+        "q_per_piece": 3,
     }
+    rat = estimated_cost(next(j for j in cath if j["id"] == "c950-LiNiO2-rat-s0"))
+    assert rat["q_per_piece"] == 4 and rat["piece_min"] == pytest.approx(36.8, abs=0.1)
     half = [p for i, p in prio.items() if "Li0.5NiO2" in i]
     assert min(half) > max(prio["c161-LiNiO2-sym-e+0.000"], prio["c162-NiO2-sym-e+0.000"])

@@ -73,3 +73,29 @@ def test_hp_in_pieces_gives_the_unsplit_parameters(tmp_path, nio_pseudos):
             for r in dataset.rows_for_job(jobdir)
         )
     assert rows[True] == rows[False] and len(rows[True]) == 8  # U(Ni), U(O), 6 V(Ni-O)
+
+
+@pytest.mark.timeout(1200)
+def test_hp_split_over_q_gives_the_unsplit_parameters(tmp_path, nio_pseudos):
+    """start_q/last_q pieces + sum_pertq per atom, then compute_hp (QE 6.7), reproduce one
+    unsplit hp.x run; the q = Gamma piece gives each atom's number of q points."""
+    rows = {}
+    for per in (1, None):
+        jid = f"nio-q{per}"
+        kw = {"hp_split": True, "hp_q_per_piece": per} if per else {}
+        jobdir = _nio_job(tmp_path, nio_pseudos, jid, [2, 2, 2], n_iter=1, **kw)
+        for _ in range(40):
+            if cycle.run_step(jobdir, np=1, nice=0) is None:
+                break
+        status = read_json(jobdir / "status.json")
+        assert status["state"] == "done", status.get("failures")
+        if per:
+            pcs = status["steps"]["hp0"]["pieces"]
+            nqs = pcs["a1q1"]["nqs"]
+            assert nqs > 1 and f"a1q{nqs}" in pcs and pcs["a1"]["state"] == "done"
+            assert (jobdir / "hp0/pieces/a1/hp.in").read_text().count("sum_pertq = .true.") == 1
+        rows[per] = sorted(
+            (r["param_type"], r["atom_1_idx"], r["atom_2_sc_idx"], r["param_out"])
+            for r in dataset.rows_for_job(jobdir)
+        )
+    assert rows[1] == rows[None] and len(rows[1]) == 8  # U(Ni), U(O), 6 V(Ni-O)

@@ -6,6 +6,15 @@ fixed occupations, tot_magnetization 0) and iteration-0 parameters (U(Co) 4 eV, 
 six Co-O V switched on at 1e-8), written by ``zoo.hubbard.dft.inputs.pw_input``; pseudopotential
 paths stripped from the output. The queue ran the same cell: ``data/hubbard/labels.jsonl``,
 ``p170-LiCoO2-sym-e+0.000/it0`` (hp.x U(Co) 7.5518 eV, V(Co-O) 0.5011 eV).
+
+``LiFeO2_sym_it0.*``: the same for ``layered_limo2("Fe")`` (fixed occupations,
+tot_magnetization 5); its total energy equals the queue's ``p171-LiFeO2-sym-e+0.000`` it0
+(-140.90040666 Ry; hp.x U(Fe) 4.3372 eV, V(Fe-O) 0.3812 eV).
+
+``<family>_kcheck_it0.*``: the queue's own pw.x runs (2 MPI ranks, iteration 0) of the k checks
+of the cathode plan, paths stripped: R-3m LiNiO2 (``c151a``, k 4x4x4, Marzari-Vanderbilt
+0.02 Ry), C2/m LiMnO2 (``c152a``, k 4x4x2, same smearing) and AFM rutile beta-MnO2
+(``c150b``, k 4x4x4, fixed occupations); cells in ``zoo.hubbard.dft.cathodes``.
 """
 
 import json
@@ -138,3 +147,40 @@ def test_shipped_models_predict_the_stored_reference_values(shipped):
                 assert got[model][part].keys() == ref[part].keys()
                 for key, value in ref[part].items():
                     assert got[model][part][key] == pytest.approx(value, rel=1e-12, abs=1e-12)
+
+
+def _example(name):
+    return {"path": DATA / f"{name}.out", "occup": DATA / f"{name}.occup.txt"}
+
+
+def test_layered_lifeo2_is_answered_as_hp_x_labelled_it(shipped):
+    ex = _example("LiFeO2_sym_it0")
+    pred = shipped["hubbard-uv"].predict(ex["path"], occup=ex["occup"])
+    assert pred.labels == {1: "Fe1", 2: "O", 3: "O", 4: "Li"}
+    assert list(pred.U) == [1] and len(pred.V) == 12
+    assert pred.U[1] == pytest.approx(4.3372, rel=5e-3)  # hp.x, p171 it0
+    assert all(v == pytest.approx(0.3812, rel=5e-3) for v in pred.V.values())
+
+
+def test_layered_linio2_is_read_and_answered_for_every_site_and_pair(shipped):
+    ex = _example("LiNiO2_kcheck_it0")
+    pred = shipped["hubbard-uv"].predict(ex["path"], occup=ex["occup"])
+    assert pred.labels == {1: "Ni1", 2: "O", 3: "O", 4: "Li"}
+    assert list(pred.U) == [1] and len(pred.V) == 12
+    assert all(4 not in key[:2] for key in pred.sc_index)
+    # no production (q 2x2x2) label of LiNiO2 yet to compare with: only plausible magnitudes
+    assert 1.0 < pred.U[1] < 15.0 and all(0.0 < v < 5.0 for v in pred.V.values())
+
+
+@pytest.mark.parametrize(
+    ("name", "outside"),
+    [
+        ("LiMnO2_kcheck_it0", r"U of site 1 \(Mn1\)"),
+        ("beta-MnO2_kcheck_it0", r"V of pair \(1, \d, \(-?\d, -?\d, -?\d\)\)"),
+    ],
+)
+def test_cathodes_outside_the_training_data_are_refused_naming_what(shipped, name, outside):
+    ex = _example(name)
+    with pytest.raises(ValueError, match=outside + r".*beyond the model's support") as err:
+        shipped["hubbard-uv"].predict(ex["path"], occup=ex["occup"])
+    assert "outside what the model was trained on" in str(err.value)

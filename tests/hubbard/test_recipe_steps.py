@@ -191,3 +191,33 @@ def test_recipe_refuses_network_options_for_the_kernel(capsys):
     with pytest.raises(SystemExit):
         main(["--residual", "--epochs", "10"])
     assert "--epochs, --residual: options of --model network" in capsys.readouterr().err
+
+
+def test_recipe_holds_out_a_whole_family(tmp_path):
+    """``--hold-out LiFeO2``: every LiFeO2 path is a test path (trained on FeO's Fe only), the
+    metrics are also given per material, and the card renders whatever the guard refuses."""
+    from recipes.hubbard_uv import main
+
+    steps = tmp_path / "steps.json"
+    paths = {"p105-NiO-rat-s0": 3, "p103-FeO-sym-e+0.000": 3, "p113-FeO-sym-e-0.030": 2,
+             "p171-LiFeO2-sym-e+0.000": 3}  # fmt: skip
+    steps.write_text(json.dumps([f"{p}/it{k}" for p, n in paths.items() for k in range(n)]))
+    out = tmp_path / "run"
+    report = main(
+        ["--out", str(out), "--steps", str(steps), "--test-paths", "--hold-out", "LiFeO2"]
+    )
+    assert report["test_paths"] == ["p171-LiFeO2-sym-e+0.000"]
+    for part in ("U", "V"):
+        test = report[part]["test_by_material"]
+        assert set(test["model"]) == {"LiFeO2", "all"} and test["model"]["LiFeO2"]["n"] > 0
+        assert "LiFeO2" not in report[part]["validation_by_material"]["model"]
+        assert (out / f"hubbard-{part.lower()}" / "README.md").exists()
+    with pytest.raises(SystemExit):
+        main(["--out", str(out), "--hold-out", "CuO"])
+
+
+def test_card_says_when_the_guard_refuses_every_held_out_row():
+    from recipes.hubbard_card import _kernel_limitation
+
+    part = {"kernel": {"test_refused": ["p1/it0/V/1-2"]}, "rows": {"test": 1}}
+    assert "V: it refuses all 1 held-out test rows." in _kernel_limitation({"V": part}, ["V"])

@@ -100,12 +100,19 @@ def make_job(
     meta: dict | None = None,
     qe_version: tuple[int, int] = (6, 7),
     hp_split: bool = False,
+    hp_q_per_piece: int | None = None,
 ) -> dict:
     """A validated job spec (canonical atom order; initial pairs checked in the 3x3x3 supercell)."""
     if kind not in ("sc", "scf_test"):
         raise ValueError(f"kind: expected 'sc' or 'scf_test', got {kind!r}")
     if n_iter < 1:
         raise ValueError(f"n_iter: must be >= 1, got {n_iter}")
+    if hp_q_per_piece is not None and (
+        not hp_split or not isinstance(hp_q_per_piece, int) or hp_q_per_piece < 1
+    ):
+        raise ValueError(
+            f"hp_q_per_piece: expected an int >= 1 with hp_split=True, got {hp_q_per_piece!r}"
+        )
     st = inputs.canonical_order(structure)
     hub = inputs.initial_hubbard(st, u_init or {})
     # Fails early with a clear message on missing pseudopotentials.
@@ -133,6 +140,8 @@ def make_job(
     }
     if hp_split:  # how hp.x is run (pieces), not what it computes: not in the settings hash
         job["hp_split"] = True
+    if hp_q_per_piece is not None:
+        job["hp_q_per_piece"] = hp_q_per_piece
     job["settings_hash"] = settings_hash(job)
     return job
 

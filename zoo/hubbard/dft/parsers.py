@@ -193,6 +193,9 @@ def parse_hp_output(text: str) -> dict:
         out["reason"] = f"hp.x crashed in post-processing: {crash.group(1).strip()}"
     elif crash:
         out["reason"] = f"hp.x crashed at (atom, q, iter) = {last}: {crash.group(1).strip()}"
+    elif stop := re.search(r"Error in routine (\S+) \(\s*-?\d+\):\s*\n\s*(\S[^\n]*)", text):
+        # QE's errore, e.g. the NSCF of a perturbation: "cdiaghg: S matrix not positive definite"
+        out["reason"] = f"hp.x stopped at (atom, q, iter) = {last}: {stop[1]}: {stop[2].strip()}"
     elif "JOB DONE" not in text:
         out["reason"] = f"hp.x output truncated/stopped at (atom, q, iter) = {last}"
     else:

@@ -131,6 +131,10 @@ def planned_jobs(pseudo_dir: str | Path | None = None) -> list[dict]:
     )
 
 
+#: job fields that say how hp.x is run (pieces), not what it computes (not in the hash)
+RUN_MODE = ("hp_split", "hp_q_per_piece")
+
+
 def seed(
     queue_dir: str | Path,
     manifest: str | Path | None = None,
@@ -163,7 +167,8 @@ def seed(
         if not jp.exists():
             continue
         cur = json.loads(jp.read_text())
-        if not (jp.parent / "status.json").exists() and cur["settings_hash"] != j["settings_hash"]:
+        changed = any(cur.get(k) != j.get(k) for k in ("settings_hash", *RUN_MODE))
+        if not (jp.parent / "status.json").exists() and changed:
             write_json_atomic(jp, j)  # never started: nothing was computed with the old settings
         elif cur["priority"] != j["priority"]:
             write_json_atomic(jp, {**cur, "priority": j["priority"]})
