@@ -16,6 +16,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from .._hub_mixin import HubMixin
 from .._registry import model_class
 from ._models import INTERSITE_TYPE, ONSITE_TYPE, IntersiteModel, OnsiteModel
 from ._prediction import PredictsRuns
@@ -24,7 +25,7 @@ ENSEMBLE_TYPE = "hubbard-ensemble"
 MEMBER_TYPES = (ONSITE_TYPE, INTERSITE_TYPE)
 
 
-class HubbardEnsemble(PredictsRuns, eqx.Module):
+class HubbardEnsemble(HubMixin, PredictsRuns, eqx.Module):
     """``mean(member(*inputs) for member in members)``: a U or a V model of ``n`` members."""
 
     members: tuple[OnsiteModel | IntersiteModel, ...]

@@ -23,6 +23,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .._dtype import resolve_float
+from .._hub_mixin import HubMixin
 from ._features import invariants, occs_prod_irreps, occs_sum_irreps, onsite_irreps
 from ._models import _zoo_version, intersite_input_irreps
 from ._prediction import PredictsRuns
@@ -69,7 +70,7 @@ def raw_descriptor(kind: str, n_species: int, inputs, xp=np) -> tuple:
     return xp.concatenate([p_hot, d_hot], axis=-1), inv
 
 
-class KernelModel(PredictsRuns, eqx.Module):
+class KernelModel(HubMixin, PredictsRuns, eqx.Module):
     """Hubbard U (``kind="onsite"``) or V (``"intersite"``) by kernel ridge regression.
 
     Build it with :meth:`fit`; call it like the networks: ``model(x)`` (U) or

@@ -32,6 +32,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._dtype import resolve_float
+from .._hub_mixin import HubMixin
 from .._serialization import FORMAT_VERSION
 from ._features import edge_irreps, onsite_irreps, site_irreps
 from ._layers import TensorProduct, TensorSquare, _init_normal
@@ -113,7 +114,7 @@ def _check_common(config: dict) -> None:
         )
 
 
-class OnsiteModel(PredictsRuns, eqx.Module):
+class OnsiteModel(HubMixin, PredictsRuns, eqx.Module):
     """Hubbard U of one d (or p) site from its occupation irreps: scalar in eV."""
 
     layers: tuple[TensorSquare, ...]
@@ -223,7 +224,7 @@ class OnsiteModel(PredictsRuns, eqx.Module):
         return self.config["target_std"] * y + self.config["target_mean"] + offset
 
 
-class IntersiteModel(PredictsRuns, eqx.Module):
+class IntersiteModel(HubMixin, PredictsRuns, eqx.Module):
     """Hubbard V of one p-d pair from both sites' occupation irreps and the edge: eV."""
 
     sites: TensorProduct

@@ -12,6 +12,7 @@ import equinox as eqx
 import numpy as np
 from jaxtyping import Float
 
+from .._hub_mixin import HubMixin
 from .._registry import model_class
 from ._features import intersite_features, onsite_features, pair_vectors
 from ._infer import predict_u, predict_v
@@ -36,7 +37,7 @@ def part_of(model) -> str:
     return _PARTS[kind]
 
 
-class HubbardUV(eqx.Module):
+class HubbardUV(HubMixin, eqx.Module):
     """The on-site (U) and inter-site (V) models together, for whole pw.x outputs."""
 
     u_model: eqx.Module
