@@ -343,8 +343,8 @@ def table(results: list[dict]) -> str:
     process CPU seconds (robust to other jobs on the machine), the others wall seconds."""
     lines = [
         "| atoms | model | edges | median (s) | median CPU (s) | build (s) | first call (s) | "
-        "compile (s) | compile CPU (s) | peak RSS (MB) | peer / zoo | peer / zoo (CPU) |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "compile (s) | compile CPU (s) | peak RSS (MB) | peer / zoo | peer / zoo (CPU) | load |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     by_key = {(r.get("atoms"), r["model"]): r for r in results if "error" not in r}
     for r in results:
@@ -365,7 +365,7 @@ def table(results: list[dict]) -> str:
             f"| {r['atoms']} | {r['model']} | {r['edges']} | {r['median_s']:.2f} | {median_cpu} | "
             f"{r['build_s']:.0f} | {r['first_call_s']:.0f} | "
             f"{r['first_call_s'] - r['median_s']:.1f} | {compile_cpu} | {r['peak_rss_mb']:.0f} | "
-            f"{speed} | {speed_cpu} |"
+            f"{speed} | {speed_cpu} | {r.get('load_1min', float('nan')):.1f} |"
         )
     return "\n".join(lines)
 
