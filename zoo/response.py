@@ -79,13 +79,13 @@ def energy_forces_stress(node_energy: NodeEnergy, graph: Graph) -> dict[str, Arr
 # derivatives are taken at the given point (usually zero field) by
 #
 # - reverse mode over the per-node variable (one pass gives every atom), and
-# - forward mode over the 3 components of the global vector (3 or 6 directions, vmapped),
+# - forward mode over the 3 components of the global vector (3 directions, vmapped),
 #
 # i.e. forward-over-reverse for second and forward-over-forward-over-reverse for third
 # derivatives: the global vector has 3 components, the node variable 3 * n_nodes, so the
-# forward passes stay O(1) in the system size. Measured (135-atom BaTiO3, 2-layer lmax-2
-# NequIP, 2 busy CPU cores, `python benchmarks/autodiff.py`): order 2
-# prediction 2.5 s vs 5.6 s for reverse-over-forward, a training step 6.7 s vs 13.5 s.
+# forward passes stay O(1) in the system size. Second order pushes the 3 first-order
+# tangents forward once more (3 + 9 tangents; 6 symmetric pairs would carry 6 + 6 + 6).
+# `benchmarks/autodiff.py` measures both modes against energy + forces.
 
 FieldEnergy = Callable[
     [Float[Array, "n_nodes 3"], Float[Array, "n_graphs 3"]], Float[Array, " n_graphs"]
