@@ -203,6 +203,7 @@ def mlip_runner(atoms):
     cfg = Mace.Config(
         num_layers=2, num_channels=64, l_max=3, correlation=3, readout_irreps=("16x0e", "0e"),
         num_rbf=8, radial_mlp_hidden=[64, 64, 64], avg_num_neighbors=avg,
+        node_symmetry=1,  # hidden features 64x0e+64x1o as the others (mlip's default: l_max)
     )  # fmt: skip
     ff = ForceField.from_mlip_network(Mace(cfg, info), Properties(stress=True), seed=0)
     graph = Graph.from_chemical_system(ChemicalSystem.from_ase_atoms(atoms), R_MAX)
