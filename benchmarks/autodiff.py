@@ -53,7 +53,7 @@ def timed(fn, args, repeats: int) -> dict:
             "run_cpu_s": run_cpu}  # fmt: skip
 
 
-def run(repeats: int, modes: list[str]) -> dict:
+def run(repeats: int, modes: list[str], out: Path) -> dict:
     config = make_config([56, 22, 8], ["born_charges", "raman_tensors"], formulation="electric",
                          backbone=BACKBONE)  # fmt: skip
     model = ResponseModel(config, key=jax.random.key(0))
@@ -66,6 +66,7 @@ def run(repeats: int, modes: list[str]) -> dict:
 
     results = {"energy_forces": timed(eqx.filter_jit(energy_forces), (model, graph), repeats)}
     print("energy_forces", results["energy_forces"], flush=True)
+    save(results, out)
     for mode in modes:
         for order, train_step in ((1, False), (2, False), (2, True)):
 
@@ -82,9 +83,15 @@ def run(repeats: int, modes: list[str]) -> dict:
                 results[key]["run_cpu_s"] / results["energy_forces"]["run_cpu_s"]
             )
             print(key, results[key], flush=True)
+            save(results, out)  # a case at a time: a cut-off run keeps what it measured
+    return results
+
+
+def save(results: dict, out: Path) -> None:
     with open("/proc/loadavg") as f:
         results["load_average"] = f.read().split()[:3]
-    return results
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
 
 
 def main() -> None:
@@ -93,9 +100,7 @@ def main() -> None:
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "autodiff.json")
     args = p.parse_args()
-    results = run(args.repeats, args.modes)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    run(args.repeats, args.modes, args.out)
 
 
 if __name__ == "__main__":
