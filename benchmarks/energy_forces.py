@@ -1,10 +1,18 @@
-"""Energy + forces + stress speed: zoo NequIP / MACE / Allegro against mace-torch, nequip
-(torch) and tensorial (JAX), side by side on the same structures and hyperparameters.
+"""Energy + forces + stress speed: zoo NequIP / MACE / Allegro against mace-torch, InstaDeep's
+mlip (JAX MACE), tensorial (JAX MACE), nequip and nequip-allegro (torch), side by side on the
+same structures and hyperparameters.
 
 Every (model, size) runs in its own subprocess pinned to one core (``taskset -c 0``, XLA and
 torch single-threaded), float32, so its peak RSS is its own. Reported: median of `--runs`
 timed calls after one warm-up call, the first call (compile / build of the graph) and peak
 RSS. The table's speed-up is peer time / zoo time for the same architecture.
+
+Peers whose pins clash with the zoo's live in virtual environments of their own: give each
+peer's interpreter with ``--python PEER=/path/to/venv/bin/python`` or the environment
+variable ``ZOO_BENCH_PYTHON_<PEER>`` (upper case, ``-`` -> ``_``, e.g.
+``ZOO_BENCH_PYTHON_MACE_TORCH``); default: this interpreter. Peer workers import neither the
+zoo nor its dependencies, except tensorial's, which shares the zoo's graph and radial basis
+(its environment needs the zoo's dependencies; the repository is put on its path).
 
     .venv/bin/python benchmarks/energy_forces.py --repeats 1 2 4 --runs 5
 """
@@ -33,10 +41,13 @@ ENV = {
 }
 PEERS = {  # peer -> the zoo model it is compared with
     "mace-torch": "zoo-mace",
+    "mlip-mace": "zoo-mace",
     "tensorial-mace": "zoo-mace",
     "nequip-torch": "zoo-nequip",
+    "allegro-torch": "zoo-allegro",
 }
-MODELS = ["zoo-mace", "zoo-nequip", "zoo-allegro", "mace-torch", "tensorial-mace", "nequip-torch"]
+MODELS = ["zoo-mace", "zoo-nequip", "zoo-allegro", *PEERS]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def structure(repeat: int):
@@ -46,11 +57,12 @@ def structure(repeat: int):
     return atoms.repeat((repeat, repeat, repeat))
 
 
-def avg_neighbors(atoms) -> float:
-    from zoo.graph import build_graph
+def avg_neighbors() -> float:
+    """Mean neighbours within R_MAX in the 135-atom cell (ase: every peer's environment has it)."""
+    import ase.neighborlist
 
-    g = build_graph(structure(1), R_MAX, pad=False)
-    return float(g.edge_mask.sum()) / 135
+    atoms = structure(1)
+    return len(ase.neighborlist.neighbor_list("i", atoms, R_MAX)) / len(atoms)
 
 
 # ---- workers: each returns a zero-argument callable computing energy, forces, stress ----
@@ -63,7 +75,7 @@ def zoo_runner(name: str, atoms):
     from zoo.graph import build_graph
     from zoo.response import energy_forces_stress, scalar_channel
 
-    avg = avg_neighbors(atoms)
+    avg = avg_neighbors()
     key = jax.random.PRNGKey(0)
     if name == "zoo-mace":
         from zoo.mace import MACE, MACEConfig
@@ -117,7 +129,7 @@ def mace_torch_runner(atoms):
         interaction_cls_first=modules.interaction_classes["RealAgnosticInteractionBlock"],
         num_interactions=2, num_elements=3, hidden_irreps=o3.Irreps("64x0e+64x1o"),
         MLP_irreps=o3.Irreps("16x0e"), atomic_energies=np.zeros(3),
-        avg_num_neighbors=avg_neighbors(atoms), atomic_numbers=list(SPECIES), correlation=3,
+        avg_num_neighbors=avg_neighbors(), atomic_numbers=list(SPECIES), correlation=3,
         gate=torch.nn.functional.silu, radial_MLP=[64, 64, 64],
     )  # fmt: skip
     z_table = tools.AtomicNumberTable(list(SPECIES))
@@ -134,35 +146,75 @@ def mace_torch_runner(atoms):
     return run, int(data["edge_index"].shape[1])
 
 
-def nequip_torch_runner(atoms):
+def nequip_torch_runner(name: str, atoms):
+    """nequip >= 0.7 (``NequIPGNNModel``) or nequip-allegro (``AllegroModel``), eager mode."""
     import torch
-    from nequip.data import AtomicData, AtomicDataDict
-    from nequip.model import model_from_config
+    from nequip.data import AtomicDataDict, compute_neighborlist_, from_ase
+    from nequip.utils.global_state import set_global_state
 
     torch.set_num_threads(1)
-    config = {
-        "model_builders": ["SimpleIrrepsConfig", "EnergyModel", "StressForceOutput"],
-        "r_max": R_MAX, "num_layers": 3, "l_max": 2, "parity": True, "num_features": 32,
-        "num_basis": 8, "PolynomialCutoff_p": 6, "invariant_layers": 2,
-        "invariant_neurons": 64, "avg_num_neighbors": avg_neighbors(atoms),
-        "chemical_symbols": ["O", "Ti", "Ba"], "default_dtype": "float32",
-        "model_dtype": "float32", "use_sc": True, "nonlinearity_type": "gate",
-    }  # fmt: skip
-    model = model_from_config(config, initialize=True)
-    model.eval()
-    species = {8: 0, 22: 1, 56: 2}
-    data = AtomicData.from_points(
-        pos=atoms.positions, r_max=R_MAX, cell=atoms.cell.array, pbc=True,
-        atom_types=torch.tensor([species[z] for z in atoms.numbers]),
+    set_global_state()
+    common = dict(
+        seed=0, model_dtype="float32", type_names=["O", "Ti", "Ba"], r_max=R_MAX,
+        avg_num_neighbors=avg_neighbors(),
     )  # fmt: skip
-    batch = AtomicData.to_AtomicDataDict(data)
-    batch = {k: (v.float() if torch.is_floating_point(v) else v) for k, v in batch.items()}
+    if name == "nequip-torch":
+        from nequip.model import NequIPGNNModel
+
+        model = NequIPGNNModel(
+            num_layers=3, l_max=2, parity=True, num_features=32, radial_mlp_depth=2,
+            radial_mlp_width=64, num_bessels=8, polynomial_cutoff_p=6, **common,
+        )  # fmt: skip
+    else:
+        from allegro.model import AllegroModel
+
+        embed = {"_target_": "allegro.nn.TwoBodyBesselScalarEmbed", "num_bessels": 8}
+        model = AllegroModel(
+            l_max=2, parity=True, num_layers=2, num_scalar_features=64,
+            num_tensor_features=32, radial_chemical_embed=embed, **common,
+        )  # fmt: skip
+    model.eval()
+    data = compute_neighborlist_(from_ase(atoms), r_max=R_MAX)
+    species = {8: 0, 22: 1, 56: 2}
+    data[AtomicDataDict.ATOM_TYPE_KEY] = torch.tensor([species[z] for z in atoms.numbers])
 
     def run():
-        out = model(dict(batch))
+        out = model({k: v.clone() for k, v in data.items()})
+        assert out[AtomicDataDict.STRESS_KEY] is not None
         return float(out[AtomicDataDict.TOTAL_ENERGY_KEY].sum().item())
 
-    return run, int(batch[AtomicDataDict.EDGE_INDEX_KEY].shape[1])
+    return run, int(data[AtomicDataDict.EDGE_INDEX_KEY].shape[1])
+
+
+def mlip_runner(atoms):
+    """InstaDeep's mlip ``Mace`` through its ``ForceField`` (energy, forces, stress), jitted."""
+    import jax
+    from mlip.data import DatasetInfo
+    from mlip.data.chemical_system import ChemicalSystem
+    from mlip.graph.graph import Graph
+    from mlip.models import ForceField, Mace
+    from mlip.typing.properties import Properties
+
+    avg = avg_neighbors()
+    info = DatasetInfo(
+        atomic_energies_map={z: 0.0 for z in SPECIES}, graph_cutoff_angstrom=R_MAX,
+        avg_num_neighbors=avg,
+    )  # fmt: skip
+    cfg = Mace.Config(
+        num_layers=2, num_channels=64, l_max=3, correlation=3, readout_irreps=("16x0e", "0e"),
+        num_rbf=8, radial_mlp_hidden=[64, 64, 64], avg_num_neighbors=avg,
+        node_symmetry=1,  # hidden features 64x0e+64x1o as the others (mlip's default: l_max)
+    )  # fmt: skip
+    ff = ForceField.from_mlip_network(Mace(cfg, info), Properties(stress=True), seed=0)
+    graph = Graph.from_chemical_system(ChemicalSystem.from_ase_atoms(atoms), R_MAX)
+    predict = jax.jit(ff)
+
+    def run():
+        out = predict(graph)
+        jax.block_until_ready((out.forces, out.stress))
+        return float(out.energy[0])
+
+    return run, int(graph.n_edge[0])
 
 
 def tensorial_runner(atoms):
@@ -176,7 +228,7 @@ def tensorial_runner(atoms):
     from zoo.graph import build_graph, species_indices
 
     graph = build_graph(atoms, R_MAX)
-    avg = avg_neighbors(atoms)
+    avg = avg_neighbors()
     mace = _mace.Mace(
         irreps_out="1x0e", out_field="energy", hidden_irreps="64x0e+64x1o",
         correlation_order=3, num_interactions=2, num_types=3, max_ell=3,
@@ -229,9 +281,12 @@ def worker(name: str, repeat: int, runs: int) -> dict:
         run, n_edges = zoo_runner(name, atoms)
     elif name == "mace-torch":
         run, n_edges = mace_torch_runner(atoms)
-    elif name == "nequip-torch":
-        run, n_edges = nequip_torch_runner(atoms)
+    elif name in ("nequip-torch", "allegro-torch"):
+        run, n_edges = nequip_torch_runner(name, atoms)
+    elif name == "mlip-mace":
+        run, n_edges = mlip_runner(atoms)
     elif name == "tensorial-mace":
+        sys.path.insert(0, str(REPO))
         run, n_edges = tensorial_runner(atoms)
     else:
         raise ValueError(f"unknown model {name!r}; known: {MODELS}")
@@ -246,6 +301,8 @@ def worker(name: str, repeat: int, runs: int) -> dict:
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with open("/proc/loadavg") as f:
+        load = float(f.read().split()[0])
     return {
         "model": name, "atoms": len(atoms), "edges": n_edges, "build_s": build,
         "first_call_s": first, "median_s": statistics.median(times), "times": times,
@@ -253,13 +310,22 @@ def worker(name: str, repeat: int, runs: int) -> dict:
         # CPU seconds of this single-threaded, pinned process: what the wall times would be
         # on an idle core (the other jobs on a shared machine inflate only the wall times)
         "first_call_cpu_s": first_cpu, "median_cpu_s": statistics.median(cpu),
+        "load_1min": load,
     }  # fmt: skip
 
 
-def spawn(name: str, repeat: int, runs: int, timeout: float, cpu: int = 0) -> dict:
-    cmd = ["taskset", "-c", str(cpu), sys.executable, __file__, "--worker", name]
+def interpreter(name: str, given: dict[str, str]) -> str:
+    """The Python that runs `name`: ``--python``, then ``ZOO_BENCH_PYTHON_<NAME>``, then this."""
+    env = "ZOO_BENCH_PYTHON_" + name.upper().replace("-", "_")
+    return given.get(name) or os.environ.get(env) or sys.executable
+
+
+def spawn(name: str, repeat: int, runs: int, timeout: float, cpu: int, python: str) -> dict:
+    cmd = ["taskset", "-c", str(cpu), python, __file__, "--worker", name]
     cmd += ["--repeats", str(repeat), "--runs", str(runs)]
     env = {**os.environ, **ENV}
+    if name.startswith("zoo-"):
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     if os.environ.get("ZOO_BENCH_EXTRA_XLA_FLAGS"):  # e.g. compile-time experiments
         env["XLA_FLAGS"] += " " + os.environ["ZOO_BENCH_EXTRA_XLA_FLAGS"]
     try:
@@ -278,8 +344,8 @@ def table(results: list[dict]) -> str:
     process CPU seconds (robust to other jobs on the machine), the others wall seconds."""
     lines = [
         "| atoms | model | edges | median (s) | median CPU (s) | build (s) | first call (s) | "
-        "compile (s) | compile CPU (s) | peak RSS (MB) | peer / zoo | peer / zoo (CPU) |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "compile (s) | compile CPU (s) | peak RSS (MB) | peer / zoo | peer / zoo (CPU) | load |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     by_key = {(r.get("atoms"), r["model"]): r for r in results if "error" not in r}
     for r in results:
@@ -300,7 +366,7 @@ def table(results: list[dict]) -> str:
             f"| {r['atoms']} | {r['model']} | {r['edges']} | {r['median_s']:.2f} | {median_cpu} | "
             f"{r['build_s']:.0f} | {r['first_call_s']:.0f} | "
             f"{r['first_call_s'] - r['median_s']:.1f} | {compile_cpu} | {r['peak_rss_mb']:.0f} | "
-            f"{speed} | {speed_cpu} |"
+            f"{speed} | {speed_cpu} | {r.get('load_1min', float('nan')):.1f} |"
         )
     return "\n".join(lines)
 
@@ -314,8 +380,16 @@ def main():
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--table", help="only print the table of these --json files", nargs="+")
     p.add_argument("--cpu", type=int, default=0, help="core every worker is pinned to")
+    p.add_argument(
+        "--python", nargs="+", default=[], metavar="PEER=PATH",
+        help="interpreter of a peer's own environment, e.g. mace-torch=/venvs/mace/bin/python",
+    )  # fmt: skip
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
+    given = dict(item.split("=", 1) for item in args.python)
+    unknown = set(given) - set(MODELS)
+    if unknown:
+        p.error(f"--python names unknown models {sorted(unknown)}; known: {MODELS}")
     if args.worker:
         print(json.dumps(worker(args.worker, args.repeats[0], args.runs)))
         return
@@ -325,7 +399,7 @@ def main():
     results = []
     for repeat in args.repeats:
         for name in args.models:
-            r = spawn(name, repeat, args.runs, args.timeout, args.cpu)
+            r = spawn(name, repeat, args.runs, args.timeout, args.cpu, interpreter(name, given))
             r.setdefault("atoms", 135 * repeat**3)
             print(json.dumps(r), flush=True)
             results.append(r)

@@ -79,13 +79,13 @@ def energy_forces_stress(node_energy: NodeEnergy, graph: Graph) -> dict[str, Arr
 # derivatives are taken at the given point (usually zero field) by
 #
 # - reverse mode over the per-node variable (one pass gives every atom), and
-# - forward mode over the 3 components of the global vector (3 or 6 directions, vmapped),
+# - forward mode over the 3 components of the global vector (3 directions, vmapped),
 #
 # i.e. forward-over-reverse for second and forward-over-forward-over-reverse for third
 # derivatives: the global vector has 3 components, the node variable 3 * n_nodes, so the
-# forward passes stay O(1) in the system size. Measured (135-atom BaTiO3, 2-layer lmax-2
-# NequIP, 2 busy CPU cores, `python benchmarks/autodiff.py`): order 2
-# prediction 2.5 s vs 5.6 s for reverse-over-forward, a training step 6.7 s vs 13.5 s.
+# forward passes stay O(1) in the system size. Second order pushes the 3 first-order
+# tangents forward once more (3 + 9 tangents; 6 symmetric pairs would carry 6 + 6 + 6).
+# `benchmarks/autodiff.py` measures both modes against energy + forces.
 
 FieldEnergy = Callable[
     [Float[Array, "n_nodes 3"], Float[Array, "n_graphs 3"]], Float[Array, " n_graphs"]
@@ -158,37 +158,33 @@ def mixed_derivatives(
     dirs = _directions(global_var.shape[0], global_var.dtype)
     if mode == "reverse_over_forward":
         return _reverse_over_forward(energy, node_var, global_var, dirs, order)
+
+    def firsts(g):
+        # the 3 first field derivatives side by side: one tangent per field component
+        return jax.vmap(lambda u: jax.jvp(value_and_grad, (g,), (u,)))(dirs)
+
     if order == 1:
-
-        def first(u):
-            return jax.jvp(value_and_grad, (global_var,), (u,))
-
-        (e, d_node), (de, dd) = jax.vmap(first)(dirs)
+        (e, d_node), (de, dd) = firsts(global_var)
         return {
             "energy": e[0],
             "d_node": d_node[0],
             "d_global": jnp.moveaxis(de, 0, -1),
             "d_global_node": jnp.moveaxis(dd, 0, 1),
         }
-
-    def second(u, v):
-        def inner(g):
-            return jax.jvp(value_and_grad, (g,), (u,))
-
-        (primal, first_d), (_, second_d) = jax.jvp(inner, (global_var,), (v,))
-        return primal, first_d, second_d
-
-    us = jnp.stack([dirs[a] for a, _ in _PAIRS])
-    vs = jnp.stack([dirs[b] for _, b in _PAIRS])
-    (e, d_node), (de, dd), (dde, ddd) = jax.vmap(second)(us, vs)
-    sym = jnp.asarray([[0, 3, 4], [3, 1, 5], [4, 5, 2]])  # (a, b) -> index in _PAIRS
+    # pushed forward once more along each component: 3 first-order tangents (vmap leaves them
+    # unbatched over the outer direction) and 3 x 3 second-order ones; cheaper than 6
+    # symmetric pairs that each carry their own two first-order tangents
+    ((e, d_node), (de, dd)), (_, (dde, ddd)) = jax.vmap(
+        lambda v: jax.jvp(firsts, (global_var,), (v,))
+    )(dirs)
     return {
-        "energy": e[0],
-        "d_node": d_node[0],
-        "d_global": jnp.moveaxis(de[:3], 0, -1),
-        "d_global_node": jnp.moveaxis(dd[:3], 0, 1),
-        "d_global_global": jnp.moveaxis(dde[sym], (0, 1), (-2, -1)),
-        "d_node_global_global": jnp.moveaxis(ddd[sym], (0, 1), (-2, -1)),
+        "energy": e[0, 0],
+        "d_node": d_node[0, 0],
+        "d_global": jnp.moveaxis(de[0], 0, -1),
+        "d_global_node": jnp.moveaxis(dd[0], 0, 1),
+        # [b, a, ...] -> [..., a, b]
+        "d_global_global": jnp.moveaxis(dde, (0, 1), (-1, -2)),
+        "d_node_global_global": jnp.moveaxis(ddd, (0, 1), (-1, -2)),
     }
 
 

@@ -1,0 +1,72 @@
+"""Fast formulations against the straightforward ones they replace, in float32 and float64."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from zoo.response import mixed_derivatives
+
+
+def _energy(node_graph, n_graphs):
+    """A per-graph energy with non-zero mixed derivatives of every order used."""
+    w = jnp.linspace(-0.8, 1.3, 9).reshape(3, 3)
+
+    def energy(x, g):
+        gi = g[node_graph]
+        u = jnp.einsum("ia,ab,ib->i", x, w.astype(x.dtype), gi)
+        per_node = jnp.tanh(u) * jnp.sum(x**2, -1) + jnp.exp(0.2 * gi[:, 0]) * jnp.sin(x[:, 1])
+        per_node = per_node + 0.3 * u**2 * jnp.cos(gi[:, 2] + x[:, 0])
+        return jax.ops.segment_sum(per_node, node_graph, num_segments=n_graphs)
+
+    return energy
+
+
+def _straightforward(energy, x, g):
+    """Every derivative by nested jacfwd of the gradient, indexed per node's own graph."""
+    total = lambda x, g: jnp.sum(energy(x, g))  # noqa: E731
+    grad_x = jax.grad(total, argnums=0)
+    return {
+        "energy": energy(x, g),
+        "d_node": grad_x(x, g),
+        "d_global": jax.grad(total, argnums=1)(x, g),
+        "d_global_node": jax.jacfwd(grad_x, argnums=1)(x, g),  # (n, 3, G, 3)
+        "d_node_global_global": jax.jacfwd(jax.jacfwd(grad_x, argnums=1), argnums=1)(x, g),
+        "d_global_global": jax.hessian(total, argnums=1)(x, g),  # (G, 3, G, 3)
+    }
+
+
+@pytest.mark.parametrize("double", [False, True], ids=["f32", "f64"])
+@pytest.mark.parametrize("order", [1, 2])
+def test_forward_over_reverse_equals_straightforward(double, order):
+    node_graph = jnp.asarray([0, 0, 1, 1, 1, 2])
+    rng = np.random.default_rng(3)
+    with jax.enable_x64(double):
+        dtype = jnp.float64 if double else jnp.float32
+        x = jnp.asarray(rng.normal(size=(6, 3)), dtype)
+        g = jnp.asarray(rng.normal(size=(3, 3)) * 0.4, dtype)
+        energy = _energy(node_graph, 3)
+        fast = mixed_derivatives(energy, x, g, order=order)
+        ref = _straightforward(energy, x, g)
+        other = mixed_derivatives(energy, x, g, order=order, mode="reverse_over_forward")
+    n, ng = np.arange(6), np.asarray(node_graph)
+    want = {
+        "energy": ref["energy"],
+        "d_node": ref["d_node"],
+        "d_global": ref["d_global"],
+        "d_global_node": np.asarray(ref["d_global_node"])[n, :, ng, :].transpose(0, 2, 1),
+    }
+    if order == 2:
+        t = np.asarray(ref["d_node_global_global"])
+        want["d_node_global_global"] = t[n, :, ng, :, ng, :]
+        want["d_global_global"] = np.asarray(ref["d_global_global"])[[0, 1, 2], :, [0, 1, 2], :]
+    assert set(fast) == set(want)
+    # float32: rounding of values of order 10 through three derivatives
+    tol = dict(rtol=1e-10, atol=1e-12) if double else dict(rtol=1e-4, atol=1e-4)
+    for key, value in want.items():
+        assert fast[key].dtype == dtype, key
+        assert fast[key].shape == value.shape, key
+        np.testing.assert_allclose(fast[key], value, err_msg=key, **tol)
+        np.testing.assert_allclose(other[key], value, err_msg=key, **tol)
