@@ -33,6 +33,7 @@ MODEL_TYPES: dict[str, str] = {
     "hubbard-uv": "zoo.hubbard._predict:HubbardUV",
     "hubbard-ensemble": "zoo.hubbard._ensemble:HubbardEnsemble",
     "hubbard-kernel": "zoo.hubbard._kernel:KernelModel",
+    "field": "zoo.field:FieldModel",
 }
 
 #: A model_types override maps a type to a class with ``from_config``, a builder
@@ -65,6 +66,8 @@ SHIPPED: dict[str, Pretrained] = {
         _shipped("hubbard-u", "Hubbard U (on-site) from DFT+U occupations"),
         _shipped("hubbard-v", "Hubbard V (inter-site) from DFT+U+V occupations"),
         _shipped("hubbard-uv", "Hubbard U and V from DFT+U+V occupations"),
+        _shipped("batio3-field", "BaTiO3 field-dependent potential: E, F, stress, P, Z*, alpha"),
+        _shipped("sio2-field", "alpha-SiO2 field-dependent potential: E, F, stress, P, Z*, alpha"),
     )
 }
 
