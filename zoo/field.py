@@ -209,7 +209,7 @@ class FieldModel(eqx.Module):
 
         def call(graph: Graph):
             fg = jnp.broadcast_to(jnp.asarray(f, self.dtype), (graph.n_graphs, 3))
-            return _predict.forward(self, graph, fg, response=True, raman=raman)
+            return _forward(self, graph, fg, raman)
 
         names = ["forces", "born_charges"] + (["raman_tensors"] if raman else [])
         return _predict.predict(
@@ -221,6 +221,12 @@ class FieldModel(eqx.Module):
         from ._serialization import save_pretrained
 
         return save_pretrained(self, directory, card=card, **kwargs)
+
+
+@eqx.filter_jit
+def _forward(model: FieldModel, graph: Graph, field, raman: bool) -> dict:
+    """Every observable, compiled once per model structure, graph bucket and `raman`."""
+    return model(graph, field, response=True, raman=raman)
 
 
 def fold(delta: Array, cell: Array) -> Array:
