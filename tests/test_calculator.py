@@ -128,3 +128,72 @@ def test_energy_forces_stress_of_a_physical_energy(x64):
     strain[0, 0] += d
     up, down = energy(cell=atoms.cell @ strain), energy(cell=atoms.cell @ (2 * np.eye(3) - strain))
     assert stress[0] == pytest.approx((up - down) / (2 * d) / atoms.get_volume(), abs=1e-6)
+
+
+# ---- field-dependent potentials (zoo.field.FieldModel) ----
+
+
+@pytest.fixture(scope="module")
+def field_model():
+    from zoo.field import FieldModel
+
+    return FieldModel.create([56, 22, 8], key=jax.random.key(2), **BACKBONE)
+
+
+def test_field_properties_equal_predict(field_model):
+    atoms = perovskite(4)
+    calc = Calculator(field_model, field=[0.0, 0.01, 0.0])
+    atoms.calc = calc
+    want = field_model.predict(atoms, field=[0.0, 0.01, 0.0])
+    assert atoms.get_potential_energy() == pytest.approx(float(want["energy"]), rel=1e-6)
+    np.testing.assert_allclose(atoms.get_forces(), want["forces"], atol=1e-5)
+    np.testing.assert_allclose(atoms.get_dipole_moment(), want["polarization"], atol=1e-5)
+    np.testing.assert_allclose(calc.get_property("polarization", atoms),
+                               want["polarization"] / atoms.get_volume(), atol=1e-7)  # fmt: skip
+    np.testing.assert_allclose(calc.get_property("born_effective_charges", atoms),
+                               want["born_charges"], atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(calc.get_property("polarizability", atoms),
+                               want["polarizability"], atol=1e-5)  # fmt: skip
+    assert calc.get_property("raman_tensors", atoms).shape == (5, 3, 3, 3)
+    energy = atoms.get_potential_energy()
+    calc.set(field=[0.0, 0.0, 0.0])  # a new field clears the results
+    assert atoms.get_potential_energy() != energy
+
+
+def test_field_bad_input(field_model, model):
+    atoms = perovskite(5)
+    with pytest.raises(ValueError, match="3 components"):
+        Calculator(field_model, field=[0.0, 1.0])
+    with pytest.raises(ValueError, match="must be finite"):
+        Calculator(field_model, field=[0.0, np.inf, 0.0])
+    with pytest.raises(ValueError, match="does not depend on an electric field"):
+        Calculator(model, field=[0.0, 0.0, 0.01])
+    with pytest.raises(ValueError, match="does not depend on an electric field"):
+        Calculator(model).set(field=[0.0, 0.0, 0.01])
+    for pbc in ([True, True, False], False):
+        atoms.pbc = pbc
+        atoms.calc = Calculator(field_model)
+        with pytest.raises(ValueError, match="Berry-phase.*only a dipole moment is defined"):
+            atoms.get_dipole_moment()
+
+
+@pytest.mark.parametrize("field", [None, [0.0, 0.02, -0.03]])
+def test_nve_conserves_energy_with_and_without_field(field_model, field, x64):
+    from ase import units
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.verlet import VelocityVerlet
+
+    from zoo.field import FieldModel
+
+    model = FieldModel({**field_model.config, "dtype": "float64"}, key=jax.random.key(2))
+    atoms = perovskite(6).repeat((2, 1, 1))
+    atoms.calc = Calculator(model, field=field)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    total = []
+    dyn = VelocityVerlet(atoms, timestep=0.25 * units.fs)
+    dyn.attach(lambda: total.append(atoms.get_total_energy()), interval=1)
+    dyn.run(40)
+    kinetic = atoms.get_kinetic_energy()
+    drift = np.ptp(total)
+    assert kinetic > 0 and np.isfinite(total).all()
+    assert drift < 0.02 * max(kinetic, 1e-3), (drift, kinetic)

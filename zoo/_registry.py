@@ -33,6 +33,7 @@ MODEL_TYPES: dict[str, str] = {
     "hubbard-uv": "zoo.hubbard._predict:HubbardUV",
     "hubbard-ensemble": "zoo.hubbard._ensemble:HubbardEnsemble",
     "hubbard-kernel": "zoo.hubbard._kernel:KernelModel",
+    "field": "zoo.field:FieldModel",
 }
 
 #: A model_types override maps a type to a class with ``from_config``, a builder

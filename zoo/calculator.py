@@ -8,6 +8,13 @@ stress are implemented only for a model that defines a *physical* energy, i.e. a
 by `zoo.energy_forces_stress`). The latent energy of a derivative-formulation response model
 is not a physical energy and is never reported.
 
+A field-dependent potential (`zoo.field.FieldModel`) gives energy, forces, stress, ``dipole``
+(the cell dipole P, e·Å, modulo the polarization quantum), ``polarization`` (P / volume,
+e/Å^2), ``born_effective_charges`` (e, ``[atom, P index, displacement]``), ``polarizability``
+(e·Å^2/V) and ``raman_tensors`` (Å^2), all at the calculator's parameter ``field`` (V/Å,
+default zero; ``calc.set(field=...)`` changes it), so ASE molecular dynamics runs under a
+field. Those quantities need a cell periodic in all three directions.
+
 Each structure is padded to a size bucket (`zoo.build_graph`), so the forward pass is
 compiled once per bucket: an MD run or a relaxation compiles once.
 """
@@ -23,6 +30,7 @@ from ase.calculators.calculator import all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from . import _predict
+from .field import FieldModel, check_field
 from .graph import Graph, build_graph, check_species
 from .model import OUTPUTS
 from .response import energy_forces_stress
@@ -31,6 +39,12 @@ from .structure import Structure
 #: ASE's standard property names for zoo outputs
 ASE_NAMES = {"born_charges": "born_effective_charges", "dielectric": "dielectric_tensor"}
 ENERGY_PROPERTIES = ("energy", "free_energy", "forces", "stress")
+#: properties of a field-dependent potential (`zoo.field.FieldModel`)
+FIELD_PROPERTIES = ENERGY_PROPERTIES + (
+    "dipole", "polarization", "born_effective_charges", "born_charges", "polarizability",
+    "raman_tensors",
+)  # fmt: skip
+_RESPONSE = {"born_effective_charges", "born_charges", "polarizability", "raman_tensors"}
 
 
 def _unwrap(model):
@@ -62,15 +76,20 @@ def _forward(model, graph: Graph, tensors: bool, energy: bool, asr: bool | None)
     return out
 
 
+def _field_forward(model, graph: Graph, field, response: bool, raman: bool) -> dict:
+    return model(graph, field, response=response, raman=raman)
+
+
 class Calculator(_AseCalculator):
     """ASE calculator of a zoo model (see the module docstring).
 
     **Arguments:** `model` (an ``eqx.Module`` such as `zoo.model.ResponseModel`, or a name or
     path for `zoo.load`), `acoustic_sum_rule` (override the model's switch; response models
-    only), and ASE's keyword arguments.
+    only), `field` (applied electric field, V/Å, `(3,)`; field-dependent potentials only),
+    and ASE's keyword arguments.
     """
 
-    def __init__(self, model, *, acoustic_sum_rule: bool | None = None, **kwargs):
+    def __init__(self, model, *, acoustic_sum_rule: bool | None = None, field=None, **kwargs):
         if isinstance(model, (str, os.PathLike)):
             from .hub import load
 
@@ -81,6 +100,19 @@ class Calculator(_AseCalculator):
         self.r_max = _r_max(inner)
         self.model, self.nucleus = inner, nucleus
         self.acoustic_sum_rule = acoustic_sum_rule
+        self.is_field = isinstance(inner, FieldModel)
+        if self.is_field:
+            self.outputs, self.has_energy = (), False
+            self.implemented_properties = list(FIELD_PROPERTIES)
+            self._jit = eqx.filter_jit(_field_forward)
+            super().__init__(**kwargs)
+            self.set(field=np.zeros(3) if field is None else field)
+            return
+        if field is not None:
+            raise ValueError(
+                f"{type(inner).__name__} does not depend on an electric field: field= needs a "
+                "field-dependent potential (zoo.FieldModel, trained with recipes.field_potential)"
+            )
         self.outputs = tuple(n for n in getattr(inner, "outputs", ()) if n in OUTPUTS)
         self.has_energy = callable(getattr(inner, "node_energy", None))
         props = list(ENERGY_PROPERTIES) if self.has_energy else []
@@ -91,9 +123,29 @@ class Calculator(_AseCalculator):
         self._jit = eqx.filter_jit(_forward)  # one per calculator: compiled once per bucket
         super().__init__(**kwargs)
 
+    def set(self, **kwargs):
+        """ASE's ``set``; a new ``field`` (V/Å, `(3,)`) is validated and clears the results."""
+        if "field" in kwargs:
+            if not getattr(self, "is_field", False):
+                raise ValueError(
+                    f"{type(self.model).__name__} does not depend on an electric field"
+                )
+            kwargs["field"] = check_field(kwargs["field"]).tolist()
+            if np.shape(kwargs["field"]) != (3,):
+                raise ValueError(
+                    f"field must have shape (3,) (V/Å), got {np.shape(kwargs['field'])}"
+                )
+        changed = super().set(**kwargs)
+        if "field" in changed:
+            self.reset()
+        return changed
+
     def calculate(self, atoms=None, properties=None, system_changes=all_changes):
         """Compute every implemented property of `atoms` in one forward pass."""
         super().calculate(atoms, properties, system_changes)
+        if self.is_field:
+            self._calculate_field(properties or ["energy"])
+            return
         structure = Structure.from_ase(self.atoms)
         spec = self.model.input_spec() if hasattr(self.model, "input_spec") else None
         check_species([structure], self.model.species, f"this {type(self.model).__name__}")
@@ -126,6 +178,43 @@ class Calculator(_AseCalculator):
             if structure.pbc.all():
                 stress = np.asarray(out["stress"], np.float64)[0]
                 results["stress"] = full_3x3_to_voigt_6_stress(stress)
+        self.results = results
+
+    def _calculate_field(self, properties) -> None:
+        structure = Structure.from_ase(self.atoms)
+        if not structure.pbc.all():
+            raise ValueError(
+                f"pbc={structure.pbc.tolist()}: the polarization of this field model is a "
+                "bulk (Berry-phase) quantity defined modulo e*R for a cell periodic in all "
+                "three directions; along a non-periodic axis only a dipole moment is defined, "
+                "and the model was trained on bulk crystals only: give a fully periodic cell"
+            )
+        spec = self.model.input_spec(("polarization",))
+        check_species([structure], self.model.species, "this FieldModel")
+        _predict.check_structures([structure], spec)
+        graph = build_graph([structure], self.r_max, dtype=self.model.dtype)
+        _predict.warn_out_of_domain(graph, [0], spec.domain, stacklevel=4)
+        raman = "raman_tensors" in properties
+        response = raman or bool(_RESPONSE & set(properties))
+        field = np.zeros((graph.n_graphs, 3))
+        field[0] = self.parameters["field"]
+        out = self._jit(self.model, graph, field, response, raman)
+        n = len(structure)
+        dipole = np.asarray(out["polarization"], np.float64)[0]
+        results = {
+            "energy": float(np.asarray(out["energy"])[0]),
+            "forces": np.asarray(out["forces"], np.float64)[:n],
+            "stress": full_3x3_to_voigt_6_stress(np.asarray(out["stress"], np.float64)[0]),
+            "dipole": dipole,
+            "polarization": dipole / structure.volume,
+        }
+        results["free_energy"] = results["energy"]
+        if response:
+            born = np.asarray(out["born_charges"], np.float64)[:n]
+            results["born_effective_charges"] = results["born_charges"] = born
+            results["polarizability"] = np.asarray(out["polarizability"], np.float64)[0]
+        if raman:
+            results["raman_tensors"] = np.asarray(out["raman_tensors"], np.float64)[:n]
         self.results = results
 
 
