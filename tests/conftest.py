@@ -1,6 +1,21 @@
+import os
+import shutil
+import tempfile
+
 import jax
 import numpy as np
 import pytest
+
+_CACHE = tempfile.mkdtemp(prefix="zoo-test-jax-cache-")
+
+
+def pytest_configure(config):
+    # the suite never writes to the user's cache; compiled models are shared between tests
+    os.environ.setdefault("ZOO_JAX_CACHE_DIR", _CACHE)
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(params=["float32", "float64"])

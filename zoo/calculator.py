@@ -29,7 +29,7 @@ from ase.calculators.calculator import Calculator as _AseCalculator
 from ase.calculators.calculator import all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from . import _predict
+from . import _jax_cache, _predict
 from .field import FieldModel, check_field
 from .graph import Graph, build_graph, check_species
 from .model import OUTPUTS
@@ -96,6 +96,7 @@ class Calculator(_AseCalculator):
             model = load(model)
         if not isinstance(model, eqx.Module):
             raise ValueError(f"model must be a zoo model (eqx.Module), got {type(model).__name__}")
+        _jax_cache.enable()  # an MD run in a new process reuses the compiled model
         inner, nucleus = _unwrap(model)
         self.r_max = _r_max(inner)
         self.model, self.nucleus = inner, nucleus
