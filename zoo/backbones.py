@@ -80,6 +80,15 @@ def is_backbone(model: Any) -> bool:
     return isinstance(model, tuple(m for _, m in ARCHITECTURES.values()))
 
 
+def model_architecture(config: Mapping[str, Any]) -> str | None:
+    """The backbone architecture of a model config (``config["backbone"]``, or a shielding
+    model's ``config["response"]["backbone"]``); None for a model without one."""
+    for where in (config, config.get("response")):
+        if isinstance(where, Mapping) and isinstance(where.get("backbone"), Mapping):
+            return architecture_name(where["backbone"])
+    return None
+
+
 MODEL_TYPE = "potential"
 
 
