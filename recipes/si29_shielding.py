@@ -91,7 +91,7 @@ MAX_ATOMS = 192
 
 
 def run_settings(formulation: str, backbone: str = "nequip", epochs: int | None = None) -> dict:
-    """``{"name", "formulation", "backbone", **SETTINGS[formulation]}`` with the backbone of
+    """``{**SETTINGS[formulation], "name", "formulation", "architecture"}`` with the backbone of
     `backbone` and, if given, a budget of `epochs` (warm-up at most a quarter of it)."""
     if backbone != "nequip" and formulation != "direct":
         raise SystemExit(f"--backbone {backbone} is for the direct formulation only")
@@ -101,7 +101,7 @@ def run_settings(formulation: str, backbone: str = "nequip", epochs: int | None 
     if epochs is not None:
         s["train"].update(max_epochs=epochs, warmup=min(s["train"]["warmup"], epochs / 4))
     name = formulation if backbone == "nequip" else f"{formulation}-{backbone}"
-    return {"name": name, "formulation": formulation, "backbone": backbone, **s}
+    return {**s, "name": name, "formulation": formulation, "architecture": backbone}
 
 
 IRREPS_WEIGHTS = {"shielding": {"0e": 3.0}}  # the isotropic part matters most to users
@@ -227,7 +227,8 @@ def _eval_batches(data: dict, run: dict) -> list[dict]:
 
 
 def predict_time(model: ResponseModel, structures) -> float:
-    """Seconds per structure of `model.predict` (compiled first), one structure per call."""
+    """Seconds per structure of `model.predict`, one structure per call; structures of new
+    size buckets compile, as a user's first calls do."""
     model.predict(structures[0])
     t0 = time.perf_counter()
     for s in structures:
@@ -250,7 +251,7 @@ def train(run: dict, runs: Path, data: dict) -> dict:
     first = members[0][1]
     summary = {
         "formulation": run["formulation"],
-        "backbone": run["backbone"],
+        "backbone": run["architecture"],
         "validation": metrics,
         "members": [s for _, s, _ in members],
         "stage1_validation": first["stage1_validation"],
