@@ -3,6 +3,7 @@
     python -m recipes.batio3_response                        # both formulations, then ship
     python -m recipes.batio3_response --formulation direct   # one of them (resumable)
     python -m recipes.batio3_response --ship-only            # compare finished runs and ship
+    python -m recipes.batio3_response --formulation direct --backbone mace --epochs 10 --no-ship
 
 Data: ``data/batio3`` (copied from the e3response 400 K ensemble, see its README), fixed split
 of 32 training / 8 validation structures by id in ``data/batio3/split.json`` (a numpy
@@ -13,7 +14,11 @@ E(r, eps)). Each run writes ``<out>/<formulation>/`` (checkpoints, history, pari
 and chi(2) heads, `recipes.batio3_global`) is written with `save_pretrained` to
 ``zoo/weights/batio3-response`` with its card, metrics and parity plots, and the weights
 registry is re-hashed. ``--born-order-experiment`` fits a Born-only derivative model with
-each index order (see docs/experiments.md).
+each index order (see docs/experiments.md). ``--backbone mace|allegro`` trains the same
+formulation on another architecture (:data:`BACKBONES`; same split, ``--epochs`` fixes the
+budget) into ``<out>/<formulation>-<backbone>/`` for comparison; shipping considers the NequIP
+runs, whose direct trunk `recipes.batio3_global` extends with the global heads. Allegro takes
+no per-node field input, so it has the direct formulation only.
 """
 
 from __future__ import annotations
@@ -56,6 +61,37 @@ SETTINGS = {
                       final_lr_factor=0.05, eval_every=1, checkpoint_every=1, grad_clip=10.0),
     },
 }  # fmt: skip
+
+
+#: per architecture and formulation: a backbone of a similar size to NequIP's (the direct heads
+#: read 0e+1e+2e and 1o+2o+3o node features)
+BACKBONES = {
+    "nequip": {form: s["backbone"] for form, s in SETTINGS.items()},
+    "mace": {
+        "direct": dict(architecture="mace", r_max=4.5, max_ell=3, correlation=2, parity=True,
+                       hidden_irreps="8x0e+8x1o+8x1e+8x2e+8x2o+8x3o", num_interactions=2,
+                       radial_hidden=32),
+        "electric": dict(architecture="mace", r_max=4.5, max_ell=2, correlation=2,
+                         hidden_irreps="8x0e+8x1o+8x2e", num_interactions=2, radial_hidden=32),
+    },
+    "allegro": {
+        "direct": dict(architecture="allegro", r_max=4.5, channels=8, lmax=3, num_layers=2,
+                       latent_dim=32, two_body_hidden=32),
+    },
+}  # fmt: skip
+
+
+def run_settings(formulation: str, backbone: str = "nequip", epochs: int | None = None) -> dict:
+    """SETTINGS of `formulation` with the backbone of `backbone` and, if given, a budget of
+    `epochs`; ``name`` is the run folder."""
+    if formulation not in BACKBONES[backbone]:
+        raise SystemExit(f"--backbone {backbone} has no {formulation} formulation")
+    s = json.loads(json.dumps(SETTINGS[formulation]))  # a deep copy
+    s["backbone"] = dict(BACKBONES[backbone][formulation])
+    if epochs is not None:
+        s["train"].update(max_epochs=epochs, warmup=min(s["train"]["warmup"], epochs / 4))
+    name = formulation if backbone == "nequip" else f"{formulation}-{backbone}"
+    return {"name": name, "formulation": formulation, "architecture": backbone, **s}
 
 
 def make_batches(records: list[dict], r_max: float) -> list[dict]:
@@ -111,8 +147,8 @@ def validation_metrics(model: ResponseModel, records: list[dict]) -> tuple[dict,
     return out, constrained
 
 
-def train(formulation: str, out_root: Path, records, split) -> dict:
-    settings = SETTINGS[formulation]
+def train(formulation: str, out_root: Path, records, split, settings: dict | None = None) -> dict:
+    settings = settings or run_settings(formulation)
     by_id = {r["id"]: r for r in records}
     train_recs = [by_id[i] for i in split["train"]]
     val_recs = [by_id[i] for i in split["validation"]]
@@ -126,7 +162,7 @@ def train(formulation: str, out_root: Path, records, split) -> dict:
     model = ResponseModel(config, key=jax.random.key(0))
     loss_fn, predict_fn = make_fns(config)
     r_max = settings["backbone"]["r_max"]
-    out_dir = out_root / formulation
+    out_dir = out_root / settings["name"]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "model_config.json").write_text(json.dumps(config, indent=2) + "\n")
     t0 = time.time()
@@ -145,6 +181,9 @@ def train(formulation: str, out_root: Path, records, split) -> dict:
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
         "train_wall_time_s": history_time,
+        "n_parameters": int(
+            sum(x.size for x in jax.tree.leaves(result.model) if hasattr(x, "size"))
+        ),
         "this_invocation_wall_time_s": wall,
         "settings": settings,
     }
@@ -337,6 +376,8 @@ def main(argv=None) -> None:
     p.add_argument("--ship-only", action="store_true")
     p.add_argument("--no-ship", action="store_true")
     p.add_argument("--born-order-experiment", action="store_true")
+    p.add_argument("--backbone", choices=sorted(BACKBONES), default="nequip")
+    p.add_argument("--epochs", type=int, help="training budget in epochs (default: SETTINGS)")
     args = p.parse_args(argv)
     records = load_batio3(DATA_DIR)
     split = load_split(records)
@@ -345,8 +386,10 @@ def main(argv=None) -> None:
         return
     if not args.ship_only:
         forms = list(SETTINGS) if args.formulation == "both" else [args.formulation]
+        forms = [f for f in forms if f in BACKBONES[args.backbone]]
         for form in forms:
-            m = train(form, args.out, records, split)
+            settings = run_settings(form, args.backbone, args.epochs)
+            m = train(form, args.out, records, split, settings)
             print(json.dumps({form: _summary(m)}), flush=True)
     if not args.no_ship:
         ship(args.out, split, records)

@@ -5,17 +5,21 @@ From a fresh clone (about 1-1.5 h on 2 CPU cores):
     python -m recipes.si29_shielding                      # train both, compare, ship
     python -m recipes.si29_shielding --only direct        # one formulation (resumable)
     python -m recipes.si29_shielding --ship-only          # compare finished runs and ship
+    python -m recipes.si29_shielding --only direct --backbone mace --epochs 4 --runs runs/cmp
 
 Data: ``data/si29`` (337 silicates, 1,032 labelled Si sites; Venetos et al. 2023), split by
 structure with ``data/si29/split.json`` (seed 0, 80/20). Two formulations of the same
-NequIP backbone are trained on the same split:
+backbone (``--backbone``: NequIP, the default and the shipped one, MACE or Allegro; see
+:data:`BACKBONES`) are trained on the same split:
 
 - ``direct``: a per-atom 0e+1e+2e head read out of the node features;
 - ``magnetic``: a latent energy E(r, B, mu_I) with B and mu_I axial 1e node inputs, and
   sigma_I = d2E / dmu_I dB (forward-over-reverse derivatives, `zoo.response`).
 
 Only labelled Si atoms enter the loss (per-atom mask). Runs are checkpointed under
-``runs/si29/<formulation>`` and resume after an interruption. The better formulation on the
+``runs/si29/<formulation>`` (``<formulation>-<backbone>`` for MACE and Allegro) and resume
+after an interruption; ``--epochs`` fixes the budget of a backbone comparison. Allegro takes
+no per-node inputs, so it has the direct formulation only. The better formulation on the
 validation split (lowest full-tensor component MAE) is written with its card, metrics.json,
 parity plots and the split to ``zoo/weights/si29-shielding``, and the registry is refreshed.
 """
@@ -73,7 +77,33 @@ SETTINGS = {
         "train": {"max_epochs": 2, "learning_rate": 5e-3, "warmup": 0.25},
     },
 }
+#: backbone of the direct formulation per architecture, of a similar size (0e+1e+2e node
+#: features for the 0e+1e+2e head); NequIP's is the shipped one
+BACKBONES = {
+    "nequip": SETTINGS["direct"]["backbone"],
+    "mace": {"architecture": "mace", "r_max": 4.0, "hidden_irreps": "8x0e+8x1e+8x1o+8x2e",
+             "max_ell": 2, "correlation": 2, "parity": True, "num_interactions": 2,
+             "radial_hidden": 32},
+    "allegro": {"architecture": "allegro", "r_max": 4.0, "channels": 8, "lmax": 2,
+                "num_layers": 2, "latent_dim": 32, "two_body_hidden": 32},
+}  # fmt: skip
 MAX_ATOMS = 192
+
+
+def run_settings(formulation: str, backbone: str = "nequip", epochs: int | None = None) -> dict:
+    """``{**SETTINGS[formulation], "name", "formulation", "architecture"}`` with the backbone of
+    `backbone` and, if given, a budget of `epochs` (warm-up at most a quarter of it)."""
+    if backbone != "nequip" and formulation != "direct":
+        raise SystemExit(f"--backbone {backbone} is for the direct formulation only")
+    s = json.loads(json.dumps(SETTINGS[formulation]))  # a deep copy
+    if backbone != "nequip":
+        s["backbone"] = dict(BACKBONES[backbone])
+    if epochs is not None:
+        s["train"].update(max_epochs=epochs, warmup=min(s["train"]["warmup"], epochs / 4))
+    name = formulation if backbone == "nequip" else f"{formulation}-{backbone}"
+    return {**s, "name": name, "formulation": formulation, "architecture": backbone}
+
+
 IRREPS_WEIGHTS = {"shielding": {"0e": 3.0}}  # the isotropic part matters most to users
 
 
@@ -81,8 +111,8 @@ def species_of(records) -> list[int]:
     return sorted({int(z) for r in records for z in r.structure.numbers})
 
 
-def model_config(formulation: str, species, train_recs, train_batches) -> dict:
-    s = SETTINGS[formulation]
+def model_config(s: dict, species, train_recs, train_batches) -> dict:
+    formulation = s["formulation"]
     nodes = sum(int(b["graph"].node_mask.sum()) for b in train_batches)
     edges = sum(int(b["graph"].edge_mask.sum()) for b in train_batches)
     backbone = {**s["backbone"], "avg_num_neighbors": edges / nodes}
@@ -138,31 +168,30 @@ def predict_labelled(model: ResponseModel, batches) -> tuple[np.ndarray, np.ndar
     return np.concatenate(preds), np.concatenate(trues)
 
 
-def seeds_of(formulation: str) -> list[int]:
-    """Seeds of the ensemble members of `formulation` (one model unless SETTINGS says more)."""
-    return SETTINGS[formulation].get("seeds", [SEED])
+def seeds_of(run: dict) -> list[int]:
+    """Seeds of the ensemble members of a run (one model unless its settings say more)."""
+    return run.get("seeds", [SEED])
 
 
-def member_dirs(formulation: str, runs: Path) -> list[Path]:
-    """Run folder of every ensemble member: ``<runs>/<form>``, then ``<runs>/<form>-seed<k>``."""
+def member_dirs(run: dict, runs: Path) -> list[Path]:
+    """Run folder of every ensemble member: ``<runs>/<name>``, then ``<runs>/<name>-seed<k>``."""
     return [
-        runs / (formulation if i == 0 else f"{formulation}-seed{s}")
-        for i, s in enumerate(seeds_of(formulation))
+        runs / (run["name"] if i == 0 else f"{run['name']}-seed{s}")
+        for i, s in enumerate(seeds_of(run))
     ]
 
 
 def train_member(
-    formulation: str, out: Path, data: dict, seed: int, eval_b: list[dict]
+    settings: dict, out: Path, data: dict, seed: int, eval_b: list[dict]
 ) -> tuple[ResponseModel, dict, tuple[np.ndarray, np.ndarray]]:
     """Train one model (resumable under `out`): the model, its summary and its (pred, true)
     on `eval_b`, the validation batches shared by all members."""
     species = species_of(data["train"] + data["validation"])
-    r_max = SETTINGS[formulation]["backbone"]["r_max"]
+    r_max = settings["backbone"]["r_max"]
     train_b = make_batches(data["train"], r_max, max_atoms=MAX_ATOMS, seed=seed)
     val_b = make_batches(data["validation"], r_max, max_atoms=MAX_ATOMS, seed=seed)
-    cfg = model_config(formulation, species, data["train"], train_b)
+    cfg = model_config(settings, species, data["train"], train_b)
     model = ResponseModel(cfg, key=jax.random.key(seed))
-    settings = SETTINGS[formulation]
     loss_fn, _ = make_fns(cfg["heads"]["shielding"]["scale"], loss=settings.get("loss"))
     tc = TrainConfig(seed=seed, schedule="cosine", grad_clip=10.0, **settings["train"])
     out.mkdir(parents=True, exist_ok=True)
@@ -191,26 +220,38 @@ def train_member(
     return result.model, summary, pred_true
 
 
-def _eval_batches(data: dict, formulation: str) -> list[dict]:
+def _eval_batches(data: dict, run: dict) -> list[dict]:
     # one fixed batching for every member, so their validation predictions line up
-    r_max = SETTINGS[formulation]["backbone"]["r_max"]
+    r_max = run["backbone"]["r_max"]
     return make_batches(data["validation"], r_max, max_atoms=MAX_ATOMS, seed=SEED)
 
 
-def train(formulation: str, runs: Path, data: dict) -> dict:
-    """Every member of `formulation` (one per seed); the summary of their mean."""
+def predict_time(model: ResponseModel, structures) -> float:
+    """Seconds per structure of `model.predict`, one structure per call; structures of new
+    size buckets compile, as a user's first calls do."""
+    model.predict(structures[0])
     t0 = time.perf_counter()
-    eval_b = _eval_batches(data, formulation)
+    for s in structures:
+        model.predict(s)
+    return (time.perf_counter() - t0) / len(structures)
+
+
+def train(run: dict, runs: Path, data: dict) -> dict:
+    """Every member of a run (one per seed); the summary of their mean."""
+    formulation = run["name"]
+    t0 = time.perf_counter()
+    eval_b = _eval_batches(data, run)
     members = [
-        train_member(formulation, out, data, seed, eval_b)
-        for out, seed in zip(member_dirs(formulation, runs), seeds_of(formulation))
+        train_member(run, out, data, seed, eval_b)
+        for out, seed in zip(member_dirs(run, runs), seeds_of(run))
     ]
     pred = np.mean([p for _, _, (p, _) in members], axis=0)
     true = members[0][2][1]
     metrics = shielding_metrics(pred, true)
     first = members[0][1]
     summary = {
-        "formulation": formulation,
+        "formulation": run["formulation"],
+        "backbone": run["architecture"],
         "validation": metrics,
         "members": [s for _, s, _ in members],
         "stage1_validation": first["stage1_validation"],
@@ -221,7 +262,10 @@ def train(formulation: str, runs: Path, data: dict) -> dict:
         "n_parameters": int(
             sum(x.size for m, _, _ in members for x in jax.tree.leaves(m) if hasattr(x, "size"))
         ),
-        "settings": SETTINGS[formulation],
+        "predict_time_per_structure_s": predict_time(
+            members[0][0], [r.structure for r in data["validation"][:8]]
+        ),
+        "settings": run,
     }
     out = runs / formulation
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -230,10 +274,10 @@ def train(formulation: str, runs: Path, data: dict) -> dict:
     return summary
 
 
-def load_trained(formulation: str, runs: Path) -> list[ResponseModel]:
-    """The trained members of `formulation` (best weights of each)."""
+def load_trained(run: dict, runs: Path) -> list[ResponseModel]:
+    """The trained members of a run (best weights of each)."""
     members = []
-    for out in member_dirs(formulation, runs):
+    for out in member_dirs(run, runs):
         cfg = json.loads((out / "model_config.json").read_text())
         skeleton = ResponseModel(cfg, key=jax.random.key(SEED))
         best = out / "finetune" / "best_model.safetensors"
@@ -260,13 +304,16 @@ def write_parity_plots(pred: np.ndarray, true: np.ndarray, folder: Path, best: s
 def ship(runs: Path, data: dict, split: dict, weights_dir: Path) -> None:
     summaries = {}
     for form in SETTINGS:
-        path = runs / form / "summary.json"
-        if path.is_file():
-            summaries[form] = json.loads(path.read_text())
+        for backbone in BACKBONES if form == "direct" else ["nequip"]:
+            run = run_settings(form, backbone)
+            path = runs / run["name"] / "summary.json"
+            if path.is_file():
+                summaries[run["name"]] = json.loads(path.read_text())
     if not summaries:
         raise SystemExit(f"no finished run under {runs}: train first")
     best = min(summaries, key=lambda f: summaries[f]["validation"]["tensor_mae"])
-    members = load_trained(best, runs)
+    members = load_trained(run_settings(summaries[best].get("formulation", best),
+                                        summaries[best].get("backbone", "nequip")), runs)  # fmt: skip
     model = ShieldingModel.wrap(members, atomic_number=14)
     for s in summaries.values():
         s["species"] = list(model.species)
@@ -315,6 +362,13 @@ def check_shipped(folder: Path, data: dict) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--only", choices=sorted(SETTINGS), help="train one formulation, do not ship")
+    p.add_argument(
+        "--backbone",
+        choices=sorted(BACKBONES),
+        default="nequip",
+        help="architecture of the backbone (default: nequip, the shipped one)",
+    )
+    p.add_argument("--epochs", type=int, help="training budget in epochs (default: SETTINGS)")
     p.add_argument("--ship-only", action="store_true", help="compare finished runs and ship")
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "si29")
     p.add_argument("--weights", type=Path, default=ROOT / "zoo" / "weights")
@@ -328,8 +382,11 @@ def main(argv=None) -> None:
         for s in SETTINGS.values():
             s["train"].update(max_epochs=1, warmup=0.0)
     if not args.ship_only:
-        for form in [args.only] if args.only else list(SETTINGS):
-            train(form, args.runs, data)
+        forms = [args.only] if args.only else list(SETTINGS)
+        if args.backbone != "nequip" and not args.only:
+            forms = ["direct"]  # the magnetic formulation needs per-node inputs: NequIP
+        for form in forms:
+            train(run_settings(form, args.backbone, args.epochs), args.runs, data)
     if args.only:
         return
     ship(args.runs, data, json.loads((DATA_DIR / "split.json").read_text()), args.weights)

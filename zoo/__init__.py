@@ -17,7 +17,10 @@ from .structure import Structure as Structure
 from .structure import as_structure as as_structure
 
 # isort: split
-# architectures: graph -> per-node (Allegro: per-edge) irreps features
+# architectures: graph -> per-node (Allegro: per-edge) irreps features; `backbones` is the
+# registry name -> (Config, Module)
+from . import backbones as backbones
+from ._arch_config import DatasetInfo as DatasetInfo
 from .allegro import Allegro as Allegro
 from .allegro import AllegroConfig as AllegroConfig
 from .mace import MACE as MACE
@@ -26,7 +29,11 @@ from .nequip import NequIP as NequIP
 from .nequip import NequIPConfig as NequIPConfig
 
 # isort: split
-# models: backbone + tensor heads + normalisation, with `predict`
+# models: backbone + tensor heads + normalisation, with `predict`; a bare backbone as a
+# Potential (energy, forces, stress)
+from ._predict import PredictionInterrupted as PredictionInterrupted
+from .backbones import Potential as Potential
+from .field import FieldModel as FieldModel
 from .model import ResponseModel as ResponseModel
 from .shielding import ShieldingModel as ShieldingModel
 
@@ -57,6 +64,7 @@ from .hub import info as info
 from .hub import list_models as list_models
 from .hub import load as load
 from .hub import push_to_hub as push_to_hub
+from .hub import to_device as to_device
 
 # isort: split
 # on top: fine-tuning and the ASE calculator

@@ -1,12 +1,17 @@
-"""Building blocks shared by the architectures: radial basis, radial MLP, edge attributes."""
+"""Building blocks shared by the architectures: radial basis, radial MLP, the edge embedding
+(harmonics, radial basis, envelope), the initial node features and the gate layout."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import e3nn_jax as e3nn
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Bool, Float, Int
+
+from .graph import Graph
 
 ACTIVATIONS = {"silu": jax.nn.silu, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid}
 
@@ -40,6 +45,79 @@ def radial_embedding(
     """Bessel basis times the polynomial envelope; vanishes smoothly at `r_max`."""
     basis = e3nn.bessel(lengths, num_basis, r_max)
     return basis * polynomial_envelope(lengths / r_max, p)[:, None]
+
+
+class EdgeEmbedding(NamedTuple):
+    """What every architecture computes first from the edge vectors.
+
+    `sh` `(n_edges, 0e+1o+...+lmax)` component-normalised spherical harmonics of the
+    directions; `radial` `(n_edges, num_basis)` Bessel basis times the envelope; `envelope`
+    `(n_edges,)` the smooth cutoff. `radial` and `envelope` are zero on padding edges.
+    """
+
+    sh: e3nn.IrrepsArray
+    radial: Float[Array, "n_edges num_basis"]
+    envelope: Float[Array, " n_edges"]
+
+
+def embed_edges(
+    graph: Graph,
+    edge_vectors: Float[Array, "n_edges 3"] | None,
+    *,
+    lmax: int,
+    num_basis: int,
+    r_max: float,
+    envelope_p: int,
+    dtype,
+) -> EdgeEmbedding:
+    """The shared edge embedding; `edge_vectors` default to ``graph.edge_vectors()`` (pass
+    them to differentiate with respect to positions or strain)."""
+    if edge_vectors is None:
+        edge_vectors = graph.edge_vectors()
+    lengths, safe = edge_lengths_and_directions(edge_vectors.astype(dtype), graph.edge_mask)
+    sh = e3nn.spherical_harmonics(
+        e3nn.Irreps.spherical_harmonics(lmax), safe, normalize=True, normalization="component"
+    )
+    radial = radial_embedding(lengths, num_basis, r_max, envelope_p) * graph.edge_mask[:, None]
+    envelope = polynomial_envelope(lengths / r_max, envelope_p) * graph.edge_mask
+    return EdgeEmbedding(sh, radial, envelope)
+
+
+def initial_node_features(
+    embedding: Float[Array, "n_species channels"],
+    species: Int[Array, " n_nodes"],
+    node_inputs: e3nn.IrrepsArray | None,
+    expected: str,
+    owner: str,
+) -> e3nn.IrrepsArray:
+    """Species embedding `(n_nodes, channels x 0e)`, with the configured extra per-node inputs
+    (irreps `expected`, e.g. a field ``1x1o``) concatenated; `owner` names the model in errors."""
+    h = e3nn.IrrepsArray(f"{embedding.shape[1]}x0e", embedding[species])
+    irreps = e3nn.Irreps(expected)
+    if irreps.dim:
+        if node_inputs is None or node_inputs.irreps != irreps:
+            got = None if node_inputs is None else node_inputs.irreps
+            raise ValueError(f"node_inputs must have irreps {irreps}, got {got}")
+        return e3nn.concatenate([h, node_inputs.astype(embedding.dtype)]).regroup()
+    if node_inputs is not None:
+        raise ValueError(f"this {owner} has node_input_irreps='' but node_inputs were given")
+    return h
+
+
+def gated_irreps(irreps: e3nn.Irreps) -> e3nn.Irreps:
+    """Scalars, then one 0e gate per non-scalar irrep, then the non-scalars (e3nn.gate's order)."""
+    scalars = irreps.filter(keep=["0e", "0o"])
+    vectors = irreps.filter(drop=["0e", "0o"])
+    gates = e3nn.Irreps(f"{vectors.num_irreps}x0e") if vectors.num_irreps else e3nn.Irreps("")
+    return scalars + gates + vectors
+
+
+def gate(x: e3nn.IrrepsArray, act: str) -> e3nn.IrrepsArray:
+    """e3nn's gate: `act` on even scalars and even gates, tanh on odd ones."""
+    return e3nn.gate(
+        x, even_act=activation(act), odd_act=jnp.tanh, even_gate_act=jax.nn.sigmoid,
+        odd_gate_act=jnp.tanh,
+    )  # fmt: skip
 
 
 class RadialMLP(eqx.Module):

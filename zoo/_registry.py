@@ -28,6 +28,7 @@ REGISTRY_FORMAT = 1
 MODEL_TYPES: dict[str, str] = {
     "response": "zoo.model:ResponseModel",
     "shielding": "zoo.shielding:ShieldingModel",
+    "potential": "zoo.backbones:Potential",
     "hubbard-onsite": "zoo.hubbard._models:OnsiteModel",
     "hubbard-intersite": "zoo.hubbard._models:IntersiteModel",
     "hubbard-uv": "zoo.hubbard._predict:HubbardUV",

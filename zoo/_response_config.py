@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import heads as H
+from .backbones import architecture, architecture_name
 from .irreps import irreps_of
-from .nequip import NequIPConfig
 from .structure import Structure, as_structures
 
 MODEL_TYPE = "response"
@@ -64,8 +64,10 @@ def make_config(
     """A JSON-safe config with unit normalisation (refit it with `fit_normalization`).
 
     **Arguments:** `species` (atomic numbers), `outputs` (names from :data:`OUTPUTS`),
-    `formulation`, `backbone` (NequIPConfig fields; ``species`` and the irreps are filled in),
-    `feature_irreps` (node features fed to the heads; default: every hidden irrep x8),
+    `formulation`, `backbone` (``{"architecture": "nequip" | "mace" | "allegro", ...}`` and
+    that architecture's config fields; no ``"architecture"`` means NequIP; ``species`` and the
+    irreps are filled in), `feature_irreps` (node features fed to the heads; default: every
+    irrep the backbone can make, x8),
     `acoustic_sum_rule` (subtract the per-structure mean over atoms of Born and Raman tensors),
     `born_order`, `raman_convention` (see `zoo.heads.derivative`), `dtype`.
     """
@@ -83,21 +85,8 @@ def make_config(
         raise ValueError(f"born_order must be one of {H.derivative.BORN_ORDERS}")
     if raman_convention not in H.derivative.RAMAN_CONVENTIONS:
         raise ValueError(f"raman_convention must be one of {H.derivative.RAMAN_CONVENTIONS}")
-    bb = dict(backbone or {})
-    bb["species"] = [int(z) for z in species]
-    bb["node_input_irreps"] = {"direct": "", "electric": "1x1o", "magnetic": "2x1e"}[formulation]
-    hidden = NequIPConfig.from_dict({**bb, "output_irreps": "1x0e"}).hidden_irreps
-    if feature_irreps is None:
-        feature_irreps = str(e3nn.Irreps([(8, ir) for _, ir in hidden]))
-    bb["output_irreps"] = feature_irreps
-    checked = NequIPConfig.from_dict(bb)  # validates
-    if formulation == "magnetic" and (not checked.parity or checked.num_layers < 3):
-        # B and mu (1e) only meet in a scalar through gates: mu.B-type terms first appear in
-        # the third layer, and only with odd-parity (axial) hidden features
-        raise ValueError(
-            "formulation 'magnetic' needs backbone parity=True and num_layers >= 3, got "
-            f"parity={checked.parity}, num_layers={checked.num_layers}: otherwise d2E/dB dmu = 0"
-        )
+    bb = _backbone(backbone, species, formulation, feature_irreps)
+    _check_heads_have_features(outputs, formulation, bb)
     heads = head_entries(outputs)
     return {
         "model_type": MODEL_TYPE,
@@ -113,6 +102,63 @@ def make_config(
         "raman_convention": raman_convention,
         "domain": None,
     }
+
+
+def _backbone(backbone, species, formulation: str, feature_irreps) -> dict:
+    """The backbone dict of a config: architecture, species, node inputs, output irreps."""
+    bb = dict(backbone or {})
+    name = architecture_name(bb)
+    config_cls, _ = architecture(name)
+    bb = {"architecture": name, **bb, "species": [int(z) for z in species]}
+    if formulation != "direct":
+        if not config_cls.NODE_INPUTS:
+            raise ValueError(
+                f"formulation {formulation!r} feeds the field to every node as an input, but "
+                f"the {name} backbone takes no per-node inputs: use formulation 'direct' or "
+                f"another architecture ({', '.join(n for n in _node_input_archs())})"
+            )
+        bb["node_input_irreps"] = {"electric": "1x1o", "magnetic": "2x1e"}[formulation]
+    elif config_cls.NODE_INPUTS:
+        bb["node_input_irreps"] = ""
+    if feature_irreps is None:
+        probe = config_cls.from_dict({**bb, "output_irreps": "1x0e"})
+        kinds = dict.fromkeys(ir for _, ir in probe.feature_irreps)  # in order, once each
+        feature_irreps = str(e3nn.Irreps([(8, ir) for ir in kinds]))
+    bb["output_irreps"] = feature_irreps
+    checked = config_cls.from_dict(bb)  # validates
+    if formulation == "magnetic":
+        # B and mu (1e) only meet in a scalar through axial (odd-parity) features; in NequIP
+        # through gates, so mu.B-type terms first appear in the third layer
+        few = name == "nequip" and checked.num_layers < 3
+        if not checked.parity or few:
+            raise ValueError(
+                f"formulation 'magnetic' needs backbone parity=True (and for nequip "
+                f"num_layers >= 3), got {checked.to_dict()}: otherwise d2E/dB dmu = 0"
+            )
+    return bb
+
+
+def _node_input_archs() -> list[str]:
+    from .backbones import ARCHITECTURES
+
+    return [n for n, (c, _) in ARCHITECTURES.items() if c.NODE_INPUTS]
+
+
+def _check_heads_have_features(outputs, formulation: str, bb: dict) -> None:
+    """Refuse a direct head whose irreps the backbone's node features lack (its linear
+    read-out would silently output zero there)."""
+    if formulation != "direct":
+        return
+    have = {ir for _, ir in e3nn.Irreps(bb["output_irreps"])}
+    for name in outputs:
+        missing = [str(ir) for _, ir in irreps_of(OUTPUTS[name][0]) if ir not in have]
+        if missing:
+            raise ValueError(
+                f"head {name!r} needs node features {'+'.join(dict.fromkeys(missing))}, which "
+                f"the {bb['architecture']} backbone does not give (feature irreps "
+                f"{bb['output_irreps']}): configure it with them (e.g. parity=True, a higher "
+                "lmax, or for mace hidden_irreps that contain them)"
+            )
 
 
 def _irreps_rows(kind: str, values: np.ndarray) -> np.ndarray:

@@ -26,8 +26,10 @@ from ._cards import make_model_card
 from ._cards import read_card_metadata as read_card_metadata
 from ._io import replace_folder
 
-#: Version of the model-folder format; a config.json with another major version is refused.
-FORMAT_VERSION = "1.0"
+#: Version of the model-folder format. A config.json of a newer version, or of another major
+#: version, is refused. 1.1: backbones name their ``"architecture"`` (absent in 1.0: NequIP),
+#: and bare architectures are saved as ``"potential"`` models.
+FORMAT_VERSION = "1.1"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
@@ -227,16 +229,20 @@ def _check_json_safe(value: Any, where: str) -> None:
     )
 
 
-def _major(version: Any) -> int | None:
+def _version(version: Any) -> tuple[int, int] | None:
+    """``"1.1"`` -> (1, 1), ``1`` -> (1, 0); None when unreadable."""
     if isinstance(version, int) and not isinstance(version, bool):
-        return version
-    if isinstance(version, str) and version.split(".")[0].isdigit():
-        return int(version.split(".")[0])
+        return (version, 0)
+    if isinstance(version, str):
+        parts = version.split(".")
+        if all(p.isdigit() for p in parts[:2]):
+            return (int(parts[0]), int(parts[1]) if len(parts) > 1 else 0)
     return None
 
 
 def check_config(config: Any, where: str = "config") -> dict:
-    """Validate a config: a JSON-safe dict with ``model_type`` and a readable ``zoo_version``."""
+    """Validate a config: a JSON-safe dict with ``model_type`` and a ``zoo_version`` this
+    package can read (same major version, not newer than :data:`FORMAT_VERSION`)."""
     if not isinstance(config, dict):
         raise ValueError(f"{where} must be a dict, got {type(config).__name__}")
     _check_json_safe(config, where)
@@ -244,12 +250,17 @@ def check_config(config: Any, where: str = "config") -> dict:
         raise ValueError(f"{where}: 'model_type' must be a non-empty string")
     if "zoo_version" not in config:
         raise ValueError(f"{where}: 'zoo_version' is missing (use {FORMAT_VERSION!r})")
-    found, ours = _major(config["zoo_version"]), _major(FORMAT_VERSION)
-    if found != ours:
+    found, ours = _version(config["zoo_version"]), _version(FORMAT_VERSION) or (0, 0)
+    if found is not None and found[0] == ours[0] and found > ours:
+        raise ValueError(
+            f"{where}: written by format {config['zoo_version']}, newer than the format "
+            f"{FORMAT_VERSION} this e3zoo reads; upgrade e3zoo to load it"
+        )
+    if found is None or found[0] != ours[0]:
         raise ValueError(
             f"{where}: unsupported zoo_version {config['zoo_version']!r}; this e3zoo reads "
-            f"format {FORMAT_VERSION} (major {ours}). Install the e3zoo release that wrote this "
-            "model, or re-export it with this one."
+            f"format {FORMAT_VERSION} (major {ours[0]}). Install the e3zoo release that wrote "
+            "this model, or re-export it with this one."
         )
     return config
 
@@ -335,7 +346,9 @@ def save_pretrained(
 
     **Arguments:**
 
-    - `model`: an eqx.Module with a JSON-safe ``config`` dict (``model_type``, ``zoo_version``).
+    - `model`: an eqx.Module with a JSON-safe ``config`` dict (``model_type``, ``zoo_version``),
+      or a bare architecture (``zoo.NequIP``, ``zoo.MACE``, ``zoo.Allegro``), saved as a
+      :class:`zoo.backbones.Potential` (``zoo.load`` gives energy, forces and stress).
     - `directory`: the folder to write; created if missing. A symlink is followed: the folder
       it points to is replaced and the link kept.
     - `card`: README.md text (see :func:`make_model_card`). ``None`` writes a default card,
@@ -351,6 +364,10 @@ def save_pretrained(
     swapped in by renames: a failure (e.g. a read-only folder) leaves the old folder whole and
     no temporary folder behind.
     """
+    from .backbones import Potential, is_backbone
+
+    if is_backbone(model):
+        model = Potential.wrap(model)
     config = _check_model(model)
     target = Path(directory).expanduser()
     real = target.resolve()

@@ -15,7 +15,7 @@ neighbour ``j``, ``r_ij < r_max``) and no information moves between atoms beyond
 from __future__ import annotations
 
 import dataclasses
-import math
+from typing import ClassVar
 
 import e3nn_jax as e3nn
 import equinox as eqx
@@ -23,21 +23,15 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._blocks import (
-    RadialMLP,
-    activation,
-    edge_lengths_and_directions,
-    linear,
-    polynomial_envelope,
-    radial_embedding,
-)
+from ._arch_config import ArchitectureConfig, per_l_irreps
+from ._blocks import RadialMLP, embed_edges, linear
 from ._dtype import resolve_float
 from ._sh_tensor_product import from_components, paths, to_components
 from .graph import Graph, species_indices
 
 
 @dataclasses.dataclass(frozen=True)
-class AllegroConfig:
+class AllegroConfig(ArchitectureConfig):
     """Hyperparameters of :class:`Allegro` (JSON-safe; stored in ``config.json``).
 
     Attributes:
@@ -76,29 +70,17 @@ class AllegroConfig:
     output_irreps: str = "1x0e"
     activation: str = "silu"
 
-    def __post_init__(self):
-        species = tuple(int(z) for z in self.species)
-        if not species or len(set(species)) != len(species) or min(species) < 1:
-            raise ValueError(f"species must be distinct atomic numbers >= 1, got {self.species}")
-        object.__setattr__(self, "species", species)
-        if not (math.isfinite(self.r_max) and self.r_max > 0):
-            raise ValueError(f"r_max must be positive (Å), got {self.r_max}")
-        for name in ("num_layers", "channels", "latent_dim", "two_body_hidden", "num_basis"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("two_body_layers", "latent_layers"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.lmax <= 4:
-            raise ValueError(f"lmax must be in 0..4, got {self.lmax}")
-        if not self.avg_num_neighbors > 0:
-            raise ValueError(f"avg_num_neighbors must be > 0, got {self.avg_num_neighbors}")
-        activation(self.activation)
-        try:
-            out = e3nn.Irreps(self.output_irreps)
-        except Exception as err:
-            raise ValueError(f"output_irreps={self.output_irreps!r} is not an irreps string: {err}")
-        missing = [ir for _, ir in out if ir != e3nn.Irrep("0e") and ir not in self.tensor_irreps]
+    ARCHITECTURE: ClassVar[str] = "allegro"
+    LIMITS: ClassVar[dict[str, tuple[int, int]]] = {
+        "num_layers": (1, 8), "lmax": (0, 4), "channels": (1, 512), "latent_dim": (1, 4096),
+        "two_body_hidden": (1, 4096), "two_body_layers": (0, 16), "latent_layers": (0, 16),
+        "num_basis": (1, 128), "envelope_p": (2, 32),
+    }  # fmt: skip
+    IRREPS_FIELDS: ClassVar[tuple[str, ...]] = ("output_irreps",)
+
+    def check(self) -> None:
+        out = e3nn.Irreps(self.output_irreps)
+        missing = [ir for _, ir in out if ir not in self.feature_irreps]
         if missing:
             raise ValueError(
                 f"output_irreps {self.output_irreps} needs {missing[0]}, but the tensor track "
@@ -107,24 +89,12 @@ class AllegroConfig:
 
     @property
     def tensor_irreps(self) -> e3nn.Irreps:
-        parities = (1, -1) if self.parity else (None,)
-        irs = [(l, (-1) ** l if p is None else p) for l in range(self.lmax + 1) for p in parities]
-        return e3nn.Irreps([(self.channels, ir) for ir in irs]).sort().irreps
+        return per_l_irreps(self.channels, self.lmax, self.parity)
 
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["species"] = list(self.species)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> AllegroConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(
-                f"unknown Allegro config keys {sorted(unknown)}; known: {sorted(known)}"
-            )
-        return cls(**{**d, "species": tuple(d["species"])})
+    @property
+    def feature_irreps(self) -> e3nn.Irreps:
+        """The tensor track and the scalar (0e) latent track."""
+        return (e3nn.Irreps(f"{self.latent_dim}x0e") + self.tensor_irreps).regroup()
 
 
 class AllegroLayer(eqx.Module):
@@ -229,20 +199,22 @@ class Allegro(eqx.Module):
     def dtype(self):
         return self.two_body.weights[0].dtype
 
+    @property
+    def irreps_out(self) -> e3nn.Irreps:
+        """Irreps of the per-edge and per-node outputs."""
+        return self.readout.irreps_out
+
     def edge_outputs(
         self, graph: Graph, edge_vectors: Float[Array, "n_edges 3"] | None = None
     ) -> e3nn.IrrepsArray:
         """Per-edge outputs `(n_edges, config.output_irreps)`, zero on padding edges and
         vanishing smoothly at `r_max`. Edge ``e`` belongs to the centre ``graph.receivers[e]``."""
         cfg = self.config
-        if edge_vectors is None:
-            edge_vectors = graph.edge_vectors()
-        edge_vectors = edge_vectors.astype(self.dtype)
-        lengths, safe = edge_lengths_and_directions(edge_vectors, graph.edge_mask)
-        irreps_sh = e3nn.Irreps.spherical_harmonics(cfg.lmax)
-        sh = e3nn.spherical_harmonics(irreps_sh, safe, normalize=True, normalization="component")
-        envelope = polynomial_envelope(lengths / cfg.r_max, cfg.envelope_p) * graph.edge_mask
-        radial = radial_embedding(lengths, cfg.num_basis, cfg.r_max, cfg.envelope_p)
+        edges = embed_edges(
+            graph, edge_vectors, lmax=cfg.lmax, num_basis=cfg.num_basis, r_max=cfg.r_max,
+            envelope_p=cfg.envelope_p, dtype=self.dtype,
+        )  # fmt: skip
+        sh, radial, envelope = edges
         n_species = len(cfg.species)
         species = species_indices(graph.numbers, cfg.species)
         onehot = jax.nn.one_hot(species, n_species, dtype=self.dtype)

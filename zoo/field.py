@@ -28,8 +28,9 @@ from . import _predict
 from ._dtype import resolve_float
 from ._field_config import check_field_config, make_field_config
 from ._field_derivatives import field_observables
+from ._hub_mixin import HubMixin
+from .backbones import build_backbone
 from .graph import Graph, species_indices
-from .nequip import NequIP, NequIPConfig
 from .response import broadcast_to_nodes, graph_sum
 
 #: per-atom outputs of :meth:`FieldModel.__call__` (the others are per structure)
@@ -38,12 +39,12 @@ PER_ATOM = ("forces", "born_charges", "raman_tensors")
 _SYM_BASIS = np.asarray(e3nn.reduced_tensor_product_basis("ij=ji", i="1o").array)
 
 
-def build_backbone(backbone: dict, dtype, key) -> NequIP:
-    """The backbone of a config's ``"backbone"`` entry (the one place that names NequIP)."""
-    settings = {k: v for k, v in backbone.items() if k != "architecture"}
+def _backbone(backbone: dict, dtype, key) -> eqx.Module:
+    """The backbone of a config's ``"backbone"`` entry; the P and alpha read-outs are node
+    irreps, so the architecture must give node features with a field-free trunk (NequIP)."""
     if backbone.get("architecture", "nequip") != "nequip":
         raise ValueError(f"backbone architecture {backbone['architecture']!r}: only 'nequip'")
-    return NequIP(NequIPConfig.from_dict(settings), dtype=dtype, key=key)
+    return build_backbone(backbone, dtype, key=key)
 
 
 def check_field(field, n_graphs: int | None = None) -> np.ndarray:
@@ -60,20 +61,20 @@ def check_field(field, n_graphs: int | None = None) -> np.ndarray:
     return value
 
 
-class FieldModel(eqx.Module):
+class FieldModel(HubMixin, eqx.Module):
     """Field-dependent energy model (see the module docstring).
 
     **Arguments** of `__init__`: `config` (`zoo._field_config.make_field_config`, usually
     fitted with `fit_field_config`), keyword-only `key`.
     """
 
-    backbone: NequIP
+    backbone: eqx.Module
     config: dict = eqx.field(static=True)
 
     def __init__(self, config: dict, *, key):
         config = check_field_config(dict(config))
         self.config = config
-        self.backbone = build_backbone(config["backbone"], resolve_float(config["dtype"]), key)
+        self.backbone = _backbone(config["backbone"], resolve_float(config["dtype"]), key)
 
     @classmethod
     def from_config(cls, config: dict) -> FieldModel:
@@ -237,4 +238,4 @@ def fold(delta: Array, cell: Array) -> Array:
     return jnp.einsum("gj,gjk->gk", frac, cell)
 
 
-__all__ = ["FieldModel", "build_backbone", "check_field", "fold", "make_field_config"]
+__all__ = ["FieldModel", "check_field", "fold", "make_field_config"]

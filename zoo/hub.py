@@ -332,6 +332,10 @@ def info(
         "config": {k: v for k, v in config.items() if isinstance(v, scalar)},
         "config_sections": sorted(k for k, v in config.items() if not isinstance(v, scalar)),
     }
+    from .backbones import model_architecture
+
+    if model_architecture(config) is not None:
+        result["architecture"] = model_architecture(config)
     entry = SHIPPED.get(str(name_or_repo_or_path))
     if entry is not None:
         result.update(description=entry.description, repo_id=entry.repo_id)

@@ -12,7 +12,7 @@ gated MLP) and the readouts are summed, as in mace-torch's ``MACE``.
 from __future__ import annotations
 
 import dataclasses
-import math
+from typing import ClassVar
 
 import e3nn_jax as e3nn
 import equinox as eqx
@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from ._blocks import RadialMLP, activation, edge_lengths_and_directions, linear, radial_embedding
+from ._arch_config import ArchitectureConfig, per_l_irreps
+from ._blocks import RadialMLP, embed_edges, gate, gated_irreps, initial_node_features, linear
 from ._dtype import resolve_float
 from ._sh_tensor_product import channelwise_tensor_product, from_components, paths, to_components
 from ._symmetric_contraction import SymmetricContraction
@@ -28,7 +29,7 @@ from .graph import Graph, species_indices
 
 
 @dataclasses.dataclass(frozen=True)
-class MACEConfig:
+class MACEConfig(ArchitectureConfig):
     """Hyperparameters of :class:`MACE` (JSON-safe; stored in ``config.json``).
 
     Attributes:
@@ -73,36 +74,26 @@ class MACEConfig:
     activation: str = "silu"
     edge_chunk: int = 8192
 
-    def __post_init__(self):
-        species = tuple(int(z) for z in self.species)
-        if not species or len(set(species)) != len(species) or min(species) < 1:
-            raise ValueError(f"species must be distinct atomic numbers >= 1, got {self.species}")
-        object.__setattr__(self, "species", species)
-        if not (math.isfinite(self.r_max) and self.r_max > 0):
-            raise ValueError(f"r_max must be positive (Å), got {self.r_max}")
-        for name in ("num_interactions", "num_basis", "radial_hidden", "readout_hidden"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.max_ell <= 3:
-            raise ValueError(f"max_ell must be in 0..3, got {self.max_ell}")
-        if not 1 <= self.correlation <= 3:
-            raise ValueError(f"correlation must be in 1..3, got {self.correlation}")
-        if not self.avg_num_neighbors > 0:
-            raise ValueError(f"avg_num_neighbors must be > 0, got {self.avg_num_neighbors}")
-        if int(self.edge_chunk) < 0:
-            raise ValueError(f"edge_chunk must be >= 0, got {self.edge_chunk}")
-        activation(self.activation)
-        for name in ("hidden_irreps", "output_irreps", "node_input_irreps"):
-            try:
-                e3nn.Irreps(getattr(self, name))
-            except Exception as err:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not an irreps string: {err}")
+    ARCHITECTURE: ClassVar[str] = "mace"
+    LIMITS: ClassVar[dict[str, tuple[int, int]]] = {
+        "num_interactions": (1, 8), "max_ell": (0, 3), "correlation": (1, 3),
+        "num_basis": (1, 128), "envelope_p": (2, 32), "radial_hidden": (1, 4096),
+        "radial_layers": (0, 16), "readout_hidden": (1, 1024), "edge_chunk": (0, 1 << 24),
+    }  # fmt: skip
+    IRREPS_FIELDS: ClassVar[tuple[str, ...]] = (
+        "hidden_irreps", "output_irreps", "node_input_irreps"
+    )  # fmt: skip
+    NODE_INPUTS: ClassVar[bool] = True
+
+    def check(self) -> None:
         hidden = e3nn.Irreps(self.hidden_irreps)
         if not hidden or len({mul for mul, _ in hidden}) != 1 or "0e" not in hidden:
             raise ValueError(
                 f"hidden_irreps must contain 0e and give every irrep the same multiplicity "
                 f"(e.g. '64x0e+64x1o'), got {self.hidden_irreps!r}"
             )
+        if self.channels > 512:
+            raise ValueError(f"hidden_irreps {self.hidden_irreps!r}: at most 512 channels")
         too_high = [ir for _, ir in hidden if ir.l > 3]
         if too_high:
             raise ValueError(f"hidden_irreps stop at l=3, found {too_high[0]}")
@@ -118,41 +109,13 @@ class MACEConfig:
         return e3nn.Irreps(self.hidden_irreps)[0].mul
 
     @property
+    def feature_irreps(self) -> e3nn.Irreps:
+        return e3nn.Irreps(self.hidden_irreps)
+
+    @property
     def atomic_basis_irreps(self) -> e3nn.Irreps:
         """Irreps of the atomic basis ``A`` (before filtering by what a layer can make)."""
-        parities = (1, -1) if self.parity else (None,)
-        irs = [
-            (l, (-1) ** l if p is None else p) for l in range(self.max_ell + 1) for p in parities
-        ]
-        return e3nn.Irreps([(self.channels, ir) for ir in irs]).sort().irreps
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["species"] = list(self.species)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> MACEConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown MACE config keys {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**{**d, "species": tuple(d["species"])})
-
-
-def _gate(x: e3nn.IrrepsArray, act: str) -> e3nn.IrrepsArray:
-    return e3nn.gate(
-        x, even_act=activation(act), odd_act=jnp.tanh, even_gate_act=jax.nn.sigmoid,
-        odd_gate_act=jnp.tanh,
-    )  # fmt: skip
-
-
-def _gated(irreps: e3nn.Irreps) -> e3nn.Irreps:
-    """Scalars, one 0e gate per non-scalar irrep, then the non-scalars (e3nn.gate's order)."""
-    scalars = irreps.filter(keep=["0e", "0o"])
-    vectors = irreps.filter(drop=["0e", "0o"])
-    gates = e3nn.Irreps(f"{vectors.num_irreps}x0e") if vectors.num_irreps else e3nn.Irreps("")
-    return scalars + gates + vectors
+        return per_l_irreps(self.channels, self.max_ell, self.parity)
 
 
 class MACELayer(eqx.Module):
@@ -230,7 +193,13 @@ class MACELayer(eqx.Module):
             hidden = e3nn.Irreps([(cfg.readout_hidden, ir) for _, ir in out.regroup()])
             k1, k2 = jax.random.split(next(keys))
             self.readout = (
-                linear(self.irreps_out, _gated(hidden), dtype=dtype, key=k1, force_irreps_out=True),
+                linear(
+                    self.irreps_out,
+                    gated_irreps(hidden),
+                    dtype=dtype,
+                    key=k1,
+                    force_irreps_out=True,
+                ),
                 linear(hidden, out, dtype=dtype, key=k2, force_irreps_out=True),
             )
         else:
@@ -282,7 +251,7 @@ class MACELayer(eqx.Module):
             out = out + self.residual(species, h)
         y = self.readout[0](out)
         if len(self.readout) == 2:
-            y = self.readout[1](_gate(y, self.act))
+            y = self.readout[1](gate(y, self.act))
         return out, y
 
 
@@ -327,6 +296,11 @@ class MACE(eqx.Module):
     def dtype(self):
         return self.embedding.dtype
 
+    @property
+    def irreps_out(self) -> e3nn.Irreps:
+        """Irreps of the per-node output (every readout is forced to them)."""
+        return e3nn.Irreps(self.config.output_irreps)
+
     def __call__(
         self,
         graph: Graph,
@@ -346,28 +320,16 @@ class MACE(eqx.Module):
         zero on padding nodes.
         """
         cfg = self.config
-        if edge_vectors is None:
-            edge_vectors = graph.edge_vectors()
-        edge_vectors = edge_vectors.astype(self.dtype)
-        lengths, safe = edge_lengths_and_directions(edge_vectors, graph.edge_mask)
-        sh = e3nn.spherical_harmonics(
-            e3nn.Irreps.spherical_harmonics(cfg.max_ell), safe, normalize=True,
-            normalization="component",
+        edges = embed_edges(
+            graph, edge_vectors, lmax=cfg.max_ell, num_basis=cfg.num_basis, r_max=cfg.r_max,
+            envelope_p=cfg.envelope_p, dtype=self.dtype,
         )  # fmt: skip
-        radial = radial_embedding(lengths, cfg.num_basis, cfg.r_max, cfg.envelope_p)
-        radial = radial * graph.edge_mask[:, None]
         species: Int[Array, " n_nodes"] = species_indices(graph.numbers, cfg.species)
-        h = e3nn.IrrepsArray(f"{cfg.channels}x0e", self.embedding[species])
-        expected = e3nn.Irreps(cfg.node_input_irreps)
-        if expected.dim:
-            if node_inputs is None or node_inputs.irreps != expected:
-                got = None if node_inputs is None else node_inputs.irreps
-                raise ValueError(f"node_inputs must have irreps {expected}, got {got}")
-            h = e3nn.concatenate([h, node_inputs.astype(self.dtype)]).regroup()
-        elif node_inputs is not None:
-            raise ValueError("this MACE has node_input_irreps='' but node_inputs were given")
+        h = initial_node_features(
+            self.embedding, species, node_inputs, cfg.node_input_irreps, "MACE"
+        )
         total = None
         for layer in self.layers:
-            h, y = layer(h, species, sh, radial, graph.senders, graph.receivers)
+            h, y = layer(h, species, edges.sh, edges.radial, graph.senders, graph.receivers)
             total = y if total is None else total + y
         return total * graph.node_mask[:, None].astype(total.dtype)

@@ -1,4 +1,7 @@
-"""`ResponseModel`: the user-facing graph model (NequIP backbone + tensor heads + normalisation).
+"""`ResponseModel`: the user-facing graph model (backbone + tensor heads + normalisation).
+
+The backbone is any architecture of `zoo.backbones` (``config["backbone"]["architecture"]``:
+``"nequip"``, the default, ``"mace"`` or ``"allegro"``); the heads read its per-node features.
 
 One class for every response model of the zoo; the ``formulation`` picks how heads are made:
 
@@ -43,19 +46,19 @@ from ._response_config import OUTPUTS as OUTPUTS
 from ._response_config import fit_normalization as fit_normalization
 from ._response_config import head_entries as head_entries
 from ._response_config import make_config as make_config
+from .backbones import build_backbone
 from .graph import Graph, species_indices
-from .nequip import NequIP, NequIPConfig
 from .response import broadcast_to_nodes, graph_sum, mixed_derivatives
 
 
 class ResponseModel(HubMixin, eqx.Module):
-    """NequIP backbone + response heads; see the module docstring for outputs and units.
+    """Backbone + response heads; see the module docstring for outputs and units.
 
     **Arguments** of `__init__`: `config` (from :func:`make_config`, usually refitted with
     :func:`fit_normalization`), keyword-only `key`.
     """
 
-    backbone: NequIP
+    backbone: eqx.Module
     heads: dict
     config: dict = eqx.field(static=True)
 
@@ -69,9 +72,8 @@ class ResponseModel(HubMixin, eqx.Module):
         dtype = resolve_float(config.get("dtype", "float32"))
         self.config = config
         k_bb, k_heads = jax.random.split(key)
-        bb_config = NequIPConfig.from_dict(config["backbone"])
-        self.backbone = NequIP(bb_config, dtype=dtype, key=k_bb)
-        feats = self.backbone.readout.irreps_out  # what the readout can actually produce
+        self.backbone = build_backbone(config["backbone"], dtype=dtype, key=k_bb)
+        feats = self.backbone.irreps_out  # what the backbone can actually produce
         names = sorted(config["heads"])
         keys = dict(zip(names + ["energy"], jax.random.split(k_heads, len(names) + 1)))
         heads = {}

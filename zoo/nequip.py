@@ -9,7 +9,7 @@ map plus a species-indexed self-connection, and a gated nonlinearity.
 from __future__ import annotations
 
 import dataclasses
-import math
+from typing import ClassVar
 
 import e3nn_jax as e3nn
 import equinox as eqx
@@ -17,13 +17,21 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from ._blocks import RadialMLP, activation, edge_lengths_and_directions, linear, radial_embedding
+from ._arch_config import MAX_IRREPS_DIM, ArchitectureConfig
+from ._blocks import (
+    RadialMLP,
+    embed_edges,
+    gate,
+    gated_irreps,
+    initial_node_features,
+    linear,
+)
 from ._dtype import resolve_float
 from .graph import Graph, species_indices
 
 
 @dataclasses.dataclass(frozen=True)
-class NequIPConfig:
+class NequIPConfig(ArchitectureConfig):
     """Hyperparameters of :class:`NequIP` (JSON-safe; stored in ``config.json``).
 
     Attributes:
@@ -60,26 +68,18 @@ class NequIPConfig:
     node_input_irreps: str = ""
     activation: str = "silu"
 
-    def __post_init__(self):
-        species = tuple(int(z) for z in self.species)
-        if not species or len(set(species)) != len(species) or min(species) < 1:
-            raise ValueError(f"species must be distinct atomic numbers >= 1, got {self.species}")
-        object.__setattr__(self, "species", species)
-        if not (math.isfinite(self.r_max) and self.r_max > 0):
-            raise ValueError(f"r_max must be positive (Å), got {self.r_max}")
-        for name in ("num_layers", "channels", "num_basis", "radial_hidden"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.lmax <= 6:
-            raise ValueError(f"lmax must be in 0..6, got {self.lmax}")
-        if not self.avg_num_neighbors > 0:
-            raise ValueError(f"avg_num_neighbors must be > 0, got {self.avg_num_neighbors}")
-        activation(self.activation)
-        for name in ("output_irreps", "node_input_irreps"):
-            try:
-                e3nn.Irreps(getattr(self, name))
-            except Exception as err:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not an irreps string: {err}")
+    ARCHITECTURE: ClassVar[str] = "nequip"
+    LIMITS: ClassVar[dict[str, tuple[int, int]]] = {
+        "num_layers": (1, 16), "channels": (1, 1024), "lmax": (0, 6), "num_basis": (1, 128),
+        "envelope_p": (2, 32), "radial_hidden": (1, 4096), "radial_layers": (0, 16),
+    }  # fmt: skip
+    IRREPS_FIELDS: ClassVar[tuple[str, ...]] = ("output_irreps", "node_input_irreps")
+    NODE_INPUTS: ClassVar[bool] = True
+
+    def check(self) -> None:
+        if self.hidden_irreps.dim > MAX_IRREPS_DIM * 4:
+            raise ValueError(f"channels={self.channels} with lmax={self.lmax} gives hidden "
+                             f"features of dimension {self.hidden_irreps.dim}: too large")  # fmt: skip
         missing = [ir for _, ir in e3nn.Irreps(self.output_irreps) if ir not in self.hidden_irreps]
         if missing:
             raise ValueError(
@@ -89,6 +89,7 @@ class NequIPConfig:
 
     @property
     def hidden_irreps(self) -> e3nn.Irreps:
+        # unsorted (0e, 0o, 1e, 1o, ...): the order of the shipped weights
         parities = (1, -1) if self.parity else (None,)
         irs = []
         for l in range(self.lmax + 1):
@@ -96,28 +97,9 @@ class NequIPConfig:
                 irs.append((self.channels, (l, p if p is not None else (-1) ** l)))
         return e3nn.Irreps(irs)
 
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["species"] = list(self.species)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> NequIPConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(
-                f"unknown NequIP config keys {sorted(unknown)}; known: {sorted(known)}"
-            )
-        return cls(**{**d, "species": tuple(d["species"])})
-
-
-def _gated(irreps: e3nn.Irreps) -> e3nn.Irreps:
-    """Scalars, then one 0e gate per non-scalar irrep, then the non-scalars (e3nn.gate's order)."""
-    scalars = irreps.filter(keep=["0e", "0o"])
-    vectors = irreps.filter(drop=["0e", "0o"])
-    gates = e3nn.Irreps(f"{vectors.num_irreps}x0e") if vectors.num_irreps else e3nn.Irreps("")
-    return scalars + gates + vectors
+    @property
+    def feature_irreps(self) -> e3nn.Irreps:
+        return self.hidden_irreps
 
 
 class InteractionLayer(eqx.Module):
@@ -155,7 +137,7 @@ class InteractionLayer(eqx.Module):
         self.radial_mlp = RadialMLP(
             sizes + (self.irreps_messages.num_irreps,), cfg.activation, dtype=dtype, key=k2
         )
-        gated = _gated(self.irreps_out).simplify()
+        gated = gated_irreps(self.irreps_out).simplify()
         self.linear_down = linear(
             self.irreps_messages, gated, dtype=dtype, key=k3, force_irreps_out=True
         )
@@ -171,13 +153,7 @@ class InteractionLayer(eqx.Module):
         summed = e3nn.scatter_sum(messages, dst=receivers, output_size=h.shape[0])
         summed = summed / jnp.sqrt(self.avg_num_neighbors).astype(summed.dtype)
         out = (self.linear_down(summed) + self.self_connection(species, h)) / jnp.sqrt(2.0)
-        return e3nn.gate(
-            out,
-            even_act=activation(self.act),
-            odd_act=jnp.tanh,
-            even_gate_act=jax.nn.sigmoid,
-            odd_gate_act=jnp.tanh,
-        )
+        return gate(out, self.act)
 
 
 class NequIP(eqx.Module):
@@ -215,6 +191,11 @@ class NequIP(eqx.Module):
     def dtype(self):
         return self.embedding.dtype
 
+    @property
+    def irreps_out(self) -> e3nn.Irreps:
+        """Irreps of the per-node output (what the readout can make of the hidden features)."""
+        return self.readout.irreps_out
+
     def __call__(
         self,
         graph: Graph,
@@ -233,29 +214,15 @@ class NequIP(eqx.Module):
         **Returns:** `(n_nodes, config.output_irreps)`; zero on padding nodes.
         """
         cfg = self.config
-        if edge_vectors is None:
-            edge_vectors = graph.edge_vectors()
-        edge_vectors = edge_vectors.astype(self.dtype)
-        lengths, safe = edge_lengths_and_directions(edge_vectors, graph.edge_mask)
-        sh = e3nn.spherical_harmonics(
-            e3nn.Irreps.spherical_harmonics(cfg.lmax),
-            safe,
-            normalize=True,
-            normalization="component",
-        )
-        radial = radial_embedding(lengths, cfg.num_basis, cfg.r_max, cfg.envelope_p)
-        radial = radial * graph.edge_mask[:, None]
+        edges = embed_edges(
+            graph, edge_vectors, lmax=cfg.lmax, num_basis=cfg.num_basis, r_max=cfg.r_max,
+            envelope_p=cfg.envelope_p, dtype=self.dtype,
+        )  # fmt: skip
         species: Int[Array, " n_nodes"] = species_indices(graph.numbers, cfg.species)
-        h = e3nn.IrrepsArray(f"{cfg.channels}x0e", self.embedding[species])
-        expected = e3nn.Irreps(cfg.node_input_irreps)
-        if expected.dim:
-            if node_inputs is None or node_inputs.irreps != expected:
-                got = None if node_inputs is None else node_inputs.irreps
-                raise ValueError(f"node_inputs must have irreps {expected}, got {got}")
-            h = e3nn.concatenate([h, node_inputs.astype(self.dtype)]).regroup()
-        elif node_inputs is not None:
-            raise ValueError("this NequIP has node_input_irreps='' but node_inputs were given")
+        h = initial_node_features(
+            self.embedding, species, node_inputs, cfg.node_input_irreps, "NequIP"
+        )
         for layer in self.layers:
-            h = layer(h, species, sh, radial, graph.senders, graph.receivers)
+            h = layer(h, species, edges.sh, edges.radial, graph.senders, graph.receivers)
         out = self.readout(h)
         return out * graph.node_mask[:, None].astype(out.dtype)

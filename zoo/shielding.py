@@ -34,7 +34,7 @@ from . import _predict, nmr
 from ._hub_mixin import HubMixin
 from ._serialization import FORMAT_VERSION
 from .irreps import to_irreps
-from .model import ResponseModel
+from .model import ResponseModel, make_config
 
 MODEL_TYPE = "shielding"
 
@@ -45,11 +45,48 @@ def _symbol(z: int) -> str:
     return chemical_symbols[int(z)]
 
 
+def shielding_config(
+    species,
+    *,
+    backbone: dict | None = None,
+    formulation: str = "direct",
+    atomic_number: int = 14,
+    reference: dict | None = None,
+    feature_irreps: str | None = None,
+    members: int = 1,
+) -> dict:
+    """A :class:`ShieldingModel` config with unit normalisation.
+
+    **Arguments:** `species` (atomic numbers), `backbone` (``{"architecture": "nequip" |
+    "mace" | "allegro", ...}``, see `zoo.backbones`; default NequIP), `formulation`
+    (``"direct"`` or ``"magnetic"``), `atomic_number` of the nucleus, `reference`
+    (``{"slope", "offset"}`` or None), `feature_irreps`, `members` (ensemble size). Refit the
+    response part's head with `zoo.model.fit_normalization` before training.
+    """
+    if formulation not in ("direct", "magnetic"):
+        raise ValueError(f"formulation must be 'direct' or 'magnetic', got {formulation!r}")
+    response = make_config(
+        species, ["shielding"], formulation=formulation, backbone=backbone,
+        feature_irreps=feature_irreps, acoustic_sum_rule=False,
+    )  # fmt: skip
+    config = {
+        "model_type": MODEL_TYPE,
+        "zoo_version": FORMAT_VERSION,
+        "atomic_number": int(atomic_number),
+        "reference": reference,
+        "response": response,
+    }
+    if members != 1:
+        config["members"] = members
+    return config
+
+
 class ShieldingModel(HubMixin, eqx.Module):
     """NMR tensors (the training data's quantity) of the atoms of one element; see the module
     docstring.
 
-    **Arguments** of `__init__`: `config` (``{"model_type": "shielding", "zoo_version",
+    **Arguments** of `__init__`: `config` (from :func:`shielding_config`, or
+    ``{"model_type": "shielding", "zoo_version",
     "atomic_number", "reference": {"slope", "offset", ...} or None, "response": <ResponseModel
     config>, "members": 1}``),
     keyword-only `key`. `members` > 1 is an ensemble of that many response models of the same
