@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from ._response_config import _min_distance
+from ._response_config import training_domain
 from .structure import as_structures
 
 MODEL_TYPE = "field"
@@ -130,10 +130,5 @@ def fit_field_config(config: dict, records: list[dict]) -> dict:
     config["dipole_scale"] = float(
         max(np.sqrt(np.mean((born - q[:, None, None] * np.eye(3)) ** 2)), 1e-3)
     )
-    vpa = [s.volume / len(s) for s in structures if s.pbc.all()]
-    config["domain"] = {
-        "volume_per_atom": [min(vpa), max(vpa)] if vpa else None,
-        "min_distance": float(min(_min_distance(s) for s in structures)),
-        "periodic": bool(all(s.pbc.all() for s in structures)),
-    }
+    config["domain"] = training_domain(structures)
     return config

@@ -208,13 +208,19 @@ def fit_normalization(config: dict, structures, targets: Mapping[str, list]) -> 
         config["energy_scale"] = z / config["field_scale"]
     elif config["formulation"] == "magnetic":
         config["energy_scale"] = rms.get("shielding", 1.0)
+    config["domain"] = training_domain(structures)
+    return config
+
+
+def training_domain(structures: list[Structure]) -> dict:
+    """The config's ``domain``: what the training structures span (for out-of-domain
+    warnings): volume per atom range (periodic ones), shortest distance, all periodic."""
     vpa = [s.volume / len(s) for s in structures if s.pbc.all()]
-    config["domain"] = {
+    return {
         "volume_per_atom": [min(vpa), max(vpa)] if vpa else None,
         "min_distance": float(min(_min_distance(s) for s in structures)),
         "periodic": bool(all(s.pbc.all() for s in structures)),
     }
-    return config
 
 
 def _min_distance(s: Structure, r: float = 6.0) -> float:
