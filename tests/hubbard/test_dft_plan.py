@@ -188,6 +188,13 @@ def test_cathode_queue_order(plan_pseudos):
     cheap = [j for j in cath if "sym-e+0.000" in j["id"] and len(j["structure"]["symbols"]) <= 6]
     early = [j for j in checks if "FePO4" not in j["id"]] + cheap
     assert max(j["priority"] for j in early) < min(rocksalt_strains)
+    # the layered cells (two metals, two Li concentrations, hours each) before beta-MnO2's (~12 h)
+    layered = [
+        p
+        for i, p in prio.items()
+        if "-sym-e+0.000" in i and ("NiO2" in i or "LiMnO2" in i or "MnO2-layered" in i)
+    ]
+    assert max(layered) < prio["c160-beta-MnO2-sym-e+0.000"] < prio["c170-LiMn2O4-sym-e+0.000"]
     olivine = [p for i, p in prio.items() if "FePO4" in i]
     # the rattled spinel and beta-MnO2 cells (fewest labels per core-hour) after the olivines'
     # symmetric cells, before their rattled ones
