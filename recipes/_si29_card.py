@@ -28,7 +28,7 @@ def _training_text() -> str:
             f = s["finetune"]
             text += (f" then {f['max_epochs']} fine-tuning epochs (rate {f['learning_rate']:g}, "
                      f"isotropic part weighted {s['finetune_0e_weight']:g}x)")  # fmt: skip
-        if len(seeds_of(form)) > 1:
+        if len(seeds_of(s)) > 1:
             text += (f", {len(s['seeds'])} models from seeds {s['seeds']} (initialisation and "
                      "batch order), predicting their mean")  # fmt: skip
         parts.append(text)

@@ -341,20 +341,22 @@ def test_device_at_load(tmp_path, response_model):
         load(folder, device="gpu0")
 
 
-def test_the_mixin_on_a_hubbard_class(tmp_path):
-    """The mixin needs only ``config["model_type"]`` and the registry: a Hubbard model class
-    that inherits it loads the shipped weights as itself."""
+def test_the_mixin_on_the_hubbard_classes(tmp_path):
+    """Every Hubbard model class carries the mixin: `from_pretrained` loads the shipped weights
+    as that class, `save_pretrained` and a reload round-trip."""
     import equinox as eqx
     import jax
 
     from zoo._hub_mixin import HubMixin
+    from zoo.hubbard._ensemble import HubbardEnsemble
+    from zoo.hubbard._kernel import KernelModel
+    from zoo.hubbard._models import IntersiteModel, OnsiteModel
     from zoo.hubbard._predict import HubbardUV
 
-    class HubbardUVHub(HubMixin, HubbardUV):
-        pass
-
-    model = HubbardUVHub.from_pretrained("hubbard-uv")
-    assert type(model) is HubbardUVHub
+    for cls in (HubbardUV, HubbardEnsemble, KernelModel, IntersiteModel, OnsiteModel):
+        assert issubclass(cls, HubMixin), cls.__name__
+    model = HubbardUV.from_pretrained("hubbard-uv")
+    assert type(model) is HubbardUV
     shipped = load("hubbard-uv")
     mine, theirs = (
         jax.tree_util.tree_leaves(eqx.filter(m, eqx.is_array)) for m in (model, shipped)
@@ -362,4 +364,4 @@ def test_the_mixin_on_a_hubbard_class(tmp_path):
     assert len(mine) == len(theirs) > 0
     assert all(np.array_equal(a, b) for a, b in zip(mine, theirs))
     folder = model.save_pretrained(tmp_path / "uv")
-    assert type(HubbardUVHub.from_pretrained(folder)) is HubbardUVHub
+    assert type(HubbardUV.from_pretrained(folder)) is HubbardUV

@@ -338,9 +338,10 @@ def test_shipped_folders_are_readable_formats_with_a_known_backbone():
     assert {n for n, a in found.items() if a is None} >= {"hubbard-u", "hubbard-v", "hubbard-uv"}
 
 
-def test_shipped_folders_predict_the_stored_references_bit_identically():
-    """The shipped weights and configs, loaded by this code, give exactly the stored arrays
-    (tests/data/shipped_predictions.npz, written from the same folders on x86-64 CPU)."""
+def test_shipped_folders_predict_the_stored_references():
+    """The shipped weights and configs, loaded by this code, give the stored arrays
+    (tests/data/shipped_predictions.npz, written from the same folders on x86-64 CPU) up to
+    float32 rounding: padding capacities change the order of the sums over edges."""
     import ase.io
 
     from zoo.hub import load
@@ -354,11 +355,14 @@ def test_shipped_folders_predict_the_stored_references_bit_identically():
     names = [k.split("/")[1] for k in ref if k.startswith("batio3-response/")]
     assert sorted(names) == sorted(out)
     for name in names:
-        np.testing.assert_array_equal(out[name], ref[f"batio3-response/{name}"], err_msg=name)
+        np.testing.assert_allclose(out[name], ref[f"batio3-response/{name}"], rtol=1e-5,
+                                   atol=2e-6, err_msg=name)  # fmt: skip
     si29 = load("si29-shielding", source="embedded", model_types={"shielding": ShieldingModel})
     frames = ase.io.read(examples / "si29-shielding" / "silicates.extxyz", index=":")
     out = si29.predict(frames)
-    np.testing.assert_array_equal(out["unreferenced_shift"], ref["si29-shielding/shielding"])
+    np.testing.assert_allclose(
+        out["unreferenced_shift"], ref["si29-shielding/shielding"], rtol=1e-5, atol=1e-4
+    )  # ppm values of order 100
     np.testing.assert_array_equal(out["structure_index"], ref["si29-shielding/structure_index"])
 
 
