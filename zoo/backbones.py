@@ -209,9 +209,3 @@ class Potential(HubMixin, eqx.Module):
     def stress(self, atoms) -> np.ndarray:
         """Stress (eV/Å^3) `(3, 3)` of one structure, `(n_structures, 3, 3)` of a list."""
         return self.predict(atoms)["stress"]
-
-    def save_pretrained(self, directory, *, card: str | None = None, **kwargs):
-        """Write config.json, model.safetensors and README.md (see `zoo.save_pretrained`)."""
-        from ._serialization import save_pretrained
-
-        return save_pretrained(self, directory, card=card, **kwargs)

@@ -217,12 +217,6 @@ class FieldModel(HubMixin, eqx.Module):
             atoms, self.input_spec(needs), call, names, batch_size=batch_size, progress=progress
         )
 
-    def save_pretrained(self, directory, *, card: str | None = None, **kwargs):
-        """Write config.json, model.safetensors and README.md (see `zoo.save_pretrained`)."""
-        from ._serialization import save_pretrained
-
-        return save_pretrained(self, directory, card=card, **kwargs)
-
 
 @eqx.filter_jit
 def _forward(model: FieldModel, graph: Graph, field, raman: bool) -> dict:

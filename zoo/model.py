@@ -262,12 +262,6 @@ class ResponseModel(HubMixin, eqx.Module):
         warnings for structures outside the training domain."""
         _predict.check(structures, self.input_spec())
 
-    def save_pretrained(self, directory, *, card: str | None = None, **kwargs):
-        """Write config.json, model.safetensors and README.md (see `zoo.save_pretrained`)."""
-        from ._serialization import save_pretrained
-
-        return save_pretrained(self, directory, card=card, **kwargs)
-
 
 def subtract_mean_over_atoms(graph: Graph, values: jax.Array) -> jax.Array:
     """Acoustic sum rule: remove each structure's mean over its real atoms."""

@@ -280,12 +280,6 @@ class ShieldingModel(HubMixin, eqx.Module):
             nmr.plot_spectrum(x, y, ax, xlabel=label, invert_x=True)
         return x, y
 
-    def save_pretrained(self, directory, *, card: str | None = None, **kwargs):
-        """Write config.json, model.safetensors and README.md (see `zoo.save_pretrained`)."""
-        from ._serialization import save_pretrained
-
-        return save_pretrained(self, directory, card=card, **kwargs)
-
 
 def analyse(raw: np.ndarray, mask: np.ndarray, reference: dict | None = None) -> dict:
     """`zoo.nmr` analysis (shift form) of the rows of `raw` `(N, 3, 3)` where `mask`; NaN
