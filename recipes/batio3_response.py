@@ -350,9 +350,13 @@ Fixed split by structure id (`split.json`): 32 training, 8 validation. Normalisa
 - validation ids: {val}
 
 ## Conventions
-- The source does not state which index of the stored Z* is the field; a direct model
-  reproduces the stored order whatever it is. Field-first (`[atom, field, displacement]`,
-  the QE print order) is assumed.
+- Born charges are field first, `Z[i, a, b] = dP_a / dr_ib` (e), as in `zoo.FieldModel`
+  and `data/field`. The DFPT files store the transpose and `zoo.data.batio3` transposes them
+  on reading. The order was settled on the 59 finite-field BaTiO3 frames of `data/field`
+  (explicit order, never used to train this model): the antisymmetric part of the
+  predicted Z* has MAE 0.041 e in this order and 0.133 e transposed (its sign would be
+  reversed); the symmetric part, 0.102 e, does not depend on the order. Whole-tensor MAE
+  on those tetragonal frames: 0.108 e (`tests/test_born_convention.py` checks it).
 - Raman: every cell has the same volume (1728.07 Å³), so the data cannot tell the 1/Ω
   conventions apart; the magnitudes (mean |R| 1.55, ε∞ ≈ 5.1) match the QE convention
   R = -(e²/4πε0) d3E/dr deps deps (Å²).

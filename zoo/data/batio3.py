@@ -2,6 +2,10 @@
 ESPRESSO cards plus Born charges, Raman tensors, dielectric and chi(2) tensors per structure,
 the fixed training/validation split, and the check that flags unphysical dielectric tensors.
 
+Born charges are returned field first, ``Z[i, a, b] = dP_a / dr_ib`` (the zoo's convention,
+that of `zoo.FieldModel` and ``data/field``); the files store them displacement first and are
+transposed on reading (how the order was determined: ``data/batio3/README.md``).
+
 Every file is checked on reading; a wrong shape, a missing file or a non-finite value raises
 one ValueError naming the file.
 """
@@ -89,8 +93,9 @@ def load_batio3(root: str | os.PathLike, ids=None) -> list[dict]:
     **Arguments:** `root` (the folder with ``structures/qe`` and the target folders), `ids`
     (structure ids like ``"00000"``; default: every ``born_charges/*.npy``).
 
-    **Returns:** ``[{"id", "structure", "born_charges" (n, 3, 3) e, "raman_tensors"
-    (n, 3, 3, 3) Å^2, "dielectric" (3, 3), "chi2" (3, 3, 3)}, ...]``.
+    **Returns:** ``[{"id", "structure", "born_charges" (n, 3, 3) e ``[atom, field,
+    displacement]``, "raman_tensors" (n, 3, 3, 3) Å^2 ``[atom, displacement, field, field]``,
+    "dielectric" (3, 3), "chi2" (3, 3, 3)}, ...]``.
     """
     root = Path(root)
     if not (root / "structures" / "qe").is_dir():
@@ -106,6 +111,8 @@ def load_batio3(root: str | os.PathLike, ids=None) -> list[dict]:
         for name, (folder, shape, per_atom) in TARGETS.items():
             full = (len(structure), *shape) if per_atom else shape
             record[name] = _load_array(root / folder / f"{sid}.npy", full)
+        # the files are [atom, displacement, field]; the zoo is field first
+        record["born_charges"] = np.ascontiguousarray(record["born_charges"].transpose(0, 2, 1))
         records.append(record)
     return records
 
