@@ -21,9 +21,11 @@ def test_batio3_loader_returns_field_first_born_charges():
 
 
 def test_shipped_batio3_response_is_field_first_on_field_frames():
-    # the antisymmetric part is what a transpose flips: the right order fits it several times
-    # better (0.04 vs 0.14 e over the 12 validation frames of batio3-field)
-    frames = load_field("batio3")[:2]
+    # the antisymmetric part is what a transpose flips: the right order fits it three times
+    # better (0.041 vs 0.133 e over all 59 frames); the two frames richest in it decide here
+    frames = load_field("batio3")
+    content = [np.abs(antisymmetric(f["born_charges"])).mean() for f in frames]
+    frames = [frames[i] for i in np.argsort(content)[-2:]]
     pred = zoo.load("batio3-response").predict([f["structure"] for f in frames])["born_charges"]
     true = np.concatenate([f["born_charges"] for f in frames])
     as_is = np.abs(antisymmetric(pred) - antisymmetric(true)).mean()
