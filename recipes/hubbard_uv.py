@@ -200,14 +200,18 @@ def train_kernel(ds: dict, labels: np.ndarray, seed: int):
     )
     model = KernelModel.fit(ds["species"], inputs, ds["y"][tr], kind=kind, gamma=gamma, lam=lam)
     metrics = report_metrics(model, ds, labels)
-    te = np.flatnonzero(labels == TEST)
-    limit = model.config["support_distance"]
-    refused = np.zeros(len(te), bool)
-    if len(te) and limit is not None:
-        refused = model.distance_to_training(*(a[te] for a in ds["inputs"])) > limit
+    te, va = np.flatnonzero(labels == TEST), np.flatnonzero(labels == VALIDATE)
+    refused, va_refused = (
+        np.array([why is not None for why in model.support_report(*(a[i] for a in ds["inputs"]))])
+        if len(i) else np.zeros(0, bool)
+        for i in (te, va)
+    )  # fmt: skip
     metrics["kernel"] = {
-        "gamma": gamma, "lam": lam, "cv_folds": CV_FOLDS, "cv": table, "support_distance": limit,
+        "gamma": gamma, "lam": lam, "cv_folds": CV_FOLDS, "cv": table,
+        "support_distance": model.config["support_distance"],
+        "species_support": model.species_support(),
         "test_refused": [ds["rows"][i]["id"] for i in te[refused]],
+        "validation_refused": [ds["rows"][i]["id"] for i in va[va_refused]],
     }  # fmt: skip
     if refused.any():  # what predict() answers: the supported rows
         supported = evaluate(model, ds, te[~refused], "test")

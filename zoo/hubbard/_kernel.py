@@ -10,9 +10,11 @@ prediction is ``mean + std * sum_i alpha_i exp(-gamma |z - z_i|^2)`` over the tr
 Why a kernel and not only HubbardML's network: on the same cluster splits of ``data/hubbard``
 it errs 3-4x less (``docs/experiments.md``, Hubbard models), it has no initialisation to get
 stuck in, and a sum of Gaussians stays bounded off the data where the network (a high-degree
-polynomial of its inputs) blew up to 1e5 eV. It also knows when it is off the data: a row
-farther from every training row than :data:`SUPPORT_FACTOR` times the largest such distance
-within the training rows is refused by :meth:`KernelModel.check_support`.
+polynomial of its inputs) blew up to 1e5 eV. It also knows when it is off the data, per
+species: a row farther from every training row of its species (U: the metal; V: the
+ligand-metal pair) than :data:`SUPPORT_FACTOR` times the largest such distance among the
+training rows of that species is refused by :meth:`KernelModel.check_support`, and so is a
+row whose species has no training rows or only one environment.
 """
 
 from typing import Any
@@ -33,14 +35,19 @@ KINDS = ("onsite", "intersite")
 #: smallest ridge: below it (K + lam I) is so ill-conditioned that float32 weights move
 #: predictions by meV (measured: 2 meV at 1e-5, 0.2 meV at 1e-4, on ~270 V rows)
 LAMBDA_MIN = 1e-4
-#: a row is off the data when its distance to the nearest training row exceeds this many
-#: times the largest nearest-neighbour distance among the training rows (shipped fit: the
-#: held-out FeO site of another orbital order sits at 7-9x, every validation row below 0.31x)
+#: a row is off the data when its distance to the nearest training row of its species exceeds
+#: this many times the largest nearest-neighbour distance among the training rows of that
+#: species (all species pooled, shipped fit: the held-out FeO site of another orbital order
+#: sits at 7-9x, every validation row below 0.31x)
 SUPPORT_FACTOR = 2.0
 #: smallest spread a descriptor component is standardised by. The invariants are quadratic
 #: in occupations (0..1): the l = 6, 8 products of a near-cubic site vary by ~1e-6 and, divided
 #: by that, a rattled cell's 1e-4 would sit 1e2-1e6 units away (every row "off the data")
 STD_FLOOR = 1e-3
+#: training rows closer than this (standardised units) are one point for the support radius:
+#: symmetry-equivalent sites of one run differ by float noise (~1e-6), which would otherwise
+#: set a species' range
+DUPLICATE_TOL = 1e-2
 SPECIES_WEIGHT = 3.0  # one-hot scale: rows of two species are 18 (standardised units^2) apart
 
 
@@ -168,6 +175,7 @@ class KernelModel(HubMixin, PredictsRuns, eqx.Module):
         support = float(nearest[np.isfinite(nearest)].max()) if np.isfinite(nearest).any() else None
         config = config | {
             "n_train": int(n), "target_mean": t_mean, "target_std": t_std,
+            # all species pooled (the cards report it); the guard uses species_support()
             "support_distance": None if support is None else SUPPORT_FACTOR * support,
         }  # fmt: skip
         return cls(config, z, y, alpha)
@@ -247,23 +255,100 @@ class KernelModel(HubMixin, PredictsRuns, eqx.Module):
         d = np.sqrt(_sq_dist(flat, np.asarray(self.train_z, np.float64)).min(1))
         return d.reshape(z.shape[:-1])
 
+    def species_support(self) -> dict[str, dict]:
+        """Per species of the training rows (U: the metal, ``"Ni"``; V: ligand-metal,
+        ``"O-Ni"``): ``{"rows": n, "environment": radius, "descriptor": radius}``. A radius is
+        :data:`SUPPORT_FACTOR` times the largest nearest-neighbour distance among that
+        species' distinct training rows (closer than :data:`DUPLICATE_TOL`: one row), in the
+        occupations-and-distance part of the descriptor (the environment, without the run's
+        U_in / V_in) or in the whole descriptor; :data:`DUPLICATE_TOL` when the rows hold a
+        single point."""
+        z = np.asarray(self.train_z, np.float64)
+        keys = _species_keys(self.config, z)
+        env = _environment_columns(self.config)
+        out = {}
+        for key in sorted(set(keys)):
+            group = z[keys == key]
+            out[key] = {
+                "rows": len(group),
+                "environment": _radius(group[:, env]),
+                "descriptor": _radius(group),
+            }
+        return out
+
+    def support_report(self, *inputs) -> list[str | None]:
+        """Per row of `inputs` (as for :meth:`__call__`, arrays ``(m, dim)``): None when it
+        lies within the training range of its species (:meth:`species_support`), else why
+        not: no training rows of its species, its environment (occupations, distance) or its
+        whole descriptor (with the run's U_in / V_in) too far from them."""
+        z = self.descriptor(*(np.asarray(getattr(a, "array", a), np.float64) for a in inputs))
+        z = z.reshape(-1, z.shape[-1])
+        train = np.asarray(self.train_z, np.float64)
+        train_keys = _species_keys(self.config, train)
+        env = _environment_columns(self.config)
+        support = self.species_support()
+        report = []
+        for row, key in zip(z, _species_keys(self.config, z)):
+            if key not in support:
+                report.append(f"no {key} training rows (trained on {', '.join(support)})")
+                continue
+            near = train[train_keys == key]
+            why = None
+            for what, part, cols in (
+                ("environment", "environment (occupations, distance)", env),
+                ("descriptor", "descriptor (with the run's parameter)", slice(None)),
+            ):
+                d = float(np.sqrt(((near[:, cols] - row[cols]) ** 2).sum(-1).min()))
+                limit = support[key][what]
+                if not d <= limit:
+                    why = (
+                        f"its {key} {part} is {d:.3g} standardised units from the nearest of "
+                        f"the {len(near)} {key} training rows, beyond their range ({limit:.3g})"
+                    )
+                    break
+            report.append(why)
+        return report
+
     def check_support(self, inputs: tuple, names: list[str]) -> None:
-        """ValueError naming the first row of `inputs` farther from the training rows than
-        ``config["support_distance"]`` (an extrapolation: the kernel would only return the
-        training mean there)."""
-        limit = self.config.get("support_distance")
-        if limit is None:
-            return
-        d = np.atleast_1d(self.distance_to_training(*inputs))
-        bad = np.flatnonzero(~(d <= limit))
-        if len(bad):
-            i = int(bad[0])
+        """ValueError naming the first row of `inputs` outside the training range of its
+        species (:meth:`support_report`): an extrapolation, where the kernel would only
+        return the training mean."""
+        report = self.support_report(*inputs)
+        bad = [i for i, why in enumerate(report) if why is not None]
+        if bad:
             raise ValueError(
-                f"{names[i]}: its occupations (with the run's parameter and distance) are "
-                f"{d[i]:.3g} standardised units from every training row, beyond the model's "
-                f"support ({limit:.3g}; {len(bad)} of {len(d)} such rows): outside what the "
-                "model was trained on; use hp.x for it"
+                f"{names[bad[0]]}: {report[bad[0]]} ({len(bad)} of {len(report)} such rows): "
+                "outside what the model was trained on; use hp.x for it"
             )
+
+
+def _environment_columns(config: dict) -> np.ndarray:
+    """Mask of the descriptor columns without the run's U_in / V_in (the invariant just
+    before the one-hot tail, :func:`raw_descriptor`)."""
+    blocks = 1 if config["kind"] == "onsite" else 2
+    keep = np.ones(config["descriptor_dim"], bool)
+    keep[config["descriptor_dim"] - blocks * len(config["species"]) - 1] = False
+    return keep
+
+
+def _radius(group: np.ndarray) -> float:
+    """:data:`SUPPORT_FACTOR` x the largest nearest-neighbour distance among the distinct
+    rows of `group` ``(n, dim)``; :data:`DUPLICATE_TOL` when they are one point."""
+    d = np.sqrt(((group[:, None] - group[None]) ** 2).sum(-1))
+    d[d < DUPLICATE_TOL] = np.inf  # itself and (near-)duplicates
+    nearest = d.min(1)
+    finite = nearest[np.isfinite(nearest)]
+    return SUPPORT_FACTOR * float(finite.max()) if finite.size else DUPLICATE_TOL
+
+
+def _species_keys(config: dict, z: np.ndarray) -> np.ndarray:
+    """Species of each descriptor row ``(m, dim)`` from its one-hot tail: the metal (U) or
+    ``ligand-metal`` (V, p site then d site)."""
+    species = config["species"]
+    blocks = 1 if config["kind"] == "onsite" else 2
+    hot = z[:, z.shape[1] - blocks * len(species) :].reshape(len(z), blocks, len(species))
+    index = hot.argmax(-1)
+    return np.array(["-".join(species[j] for j in row) for row in index], dtype=object)
 
 
 def _sq_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
