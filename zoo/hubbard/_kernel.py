@@ -12,9 +12,9 @@ it errs 3-4x less (``docs/experiments.md``, Hubbard models), it has no initialis
 stuck in, and a sum of Gaussians stays bounded off the data where the network (a high-degree
 polynomial of its inputs) blew up to 1e5 eV. It also knows when it is off the data, per
 species: a row farther from every training row of its species (U: the metal; V: the
-ligand-metal pair) than :data:`SUPPORT_FACTOR` times the largest such distance among the
-training rows of that species is refused by :meth:`KernelModel.check_support`, and so is a
-row whose species has no training rows or only one environment.
+ligand-metal pair) than a few times the largest such distance among the training rows of that
+species (:meth:`KernelModel.species_support`) is refused by :meth:`KernelModel.check_support`,
+and so is a row of a species without training rows.
 """
 
 from typing import Any
@@ -29,25 +29,17 @@ from .._hub_mixin import HubMixin
 from ._features import invariants, occs_prod_irreps, occs_sum_irreps, onsite_irreps
 from ._models import _zoo_version, intersite_input_irreps
 from ._prediction import PredictsRuns
+from ._support import SUPPORT_FACTOR, species_support, support_report
 
 KERNEL_TYPE = "hubbard-kernel"
 KINDS = ("onsite", "intersite")
 #: smallest ridge: below it (K + lam I) is so ill-conditioned that float32 weights move
 #: predictions by meV (measured: 2 meV at 1e-5, 0.2 meV at 1e-4, on ~270 V rows)
 LAMBDA_MIN = 1e-4
-#: a row is off the data when its distance to the nearest training row of its species exceeds
-#: this many times the largest nearest-neighbour distance among the training rows of that
-#: species (all species pooled, shipped fit: the held-out FeO site of another orbital order
-#: sits at 7-9x, every validation row below 0.31x)
-SUPPORT_FACTOR = 2.0
 #: smallest spread a descriptor component is standardised by. The invariants are quadratic
 #: in occupations (0..1): the l = 6, 8 products of a near-cubic site vary by ~1e-6 and, divided
 #: by that, a rattled cell's 1e-4 would sit 1e2-1e6 units away (every row "off the data")
 STD_FLOOR = 1e-3
-#: training rows closer than this (standardised units) are one point for the support radius:
-#: symmetry-equivalent sites of one run differ by float noise (~1e-6), which would otherwise
-#: set a species' range
-DUPLICATE_TOL = 1e-2
 SPECIES_WEIGHT = 3.0  # one-hot scale: rows of two species are 18 (standardised units^2) apart
 
 
@@ -256,58 +248,19 @@ class KernelModel(HubMixin, PredictsRuns, eqx.Module):
         return d.reshape(z.shape[:-1])
 
     def species_support(self) -> dict[str, dict]:
-        """Per species of the training rows (U: the metal, ``"Ni"``; V: ligand-metal,
-        ``"O-Ni"``): ``{"rows": n, "environment": radius, "descriptor": radius}``. A radius is
-        :data:`SUPPORT_FACTOR` times the largest nearest-neighbour distance among that
-        species' distinct training rows (closer than :data:`DUPLICATE_TOL`: one row), in the
-        occupations-and-distance part of the descriptor (the environment, without the run's
-        U_in / V_in) or in the whole descriptor; :data:`DUPLICATE_TOL` when the rows hold a
-        single point."""
-        z = np.asarray(self.train_z, np.float64)
-        keys = _species_keys(self.config, z)
-        env = _environment_columns(self.config)
-        out = {}
-        for key in sorted(set(keys)):
-            group = z[keys == key]
-            out[key] = {
-                "rows": len(group),
-                "environment": _radius(group[:, env]),
-                "descriptor": _radius(group),
-            }
-        return out
+        """``{species: {"rows", "environment", "descriptor"}}``: the training rows and support
+        radii per species of the training rows (U: the metal, ``"Ni"``; V: ligand-metal,
+        ``"O-Ni"``), :func:`zoo.hubbard._support.species_support`."""
+        return species_support(self.config, np.asarray(self.train_z, np.float64))
 
     def support_report(self, *inputs) -> list[str | None]:
         """Per row of `inputs` (as for :meth:`__call__`, arrays ``(m, dim)``): None when it
-        lies within the training range of its species (:meth:`species_support`), else why
-        not: no training rows of its species, its environment (occupations, distance) or its
-        whole descriptor (with the run's U_in / V_in) too far from them."""
+        lies within the training range of its species, else why not
+        (:func:`zoo.hubbard._support.support_report`)."""
         z = self.descriptor(*(np.asarray(getattr(a, "array", a), np.float64) for a in inputs))
-        z = z.reshape(-1, z.shape[-1])
-        train = np.asarray(self.train_z, np.float64)
-        train_keys = _species_keys(self.config, train)
-        env = _environment_columns(self.config)
-        support = self.species_support()
-        report = []
-        for row, key in zip(z, _species_keys(self.config, z)):
-            if key not in support:
-                report.append(f"no {key} training rows (trained on {', '.join(support)})")
-                continue
-            near = train[train_keys == key]
-            why = None
-            for what, part, cols in (
-                ("environment", "environment (occupations, distance)", env),
-                ("descriptor", "descriptor (with the run's parameter)", slice(None)),
-            ):
-                d = float(np.sqrt(((near[:, cols] - row[cols]) ** 2).sum(-1).min()))
-                limit = support[key][what]
-                if not d <= limit:
-                    why = (
-                        f"its {key} {part} is {d:.3g} standardised units from the nearest of "
-                        f"the {len(near)} {key} training rows, beyond their range ({limit:.3g})"
-                    )
-                    break
-            report.append(why)
-        return report
+        return support_report(
+            self.config, np.asarray(self.train_z, np.float64), z.reshape(-1, z.shape[-1])
+        )
 
     def check_support(self, inputs: tuple, names: list[str]) -> None:
         """ValueError naming the first row of `inputs` outside the training range of its
@@ -320,35 +273,6 @@ class KernelModel(HubMixin, PredictsRuns, eqx.Module):
                 f"{names[bad[0]]}: {report[bad[0]]} ({len(bad)} of {len(report)} such rows): "
                 "outside what the model was trained on; use hp.x for it"
             )
-
-
-def _environment_columns(config: dict) -> np.ndarray:
-    """Mask of the descriptor columns without the run's U_in / V_in (the invariant just
-    before the one-hot tail, :func:`raw_descriptor`)."""
-    blocks = 1 if config["kind"] == "onsite" else 2
-    keep = np.ones(config["descriptor_dim"], bool)
-    keep[config["descriptor_dim"] - blocks * len(config["species"]) - 1] = False
-    return keep
-
-
-def _radius(group: np.ndarray) -> float:
-    """:data:`SUPPORT_FACTOR` x the largest nearest-neighbour distance among the distinct
-    rows of `group` ``(n, dim)``; :data:`DUPLICATE_TOL` when they are one point."""
-    d = np.sqrt(((group[:, None] - group[None]) ** 2).sum(-1))
-    d[d < DUPLICATE_TOL] = np.inf  # itself and (near-)duplicates
-    nearest = d.min(1)
-    finite = nearest[np.isfinite(nearest)]
-    return SUPPORT_FACTOR * float(finite.max()) if finite.size else DUPLICATE_TOL
-
-
-def _species_keys(config: dict, z: np.ndarray) -> np.ndarray:
-    """Species of each descriptor row ``(m, dim)`` from its one-hot tail: the metal (U) or
-    ``ligand-metal`` (V, p site then d site)."""
-    species = config["species"]
-    blocks = 1 if config["kind"] == "onsite" else 2
-    hot = z[:, z.shape[1] - blocks * len(species) :].reshape(len(z), blocks, len(species))
-    index = hot.argmax(-1)
-    return np.array(["-".join(species[j] for j in row) for row in index], dtype=object)
 
 
 def _sq_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
