@@ -13,7 +13,11 @@ Users who run Quantum ESPRESSO through AiiDA (``aiida-quantumespresso`` for pw.x
   ``PwCalculation``.
 
 Needs the AiiDA packages (not a dependency of zoo; see :data:`REQUIREMENTS`); importing this
-module without them raises one ImportError saying what to install.
+module without them raises one ImportError saying what to install. They are no zoo extra: every
+aiida-core 2.6-2.9 caps click below 8.3 and huggingface-hub 2.4 needs click >= 8.4.2, so pip
+cannot resolve both in one install; installed after zoo (pip warns, click goes to 8.2), zoo's
+loading and this bridge work (tested with aiida-core 2.9.4, aiida-quantumespresso 5.1.0,
+aiida-hubbard 0.7.0).
 """
 
 from __future__ import annotations
