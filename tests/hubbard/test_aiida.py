@@ -6,16 +6,13 @@ fails, and so does this file (never skipped)."""
 
 import numpy as np
 import pytest
-from aiida import load_profile, orm
-from aiida.common.links import LinkType
-from aiida.storage.sqlite_temp import SqliteTempBackend
-from aiida_quantumespresso.data.hubbard_structure import HubbardStructureData
-from aiida_quantumespresso.utils.hubbard import HubbardUtils
 
 import zoo
 from zoo.data.hubbard import DATA_DIR, load_rows
 from zoo.hubbard._run import read_run
-from zoo.hubbard.aiida import label_rows, predict, to_hubbard_structure
+
+# first: without the AiiDA packages this fails with zoo's message naming them
+from zoo.hubbard.aiida import HubbardStructureData, label_rows, orm, predict, to_hubbard_structure
 
 RUN = "NiO_strain-3pc_it0"  # pw.x run of data/hubbard's p111-NiO-sym-e-0.030, iteration 0
 SC_PATH, BOHR = "p111-NiO-sym-e-0.030", 0.529177210903
@@ -24,6 +21,9 @@ SC_PATH, BOHR = "p111-NiO-sym-e-0.030", 0.529177210903
 @pytest.fixture(scope="module")
 def profile(tmp_path_factory):
     """A throw-away AiiDA profile: SQLite in a temporary folder, no daemon or broker."""
+    from aiida import load_profile
+    from aiida.storage.sqlite_temp import SqliteTempBackend
+
     folder = tmp_path_factory.mktemp("aiida")
     return load_profile(SqliteTempBackend.create_profile(filepath=str(folder)), allow_switch=True)
 
@@ -132,6 +132,8 @@ def test_bad_aiida_inputs_are_refused(profile, files, reference):
     with pytest.raises(ValueError, match="sc_path"):
         label_rows(hub, out, occup, sc_path="a/b")
     # a failed hp.x calculation, and one that perturbed only some atoms: never labels
+    from aiida.common.links import LinkType
+
     for status, inputhp, match in ((300, {}, "did not finish ok"),
                                    (0, {"perturb_only_atom(1)": True}, "part of the")):  # fmt: skip
         calc = orm.CalcJobNode(process_type="aiida.calculations:quantumespresso.hp")
@@ -169,6 +171,8 @@ def test_prediction_back_as_hubbard_structure(profile, files):
             if key in pred.V:
                 assert pred.V[key] == pytest.approx(value)
     # aiida-quantumespresso writes the HUBBARD card of the next pw.x run from it
+    from aiida_quantumespresso.utils.hubbard import HubbardUtils
+
     card = HubbardUtils(hub).get_hubbard_card()
     ours = pred.hubbard_card("qe7")
     assert len(card.split("\n")) >= len(params) and "V" in card
