@@ -264,9 +264,11 @@ def _kernel_limitation(report: dict, parts: list[str]) -> str:
     """The support guard, with what it refused among this run's held-out test rows."""
     out = (
         "- Off its training data a Gaussian kernel returns the training mean, not a blow-up; "
-        "`predict` refuses (ValueError naming the site or pair) any row farther from every "
-        "training row than twice the largest such distance within the training rows "
-        "(`support_distance` in config.json)."
+        "`predict` refuses (ValueError naming the site or pair, its species and how far it is) "
+        "any row outside the training rows of its species (U: the metal, V: the O-metal pair): "
+        "farther from all of them than 1.25 times their largest nearest-neighbour distance in "
+        "occupations and pair distance, or twice that distance with the run's U/V included "
+        "(`KernelModel.species_support`), and any row of a species without training rows."
     )
     for p in parts:
         part = report[p]

@@ -36,156 +36,26 @@ import sys
 import time
 from pathlib import Path
 
-import equinox as eqx
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 import zoo
-from zoo.data.hubbard import (
-    load_rows,
-    select_steps,
-    step_of,
-    u_dataset,
-    v_dataset,
-)
+from recipes._hubbard_eval import TEST, clusters_of, evaluate, held_out, report_metrics, split
+from recipes._hubbard_network import LOSSES, NETWORK_OPTIONS, train_restarts
+from zoo.data.hubbard import load_rows, select_steps, step_of, u_dataset, v_dataset
 from zoo.hubbard import (
     TRAIN,
     VALIDATE,
-    HubbardEnsemble,
     HubbardUV,
     IntersiteModel,
     KernelModel,
     OnsiteModel,
-    baseline_metrics,
     cross_validate,
-    duplicate_clusters,
-    fit_scalers,
-    regression_metrics,
-    split_by_clusters,
 )
-from zoo.train import TrainConfig, fit
 
 ROOT = Path(__file__).resolve().parents[1]
-TEST = "test"
 #: whole structures (sc paths) held out of training and validation: the models are judged
 #: on these unseen structures too, and zoo/examples/hubbard-uv holds their pw.x runs
 TEST_PATHS = ("p111-NiO-sym-e-0.030", "p113-FeO-sym-e-0.030")
-
-
-def clusters_of(ds: dict, idx: np.ndarray) -> np.ndarray:
-    """Near-duplicate cluster id of each row `idx` of `ds` (among those rows)."""
-    return duplicate_clusters(
-        [ds["key"][i] for i in idx], [s[idx] for s in ds["spectra"]], ds["param_in"][idx],
-        None if ds["distance"] is None else ds["distance"][idx], param_tol=ds["tol"],
-    )  # fmt: skip
-
-
-def split(ds: dict, seed: int, transfer: int | None, test_paths=()) -> np.ndarray:
-    """ "train" / "validate" / "duplicate" / "test" per row.
-
-    Rows of `test_paths` (whole self-consistent paths = structures) are "test" and take no
-    part in clustering or training; the rest is split by duplicate clusters per
-    (species, sc path), HubbardML's ``predict_hp`` protocol.
-    """
-    test = np.array([r["sc_path"] in set(test_paths) for r in ds["rows"]])
-    labels = np.full(len(test), TEST, dtype=object)
-    rest = np.flatnonzero(~test)
-    if transfer is not None:  # the paper's transfer test: iterations < k train, the rest test
-        it = np.array([ds["rows"][i]["iteration"] for i in rest])
-        labels[rest] = np.where(it < transfer, TRAIN, VALIDATE)
-        return labels.astype(str)
-    clusters = clusters_of(ds, rest)
-    groups = [(ds["key"][i], ds["rows"][i]["sc_path"]) for i in rest]
-    labels[rest] = split_by_clusters(clusters, groups, seed=seed)
-    return labels.astype(str)
-
-
-def batches(ds: dict, idx: np.ndarray, size: int) -> list[dict]:
-    """Fixed-shape batches; the last one padded by repeating rows with mask 0."""
-    out = []
-    for start in range(0, len(idx), size):
-        part = idx[start : start + size]
-        mask = np.zeros(size, np.float32)
-        mask[: len(part)] = 1.0
-        part = np.concatenate([part, np.repeat(part[:1], size - len(part))])
-        out.append({"x": tuple(a[part] for a in ds["inputs"]), "y": ds["y"][part], "mask": mask})
-    return out
-
-
-def _call(model, x):
-    return model(*x)
-
-
-def loss_fn(model, batch, relative: bool = False):
-    """Masked mean squared error (eV^2), or of the *relative* error (MARE is relative)."""
-    err = (_call(model, batch["x"]) - batch["y"]) * batch["mask"]
-    n = jnp.sum(batch["mask"])
-    loss = jnp.sum((err / batch["y"] if relative else err) ** 2) / n
-    return loss, {"mae": jnp.sum(jnp.abs(err)) / n}
-
-
-LOSSES = {"mse": loss_fn, "relative": functools.partial(loss_fn, relative=True)}
-
-
-def predict_fn(model, batch):
-    return {"param": (_call(model, batch["x"]), batch["y"], batch["mask"])}
-
-
-@eqx.filter_jit
-def _predict_jit(model, x):
-    return _call(model, x)
-
-
-def _predict(model, x):
-    # a kernel model answers in float64 numpy, as zoo.load's predict does
-    if isinstance(model, KernelModel):
-        return model.predict_numpy(*x)
-    return _predict_jit(model, x)
-
-
-def evaluate(model, ds: dict, idx: np.ndarray, name: str) -> dict:
-    if len(idx) == 0:
-        return {}
-    pred = np.concatenate(
-        [np.asarray(_predict(model, b["x"]))[b["mask"] > 0] for b in batches(ds, idx, 64)]
-    )
-    keys = [ds["key"][i] for i in idx]
-    materials = [ds["rows"][i]["material"] for i in idx]
-    return {
-        f"{name}_model": regression_metrics(ds["y"][idx], pred, keys),
-        f"{name}_baseline": baseline_metrics(ds["param_in"][idx], ds["y"][idx], keys),
-        f"{name}_by_material": {
-            "model": regression_metrics(ds["y"][idx], pred, materials),
-            "baseline": baseline_metrics(ds["param_in"][idx], ds["y"][idx], materials),
-        },
-        f"{name}_predictions": {
-            ds["rows"][i]["id"]: [float(ds["y"][i]), float(p)] for i, p in zip(idx, pred)
-        },
-    }
-
-
-def train_one(model, ds: dict, labels: np.ndarray, args, out: Path, batch_size: int, seed: int):
-    tr, va = np.flatnonzero(labels == TRAIN), np.flatnonzero(labels == VALIDATE)
-    model = fit_scalers(
-        model,
-        tuple(a[tr] for a in ds["inputs"]) if len(ds["inputs"]) > 1 else ds["inputs"][0][tr],
-        ds["y"][tr],
-    )
-    # --keep final: the validation rows take no part in training (no early stopping, no
-    # chosen epoch) and only report; evaluate() below measures them either way
-    watch = len(va) > 0 and args.keep == "best-val"
-    config = TrainConfig(
-        seed=seed, max_epochs=args.epochs, optimizer="adamw", learning_rate=args.lr,
-        weight_decay=args.weight_decay, schedule="exponential", final_lr_factor=0.05, grad_clip=10.0,
-        early_stopping_patience=args.patience if watch else None, eval_every=10,
-        checkpoint_every=100,
-    )  # fmt: skip
-    result = fit(
-        model, LOSSES[args.loss], batches(ds, tr, batch_size), batches(ds, va, 256) if watch else None,
-        config, out_dir=out, predict_fn=predict_fn, units={"param": "eV"}, progress=False,
-    )  # fmt: skip
-    return result.model, report_metrics(result.model, ds, labels)
 
 
 def train_kernel(ds: dict, labels: np.ndarray, seed: int):
@@ -200,14 +70,18 @@ def train_kernel(ds: dict, labels: np.ndarray, seed: int):
     )
     model = KernelModel.fit(ds["species"], inputs, ds["y"][tr], kind=kind, gamma=gamma, lam=lam)
     metrics = report_metrics(model, ds, labels)
-    te = np.flatnonzero(labels == TEST)
-    limit = model.config["support_distance"]
-    refused = np.zeros(len(te), bool)
-    if len(te) and limit is not None:
-        refused = model.distance_to_training(*(a[te] for a in ds["inputs"])) > limit
+    te, va = np.flatnonzero(labels == TEST), np.flatnonzero(labels == VALIDATE)
+    refused, va_refused = (
+        np.array([why is not None for why in model.support_report(*(a[i] for a in ds["inputs"]))])
+        if len(i) else np.zeros(0, bool)
+        for i in (te, va)
+    )  # fmt: skip
     metrics["kernel"] = {
-        "gamma": gamma, "lam": lam, "cv_folds": CV_FOLDS, "cv": table, "support_distance": limit,
+        "gamma": gamma, "lam": lam, "cv_folds": CV_FOLDS, "cv": table,
+        "support_distance": model.config["support_distance"],
+        "species_support": model.species_support(),
         "test_refused": [ds["rows"][i]["id"] for i in te[refused]],
+        "validation_refused": [ds["rows"][i]["id"] for i in va[va_refused]],
     }  # fmt: skip
     if refused.any():  # what predict() answers: the supported rows
         supported = evaluate(model, ds, te[~refused], "test")
@@ -215,78 +89,12 @@ def train_kernel(ds: dict, labels: np.ndarray, seed: int):
     return model, metrics
 
 
-def report_metrics(model, ds: dict, labels: np.ndarray) -> dict:
-    """Row counts and the train / validation / test metrics of a trained model."""
-    tr, va = np.flatnonzero(labels == TRAIN), np.flatnonzero(labels == VALIDATE)
-    counts = {
-        "species": {
-            k: int(n) for k, n in zip(*np.unique(np.asarray(ds["key"])[tr], return_counts=True))
-        },
-        "train": int(len(tr)),
-        "validate": int(len(va)),
-        "duplicate": int((labels == "duplicate").sum()),
-    }
-    te = np.flatnonzero(labels == TEST)
-    counts["test"] = int(len(te))
-    return {
-        "rows": counts,
-        **evaluate(model, ds, tr, "train"),
-        **evaluate(model, ds, va, "validation"),
-        **evaluate(model, ds, te, "test"),
-    }
-
-
-def train_restarts(make, ds: dict, labels: np.ndarray, args, out: Path, batch_size: int, seed: int):
-    """`args.restarts` initialisations (and batch orders) on one split; keeps the one with the
-    lowest *training* MSE, so a start stuck on a plateau is dropped without the validation
-    rows choosing the model, or with ``args.ensemble`` the mean of them all (a
-    :class:`HubbardEnsemble`). Restart 0 is the single run of ``--restarts 1``."""
-    runs = []
-    for r in range(args.restarts):
-        key = jax.random.key(seed)
-        if r:
-            key = jax.random.fold_in(key, r)
-        run_out = out if r == 0 else out.with_name(f"{out.name}-r{r}")
-        runs.append(train_one(make(key), ds, labels, args, run_out, batch_size, seed + 1000 * r))
-    mse = [m["train_model"]["all"]["rmse"] ** 2 for _, m in runs]
-    best = int(np.argmin(mse))
-    model, metrics = runs[best]
-    restarts = {
-        "chosen": best,
-        "by": "training MSE",
-        "train_mse": mse,
-        "validation_mare": [
-            m.get("validation_model", {}).get("all", {}).get("mare") for _, m in runs
-        ],
-    }
-    if getattr(args, "ensemble", False):  # the mean of every restart is the model
-        model = HubbardEnsemble([m for m, _ in runs])
-        metrics = {"rows": metrics["rows"]}
-        for name, label in (("train", TRAIN), ("validation", VALIDATE), ("test", TEST)):
-            metrics.update(evaluate(model, ds, np.flatnonzero(labels == label), name))
-        restarts |= {"chosen": "all", "by": "ensemble mean"}
-    metrics["restarts"] = restarts
-    return model, metrics
-
-
 CV_FOLDS = 5  # the kernel's width and ridge: cross-validation folds over training clusters
-
-
-def _held_out(metrics: dict) -> dict:
-    """The row counts and validation metrics of a run (other splits, transfer test)."""
-    keys = ("rows", "validation_model", "validation_baseline")
-    return {k: metrics[k] for k in keys if k in metrics}
 
 
 #: the kernel's card also reports the paper's transfer test: iterations < k train, the rest
 #: (the converged values) validate
 TRANSFER_K = 2
-
-#: options that only the tensor-square network (``--model network``) uses
-NETWORK_OPTIONS = (
-    "epochs", "lr", "patience", "weight_decay", "hidden_layers", "bond_lmax", "residual",
-    "squash", "keep", "batch_u", "batch_v", "loss", "restarts", "ensemble",
-)  # fmt: skip
 
 
 def main(argv=None) -> dict:
@@ -436,10 +244,10 @@ def main(argv=None) -> dict:
         for s in args.split_seeds:  # the same recipe on other splits: how much the split matters
             other = split(ds, s, args.transfer, args.test_paths)
             _, m = train(other, args.out / f"split{s}-{name}", s)
-            report[name].setdefault("other_splits", {})[str(s)] = _held_out(m)
+            report[name].setdefault("other_splits", {})[str(s)] = held_out(m)
         if args.model == "kernel" and args.transfer is None:  # seconds: always report it
             _, m = train(split(ds, args.seed, TRANSFER_K, args.test_paths), None, args.seed)
-            report[name]["transfer"] = {"k": TRANSFER_K} | _held_out(m)
+            report[name]["transfer"] = {"k": TRANSFER_K} | held_out(m)
         print(name, json.dumps(report[name], indent=1))
     report["wall_time_s"] = round(time.perf_counter() - t0, 1)
     args.out.mkdir(parents=True, exist_ok=True)

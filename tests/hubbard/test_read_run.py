@@ -26,6 +26,7 @@ import pytest
 
 import zoo
 from zoo.hubbard import OnsiteModel
+from zoo.hubbard._run import read_run
 from zoo.hubbard.dft.parsers import parse_occup, parse_pw_output
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -162,25 +163,30 @@ def test_layered_lifeo2_is_answered_as_hp_x_labelled_it(shipped):
     assert all(v == pytest.approx(0.3812, rel=5e-3) for v in pred.V.values())
 
 
-def test_layered_linio2_is_read_and_answered_for_every_site_and_pair(shipped):
+def test_layered_linio2_is_read_and_refused_naming_its_ni_environment(shipped):
+    """Li has no Hubbard manifold and is left out of the sites and pairs; the shipped models
+    know Ni from rock-salt NiO only, so the layered Ni environment is refused, named."""
     ex = _example("LiNiO2_kcheck_it0")
-    pred = shipped["hubbard-uv"].predict(ex["path"], occup=ex["occup"])
-    assert pred.labels == {1: "Ni1", 2: "O", 3: "O", 4: "Li"}
-    assert list(pred.U) == [1] and len(pred.V) == 12
-    assert all(4 not in key[:2] for key in pred.sc_index)
-    # no production (q 2x2x2) label of LiNiO2 yet to compare with: only plausible magnitudes
-    assert 1.0 < pred.U[1] < 15.0 and all(0.0 < v < 5.0 for v in pred.V.values())
+    run = read_run(ex["path"], ex["occup"])
+    assert run.labels == ["Ni1", "O", "O", "Li"]
+    assert sorted(run.prepared.onsite) == [1, 2, 3]
+    assert all(4 not in key[:2] for key in run.prepared.keyed)
+    assert (1, 1, (0, 0, 0)) in run.prepared.keyed
+    with pytest.raises(ValueError, match=r"U of site 1 \(Ni1\): its Ni environment .*beyond"):
+        shipped["hubbard-uv"].predict(ex["path"], occup=ex["occup"])
 
 
 @pytest.mark.parametrize(
     ("name", "outside"),
     [
         ("LiMnO2_kcheck_it0", r"U of site 1 \(Mn1\)"),
-        ("beta-MnO2_kcheck_it0", r"V of pair \(1, \d, \(-?\d, -?\d, -?\d\)\)"),
+        ("beta-MnO2_kcheck_it0", r"U of site 1 \(Mn1\)"),
     ],
 )
 def test_cathodes_outside_the_training_data_are_refused_naming_what(shipped, name, outside):
     ex = _example(name)
-    with pytest.raises(ValueError, match=outside + r".*beyond the model's support") as err:
+    with pytest.raises(
+        ValueError, match=outside + r": its Mn environment .*beyond their range"
+    ) as err:
         shipped["hubbard-uv"].predict(ex["path"], occup=ex["occup"])
     assert "outside what the model was trained on" in str(err.value)

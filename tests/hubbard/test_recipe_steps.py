@@ -92,7 +92,7 @@ def test_restarts_keep_the_lowest_training_mse(monkeypatch, tmp_path):
     MSE wins, whatever the validation rows say."""
     import argparse
 
-    import recipes.hubbard_uv as recipe
+    import recipes._hubbard_network as recipe
 
     calls = []
 

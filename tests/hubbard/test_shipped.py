@@ -110,12 +110,14 @@ def _rotate_blocks(occ, occ_d, rot, labels):
 
 def test_extrapolation_is_an_error_not_a_number():
     """Held-out strained FeO (queue job p113, iteration 0): the Fe2 site's orbital order is
-    outside the training cells (a network blew up there, ~3e4 eV; the kernel sits ~200
-    standardised units from every training row): predict refuses."""
+    outside the training cells (a network blew up there, ~3e4 eV; the kernel's Fe environment
+    sits ~24 standardised units from every Fe training row): predict refuses."""
     data = ROOT / "tests" / "data" / "qe"
     uv = zoo.load("hubbard-uv")
     labels = (data / "FeO_strain-3pc_it0.labels.txt").read_text().split()
-    with pytest.raises(ValueError, match=r"U of site 2 \(Fe2\).*beyond the model's support"):
+    with pytest.raises(
+        ValueError, match=r"U of site 2 \(Fe2\): its Fe environment .*beyond their range"
+    ):
         uv.predict(data / "FeO_strain-3pc_it0.out", occup=data / "FeO_strain-3pc_it0.occup.txt",
                    labels=labels)  # fmt: skip
 

@@ -10,9 +10,11 @@ prediction is ``mean + std * sum_i alpha_i exp(-gamma |z - z_i|^2)`` over the tr
 Why a kernel and not only HubbardML's network: on the same cluster splits of ``data/hubbard``
 it errs 3-4x less (``docs/experiments.md``, Hubbard models), it has no initialisation to get
 stuck in, and a sum of Gaussians stays bounded off the data where the network (a high-degree
-polynomial of its inputs) blew up to 1e5 eV. It also knows when it is off the data: a row
-farther from every training row than :data:`SUPPORT_FACTOR` times the largest such distance
-within the training rows is refused by :meth:`KernelModel.check_support`.
+polynomial of its inputs) blew up to 1e5 eV. It also knows when it is off the data, per
+species: a row farther from every training row of its species (U: the metal; V: the
+ligand-metal pair) than a few times the largest such distance among the training rows of that
+species (:meth:`KernelModel.species_support`) is refused by :meth:`KernelModel.check_support`,
+and so is a row of a species without training rows.
 """
 
 from typing import Any
@@ -27,16 +29,13 @@ from .._hub_mixin import HubMixin
 from ._features import invariants, occs_prod_irreps, occs_sum_irreps, onsite_irreps
 from ._models import _zoo_version, intersite_input_irreps
 from ._prediction import PredictsRuns
+from ._support import SUPPORT_FACTOR, species_support, support_report
 
 KERNEL_TYPE = "hubbard-kernel"
 KINDS = ("onsite", "intersite")
 #: smallest ridge: below it (K + lam I) is so ill-conditioned that float32 weights move
 #: predictions by meV (measured: 2 meV at 1e-5, 0.2 meV at 1e-4, on ~270 V rows)
 LAMBDA_MIN = 1e-4
-#: a row is off the data when its distance to the nearest training row exceeds this many
-#: times the largest nearest-neighbour distance among the training rows (shipped fit: the
-#: held-out FeO site of another orbital order sits at 7-9x, every validation row below 0.31x)
-SUPPORT_FACTOR = 2.0
 #: smallest spread a descriptor component is standardised by. The invariants are quadratic
 #: in occupations (0..1): the l = 6, 8 products of a near-cubic site vary by ~1e-6 and, divided
 #: by that, a rattled cell's 1e-4 would sit 1e2-1e6 units away (every row "off the data")
@@ -168,6 +167,7 @@ class KernelModel(HubMixin, PredictsRuns, eqx.Module):
         support = float(nearest[np.isfinite(nearest)].max()) if np.isfinite(nearest).any() else None
         config = config | {
             "n_train": int(n), "target_mean": t_mean, "target_std": t_std,
+            # all species pooled (the cards report it); the guard uses species_support()
             "support_distance": None if support is None else SUPPORT_FACTOR * support,
         }  # fmt: skip
         return cls(config, z, y, alpha)
@@ -247,22 +247,31 @@ class KernelModel(HubMixin, PredictsRuns, eqx.Module):
         d = np.sqrt(_sq_dist(flat, np.asarray(self.train_z, np.float64)).min(1))
         return d.reshape(z.shape[:-1])
 
+    def species_support(self) -> dict[str, dict]:
+        """``{species: {"rows", "environment", "descriptor"}}``: the training rows and support
+        radii per species of the training rows (U: the metal, ``"Ni"``; V: ligand-metal,
+        ``"O-Ni"``), :func:`zoo.hubbard._support.species_support`."""
+        return species_support(self.config, np.asarray(self.train_z, np.float64))
+
+    def support_report(self, *inputs) -> list[str | None]:
+        """Per row of `inputs` (as for :meth:`__call__`, arrays ``(m, dim)``): None when it
+        lies within the training range of its species, else why not
+        (:func:`zoo.hubbard._support.support_report`)."""
+        z = self.descriptor(*(np.asarray(getattr(a, "array", a), np.float64) for a in inputs))
+        return support_report(
+            self.config, np.asarray(self.train_z, np.float64), z.reshape(-1, z.shape[-1])
+        )
+
     def check_support(self, inputs: tuple, names: list[str]) -> None:
-        """ValueError naming the first row of `inputs` farther from the training rows than
-        ``config["support_distance"]`` (an extrapolation: the kernel would only return the
-        training mean there)."""
-        limit = self.config.get("support_distance")
-        if limit is None:
-            return
-        d = np.atleast_1d(self.distance_to_training(*inputs))
-        bad = np.flatnonzero(~(d <= limit))
-        if len(bad):
-            i = int(bad[0])
+        """ValueError naming the first row of `inputs` outside the training range of its
+        species (:meth:`support_report`): an extrapolation, where the kernel would only
+        return the training mean."""
+        report = self.support_report(*inputs)
+        bad = [i for i, why in enumerate(report) if why is not None]
+        if bad:
             raise ValueError(
-                f"{names[i]}: its occupations (with the run's parameter and distance) are "
-                f"{d[i]:.3g} standardised units from every training row, beyond the model's "
-                f"support ({limit:.3g}; {len(bad)} of {len(d)} such rows): outside what the "
-                "model was trained on; use hp.x for it"
+                f"{names[bad[0]]}: {report[bad[0]]} ({len(bad)} of {len(report)} such rows): "
+                "outside what the model was trained on; use hp.x for it"
             )
 
 
