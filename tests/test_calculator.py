@@ -5,25 +5,12 @@ import equinox as eqx
 import jax
 import numpy as np
 import pytest
-from ase import Atoms
 from ase.calculators.calculator import PropertyNotImplementedError
+from test_cli import BACKBONE, perovskite
 
 from zoo.calculator import Calculator
 from zoo.model import ResponseModel, make_config
 from zoo.nequip import NequIP, NequIPConfig
-
-BACKBONE = dict(channels=4, lmax=2, num_layers=2, radial_hidden=8, r_max=4.0)
-
-
-def perovskite(seed=0):
-    atoms = Atoms(
-        "BaTiO3",
-        scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]],
-        cell=np.eye(3) * 4.0,
-        pbc=True,
-    )
-    atoms.rattle(0.1, seed=seed)
-    return atoms
 
 
 @pytest.fixture(scope="module")
