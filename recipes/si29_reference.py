@@ -21,6 +21,7 @@ import numpy as np
 
 from recipes._si29_card import card_from_metrics
 from zoo import nmr, write_registry
+from zoo._io import atomic_write_json, atomic_write_text
 from zoo.data.silicates import load_reference_compounds
 from zoo.hub import from_pretrained
 from zoo.shielding import ShieldingModel
@@ -74,11 +75,11 @@ def ship(result: dict, folder: Path) -> None:
         "n_compounds": result["n"],
         "made_by": COMMAND,
     }
-    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    atomic_write_json(config_file, config)
     metrics = json.loads(metrics_file.read_text())
     metrics["nmr_reference"] = result
-    metrics_file.write_text(json.dumps(metrics, indent=2) + "\n")
-    (folder / "README.md").write_text(card_from_metrics(metrics))
+    atomic_write_json(metrics_file, metrics)
+    atomic_write_text(folder / "README.md", card_from_metrics(metrics))
     write_registry(folder.parent)
 
 

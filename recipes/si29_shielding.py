@@ -36,6 +36,7 @@ import jax
 import numpy as np
 
 from zoo import write_registry
+from zoo._io import atomic_write_json
 from zoo.data.si29 import (
     DATA_DIR,
     load_si29,
@@ -195,7 +196,7 @@ def train_member(
     loss_fn, _ = make_fns(cfg["heads"]["shielding"]["scale"], loss=settings.get("loss"))
     tc = TrainConfig(seed=seed, schedule="cosine", grad_clip=10.0, **settings["train"])
     out.mkdir(parents=True, exist_ok=True)
-    (out / "model_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    atomic_write_json(out / "model_config.json", cfg)
     result = fit(model, loss_fn, train_b, val_b, tc, out_dir=out, progress=False)
     history = list(result.history)
     pred_true = predict_labelled(result.model, eval_b)
@@ -268,7 +269,7 @@ def train(run: dict, runs: Path, data: dict) -> dict:
         "settings": run,
     }
     out = runs / formulation
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(out / "summary.json", summary)
     np.savez(out / "validation_predictions.npz", pred=pred, true=true)
     print(f"{formulation}: {json.dumps(metrics)}", flush=True)
     return summary
@@ -332,7 +333,7 @@ def ship(runs: Path, data: dict, split: dict, weights_dir: Path) -> None:
         "command": COMMAND,
         "formulations": summaries,
     }
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    atomic_write_json(tmp / "metrics.json", metrics)
     extra = {
         "metrics.json": tmp / "metrics.json",
         "parity_isotropic.png": tmp / "parity_isotropic.png",

@@ -26,7 +26,7 @@ from test_cli import BACKBONE, perovskite
 from test_serialization import TINY_TYPES, predict, train_tiny
 
 import zoo
-from zoo import _registry, cli, nmr
+from zoo import _cli_train, _registry, cli, nmr
 from zoo._serialization import load_safetensors, make_model_card, model_tensors, save_pretrained
 from zoo.finetune import _base_identity, finetune
 from zoo.hub import WeightsUnavailableError, load
@@ -317,8 +317,8 @@ def train_ignores_the_cwd_recipes(c: Ctx, monkeypatch) -> None:
     monkeypatch.chdir(c.tmp)
     (c.tmp / "batio3_response.py").write_text("raise SystemExit('cwd file ran')\n")
     for spec in ("batio3_response", "batio3_response.py", "batio3-response"):
-        module, path = cli._recipe_module(spec)
-        assert path == cli.RECIPES / "batio3_response.py" and module.__file__ == str(path)
+        module, path = _cli_train._recipe_module(spec)
+        assert path == _cli_train.RECIPES / "batio3_response.py" and module.__file__ == str(path)
     assert cli.main(["train", "./mine.py", "--epochs", "1"]) == 0
     assert (c.tmp / "ran.txt").read_text() == "['--epochs', '1']"
 
@@ -418,7 +418,7 @@ ROWS = [
         str(MNO)), ValueError, "ASE cannot read this pw.x output"),
     Row("zoo train of an unknown recipe", cli_call("train", "no_such_recipe"), ValueError,
         "unknown recipe 'no_such_recipe'; known recipes: batio3_global"),
-    Row("zoo train of a missing recipe file", lambda c: cli._recipe_module("./nothing.py"),
+    Row("zoo train of a missing recipe file", lambda c: _cli_train._recipe_module("./nothing.py"),
         ValueError, "no such recipe file"),
     # ---- found by a later sweep ----
     Row("reference slope not a number",

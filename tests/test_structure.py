@@ -92,7 +92,9 @@ def test_iterables_are_read_lazily_and_errors_name_the_structure():
 
 
 def test_unknown_species_named():
-    with pytest.raises(ValueError, match=r"unknown species H \(atom 1\): this model knows only O"):
+    with pytest.raises(
+        ValueError, match=r"structure 0: unknown species H \(atoms 1, 2\): this model knows only O$"
+    ):
         check_species(molecule("H2O"), [8])
     check_species(molecule("H2O"), [1, 8])
 

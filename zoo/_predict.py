@@ -38,7 +38,7 @@ import numpy as np
 from ._capacity import Capacities, plan
 from ._jax_cache import enable as enable_compilation_cache
 from ._neighbors import neighbor_pairs
-from .graph import Graph, build_graph
+from .graph import Graph, build_graph, check_species
 from .structure import Structure, as_structures, iter_structures
 
 #: Capacities used by predictions in this process, per kind of model (:func:`capacities_for`):
@@ -87,17 +87,9 @@ def check_structures(structures: Sequence[Structure], spec: InputSpec, *, start:
     """Refuse unknown elements, non-periodic input where a cell is needed, and structures
     without the model's nucleus; one ``ValueError`` naming the structure index (counted from
     `start`)."""
-    known = set(spec.species)
+    check_species(structures, spec.species, spec.name, start=start)
     periodic_only = bool(spec.domain and spec.domain.get("periodic"))
     for g, s in enumerate(structures, start):
-        unknown = sorted({int(z) for z in s.numbers} - known)
-        if unknown:
-            atoms = np.flatnonzero(~np.isin(s.numbers, spec.species))
-            raise ValueError(
-                f"structure {g}: unknown species {_symbols(unknown)} (atoms "
-                f"{', '.join(map(str, atoms[:5]))}{', ...' if len(atoms) > 5 else ''}): "
-                f"{spec.name} was trained on {_symbols(spec.species)} only"
-            )
         if not s.pbc.all() and (periodic_only or spec.needs_cell):
             why = []
             if periodic_only:

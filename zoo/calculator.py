@@ -149,8 +149,9 @@ class Calculator(_AseCalculator):
             return
         structure = Structure.from_ase(self.atoms)
         spec = self.model.input_spec() if hasattr(self.model, "input_spec") else None
-        check_species([structure], self.model.species, f"this {type(self.model).__name__}")
-        if spec is not None:  # the predictor's own checks: periodicity, nucleus
+        if spec is None:
+            check_species([structure], self.model.species, f"this {type(self.model).__name__}")
+        else:  # the predictor's own checks: species, periodicity, nucleus
             _predict.check_structures([structure], spec)
         graph = build_graph([structure], self.r_max, dtype=getattr(self.model, "dtype", None))
         if spec is not None:  # out-of-domain warnings from the graph just built
@@ -191,7 +192,6 @@ class Calculator(_AseCalculator):
                 "and the model was trained on bulk crystals only: give a fully periodic cell"
             )
         spec = self.model.input_spec(("polarization",))
-        check_species([structure], self.model.species, "this FieldModel")
         _predict.check_structures([structure], spec)
         graph = build_graph([structure], self.r_max, dtype=self.model.dtype)
         _predict.warn_out_of_domain(graph, [0], spec.domain, stacklevel=4)

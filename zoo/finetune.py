@@ -334,8 +334,11 @@ def finetune(
         "base_model": base_name,
         "base_model_revision": base.get("revision"),
     }
-    _write_json(out / "metrics.json", metrics)
-    _write_json(out / "split.json", split_info)
+    from ._io import atomic_write_json
+    from .train._checkpoint import jsonable
+
+    atomic_write_json(out / "metrics.json", jsonable(metrics))
+    atomic_write_json(out / "split.json", jsonable(split_info))
     val = (result.metrics or {}).get("validation") or (result.metrics or {}).get("train", {})
     card_metrics = {f"mae_{n}": val[n]["mae"] for n in names if n in val}
     from ._serialization import make_model_card
@@ -393,9 +396,3 @@ def _base_identity(model) -> dict:
         card = read_card_metadata(path) if path.is_file() else {}
     license = (card or {}).get("license")
     return {**out, "license": license or "other", "license_known": bool(license)}
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    from .train._checkpoint import atomic_write_json
-
-    atomic_write_json(path, obj)

@@ -243,18 +243,23 @@ def species_indices(
     return jnp.asarray(table)[numbers]
 
 
-def check_species(structures, species: Sequence[int], model_name: str = "this model") -> None:
-    """Refuse atoms whose element is not in ``species``, naming the atom and element."""
+def check_species(
+    structures, species: Sequence[int], model_name: str = "this model", *, start: int = 0
+) -> None:
+    """Refuse atoms whose element is not in ``species``: one ``ValueError`` naming the structure
+    (counted from `start`), its unknown elements and their atoms."""
     from ase.data import chemical_symbols
 
-    known = set(int(z) for z in species)
-    for g, s in enumerate(as_structures(structures)):
-        bad = [k for k, z in enumerate(s.numbers) if int(z) not in known]
-        if bad:
-            k = bad[0]
-            names = ", ".join(chemical_symbols[z] for z in sorted(known))
-            where = f"structure {g}, " if g else ""
+    known = sorted({int(z) for z in species})
+    for g, s in enumerate(as_structures(structures), start):
+        bad = np.flatnonzero(~np.isin(s.numbers, known))
+        if bad.size:
+            unknown = ", ".join(
+                chemical_symbols[z] for z in sorted({int(z) for z in s.numbers[bad]})
+            )
+            atoms = ", ".join(map(str, bad[:5])) + (", ..." if bad.size > 5 else "")
+            names = ", ".join(chemical_symbols[z] for z in known)
             raise ValueError(
-                f"unknown species {chemical_symbols[s.numbers[k]]} ({where}atom {k}): "
+                f"structure {g}: unknown species {unknown} (atoms {atoms}): "
                 f"{model_name} knows only {names}"
             )

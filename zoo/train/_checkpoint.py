@@ -19,7 +19,6 @@ import safetensors.numpy
 from safetensors import safe_open
 
 from .._io import atomic_write_bytes as atomic_write_bytes
-from .._io import atomic_write_json as _atomic_write_json
 from ._config import TrainConfig
 
 _STATE_KEY = "zoo_train_state"
@@ -38,11 +37,6 @@ def jsonable(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Atomically write `obj` as indented, key-sorted, strict JSON."""
-    _atomic_write_json(path, jsonable(obj))
 
 
 def _is_array_like(leaf: Any) -> bool:

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from .._io import atomic_write_json
 from ._checkpoint import (
-    atomic_write_json,
     check_same_run,
     fill_arrays,
     jsonable,
@@ -312,7 +312,7 @@ def fit(
                     state=state,
                     ema=None if ema_params is None else eqx.combine(ema_params, static),
                 )
-                atomic_write_json(out / "history.json", run.history)
+                atomic_write_json(out / "history.json", jsonable(run.history))
     finally:
         bar.close()
 
@@ -325,10 +325,10 @@ def fit(
         metrics = {"best_epoch": run.best_epoch, "best_val_loss": run.best_val, **metrics}
     if out is not None:
         save_weights(best, out / "best_model.safetensors")
-        atomic_write_json(out / "train_config.json", config.to_dict())
-        atomic_write_json(out / "history.json", run.history)
+        atomic_write_json(out / "train_config.json", jsonable(config.to_dict()))
+        atomic_write_json(out / "history.json", jsonable(run.history))
         if metrics is not None:
-            atomic_write_json(out / "metrics.json", metrics)
+            atomic_write_json(out / "metrics.json", jsonable(metrics))
     return FitResult(
         model=best,
         final_model=eqx.combine(ema_params if use_ema else params, static),
