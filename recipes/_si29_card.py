@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ase.data import chemical_symbols
 
-from recipes.si29_shielding import COMMAND, NAME, SEED, SETTINGS, seeds_of
+from recipes.si29_shielding import BACKBONES, COMMAND, NAME, SEED, SETTINGS, seeds_of
 
 
 def _training_text() -> str:
@@ -131,7 +131,8 @@ def backbone_comparison(runs: Path) -> dict:
         }
     if not rows:
         raise SystemExit(f"no finished direct run under {runs}")
-    return rows
+    order = list(BACKBONES)
+    return dict(sorted(rows.items(), key=lambda kv: order.index(kv[0])))
 
 
 def _comparison_text(rows: dict | None) -> str:
@@ -163,8 +164,8 @@ validation structures, one per call), all on 2 CPU cores shared with other jobs.
 {chr(10).join(lines)}
 
 At this budget no backbone is near the shipped model (60 epochs), so the comparison ranks
-cost and early learning only; NequIP is shipped because it is the backbone trained to the full
-budget. Backbone settings and every metric: `metrics.json` (`backbone_comparison`).
+cost and early learning only, and a difference smaller than the seed spread means nothing;
+NequIP is shipped because it is the backbone trained to the full budget. Backbone settings and every metric: `metrics.json` (`backbone_comparison`).
 """
 
 
