@@ -6,9 +6,12 @@ when it ships a shift reference (from the folder's ``metrics.json``).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from ase.data import chemical_symbols
 
-from recipes.si29_shielding import COMMAND, NAME, SEED, SETTINGS, seeds_of
+from recipes.si29_shielding import BACKBONES, COMMAND, NAME, SEED, SETTINGS, seeds_of
 
 
 def _training_text() -> str:
@@ -108,8 +111,66 @@ the Si-29 shifts more than experiment. Made by `{ref["command"]}`.
 """
 
 
+def backbone_comparison(runs: Path) -> dict:
+    """One row per finished direct run under `runs` (``python -m recipes.si29_shielding --only
+    direct --backbone <name> --epochs <n> --runs <runs>``): its first member's validation
+    metrics and cost, and every member's metrics when it has several seeds."""
+    rows = {}
+    for path in sorted(runs.glob("direct*/summary.json")):
+        s = json.loads(path.read_text())
+        first, history = s["members"][0], json.loads((path.parent / "history.json").read_text())
+        rows[s["backbone"]] = {
+            "validation": first["validation"],
+            "epochs": first["epochs"],
+            "n_parameters": s["n_parameters"] // len(s["members"]),
+            "train_wall_time_s": first["train_wall_time_s"],
+            "epoch_time_s": [h["time_s"] for h in history],
+            "predict_time_per_structure_s": s["predict_time_per_structure_s"],
+            "backbone": s["settings"]["backbone"],
+            "seeds": {m["seed"]: m["validation"] for m in s["members"]},
+        }
+    if not rows:
+        raise SystemExit(f"no finished direct run under {runs}")
+    order = list(BACKBONES)
+    return dict(sorted(rows.items(), key=lambda kv: order.index(kv[0])))
+
+
+def _comparison_text(rows: dict | None) -> str:
+    if not rows:
+        return ""
+    epochs = {r["epochs"] for r in rows.values()}
+    lines = ["| backbone | isotropic MAE | tensor MAE | isotropic R2 | parameters | "
+             "train (min) | epoch after compilation (s) | predict (ms / structure) |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, r in rows.items():
+        v = r["validation"]
+        lines.append(f"| {name} | {v['isotropic_mae']:.2f} | {v['tensor_mae']:.2f} | "
+                     f"{v['isotropic_r2']:.3f} | {r['n_parameters']:,} | "
+                     f"{r['train_wall_time_s'] / 60:.1f} | {r['epoch_time_s'][-1]:.0f} | "
+                     f"{r['predict_time_per_structure_s'] * 1e3:.0f} |")  # fmt: skip
+    spread = [f"{name}: " + ", ".join(f"seed {k} {v['isotropic_mae']:.2f} / {v['tensor_mae']:.2f}"
+                                      for k, v in r["seeds"].items())
+              for name, r in rows.items() if len(r["seeds"]) > 1]  # fmt: skip
+    seeds = (f" Seed spread at this budget (isotropic / tensor MAE, ppm): {'; '.join(spread)}."
+             if spread else "")  # fmt: skip
+    return f"""
+## Backbone comparison at a fixed budget
+
+The direct formulation on the same split with each backbone, {"/".join(map(str, epochs))}
+epochs each (cosine schedule, the recipe's other settings, r_max 4.0 Å), MAEs in ppm;
+train time includes compilation, predict time is per structure with compiled shapes (the
+validation structures, one per call), all on 2 CPU cores shared with other jobs.{seeds}
+
+{chr(10).join(lines)}
+
+At this budget no backbone is near the shipped model (60 epochs), so the comparison ranks
+cost and early learning only, and a difference smaller than the seed spread means nothing;
+NequIP is shipped because it is the backbone trained to the full budget. Backbone settings and every metric: `metrics.json` (`backbone_comparison`).
+"""
+
+
 def card_text(best: str, summaries: dict, split: dict, n_struct: dict, n_sites: dict,
-              reference: dict | None = None) -> str:  # fmt: skip
+              reference: dict | None = None, comparison: dict | None = None) -> str:  # fmt: skip
     m = summaries[best]["validation"]
     rows = ["| metric (validation, ppm) | " + " | ".join(summaries) + " |"]
     rows.append("|---|" + "---|" * len(summaries))
@@ -187,7 +248,7 @@ Refused with one clear error: structures without Si, elements outside the traini
 1e = antisymmetric, 2e = symmetric traceless part). Span/skew: Herzfeld-Berger (skew
 dimensionless). The shipped weights are the **{best}** formulation (lower full-tensor MAE);
 `metrics.json` has both.
-
+{_comparison_text(comparison)}
 ![Isotropic parity, validation](parity_isotropic.png)
 
 ![Tensor parity (raw - raw_iso * 1), validation](parity_tensor.png)
@@ -218,4 +279,23 @@ def card_from_metrics(metrics: dict) -> str:
         {"train": sp["train"], "validation": sp["validation"]},
         sp["sites"],
         metrics.get("nmr_reference"),
+        metrics.get("backbone_comparison"),
     )
+
+
+def write_comparison(runs: Path, folder: Path) -> None:
+    """Store the backbone comparison of the runs under `runs` in the shipped `folder`'s
+    ``metrics.json`` and re-render its card (the weights are untouched)."""
+    from zoo import write_registry
+
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["backbone_comparison"] = backbone_comparison(runs)
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (folder / "README.md").write_text(card_from_metrics(metrics))
+    write_registry(folder.parent)
+
+
+if __name__ == "__main__":  # python -m recipes._si29_card runs/cmp
+    import sys
+
+    write_comparison(Path(sys.argv[1]), Path(__file__).resolve().parents[1] / "zoo/weights" / NAME)

@@ -1,6 +1,6 @@
 """Stage 2 of the BaTiO3 recipe: dielectric and chi(2) heads on the frozen per-atom model.
 
-    python -m recipes.batio3_global [--out runs/batio3_response] [--formulation direct]
+    python -m recipes.batio3_global [--out runs/batio3_response] [--base direct-mace]
 
 The 32 training structures give 32 dielectric tensors and 32 chi(2) tensors: far too few to
 train a backbone, enough for the linear global heads (`zoo.heads.GlobalTensorHead`) on the
@@ -38,16 +38,17 @@ STEPS, LEARNING_RATE, SEED = 3000, 1e-2, 0
 
 
 @eqx.filter_jit
-def _pooled(model: ResponseModel, graph) -> jax.Array:
-    return mean_pool(model.backbone(graph), graph).array[0]
+def _pooled(model: ResponseModel, graph) -> e3nn.IrrepsArray:
+    return mean_pool(model.backbone(graph), graph)
 
 
 def pooled_features(model: ResponseModel, structures) -> e3nn.IrrepsArray:
-    """Mean-pooled backbone features `(n_structures, irreps)` (one compiled shape: 135 atoms)."""
+    """Mean-pooled node features of any backbone `(n_structures, irreps)` (one compiled shape:
+    135 atoms)."""
     r_max = model.config["backbone"]["r_max"]
-    rows = [np.asarray(_pooled(model, build_graph([s], r_max))) for s in structures]
-    irreps = model.backbone.readout.irreps_out
-    return e3nn.IrrepsArray(irreps, jnp.asarray(np.stack(rows)))
+    pooled = [_pooled(model, build_graph([s], r_max)) for s in structures]
+    rows = np.stack([np.asarray(x.array[0]) for x in pooled])
+    return e3nn.IrrepsArray(pooled[0].irreps, jnp.asarray(rows))
 
 
 def fit_head(head: GlobalTensorHead, x: e3nn.IrrepsArray, y: np.ndarray) -> GlobalTensorHead:
@@ -100,12 +101,14 @@ def add_global_heads(model: ResponseModel, train_recs, val_recs) -> tuple[Respon
     return grown, metrics
 
 
-def run(out_root: Path, formulation: str, records, split) -> dict:
+def run(out_root: Path, base: str, records, split) -> dict:
+    """Global heads on the direct run ``<out_root>/<base>`` (any backbone: ``direct``,
+    ``direct-mace``, ...), written to ``<out_root>/global``; their metrics."""
     by_id = {r["id"]: r for r in records}
     train_recs = [by_id[i] for i in split["train"] if physical(by_id[i])]
     val_recs = [by_id[i] for i in split["validation"] if physical(by_id[i])]
     excluded = sorted(r["id"] for r in records if not physical(r))
-    model = from_pretrained(out_root / formulation / "model")
+    model = from_pretrained(out_root / base / "model")
     grown, metrics = add_global_heads(model, train_recs, val_recs)
     # the full model reproduces the cached-feature predictions (same heads, same trunk)
     pred = grown.predict([r["structure"] for r in val_recs], batch_size=1, progress=False)
@@ -115,7 +118,7 @@ def run(out_root: Path, formulation: str, records, split) -> dict:
     out = out_root / "global"
     grown.save_pretrained(out / "model", overwrite=True)
     metrics = {
-        "base": formulation, "steps": STEPS, "learning_rate": LEARNING_RATE,
+        "base": base, "steps": STEPS, "learning_rate": LEARNING_RATE,
         "n_train": len(train_recs), "n_validation": len(val_recs),
         "excluded_unphysical_dielectric": excluded, **metrics,
     }  # fmt: skip
@@ -130,10 +133,10 @@ def run(out_root: Path, formulation: str, records, split) -> dict:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "batio3_response")
-    p.add_argument("--formulation", default="direct")
+    p.add_argument("--base", default="direct", help="the direct run folder under --out")
     args = p.parse_args(argv)
     records = load_batio3(DATA_DIR)
-    run(args.out, args.formulation, records, load_split(records))
+    run(args.out, args.base, records, load_split(records))
 
 
 if __name__ == "__main__":

@@ -3,12 +3,14 @@ artefacts, and bad input. The "pretrained" model is a tiny ResponseModel trained
 
 import json
 
+import equinox as eqx
 import jax
 import numpy as np
 import pytest
 from ase import Atoms
 from ase.io import write
 
+from zoo._species_growth import freeze_rows
 from zoo.finetune import finetune, finetune_config, grow_model, read_labelled
 from zoo.graph import build_graph
 from zoo.hub import from_pretrained
@@ -17,6 +19,14 @@ from zoo.train import TrainConfig, fit, weighted_loss
 
 BACKBONE = dict(channels=4, lmax=2, num_layers=2, radial_hidden=8, r_max=4.0)
 SPECIES = [56, 22, 8]
+#: tiny MACE and Allegro backbones with the 0e+1e+2e node features a Born head reads
+OTHER_BACKBONES = {
+    "mace": dict(architecture="mace", r_max=4.0, hidden_irreps="4x0e+4x1e+4x2e", max_ell=2,
+                 correlation=2, parity=True, num_interactions=2, radial_hidden=8,
+                 readout_hidden=4, num_basis=4),
+    "allegro": dict(architecture="allegro", r_max=4.0, channels=4, lmax=2, num_layers=1,
+                    latent_dim=8, two_body_hidden=8, num_basis=4),
+}  # fmt: skip
 
 
 def perovskite(seed, a="Ba"):
@@ -51,12 +61,11 @@ def labelled(seeds, shift=0.0, a="Ba"):
     return out
 
 
-@pytest.fixture(scope="module")
-def pretrained():
-    """Trained for a few steps on unshifted labels: never random weights called pretrained."""
+def train_tiny(backbone: dict, epochs: int, learning_rate: float) -> tuple[ResponseModel, list]:
+    """A tiny Born-charge model fitted to four labelled frames; the model and its history."""
     atoms = labelled(range(4))
     targets = {"born_charges": [born(a) for a in atoms]}
-    config = make_config(SPECIES, ["born_charges"], backbone=BACKBONE)
+    config = make_config(SPECIES, ["born_charges"], backbone=backbone)
     config = fit_normalization(config, atoms, targets)
     model = ResponseModel(config, key=jax.random.key(0))
     batches = []
@@ -71,10 +80,17 @@ def pretrained():
         return weighted_loss({"born_charges": (m(g)["born_charges"], t, g.node_mask)},
                              {"born_charges": 1.0})  # fmt: skip
 
-    cfg = TrainConfig(max_epochs=4, learning_rate=5e-3)
+    cfg = TrainConfig(max_epochs=epochs, learning_rate=learning_rate)
     result = fit(model, loss_fn, batches, None, cfg, progress=False)
-    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
-    return result.model
+    return result.model, result.history
+
+
+@pytest.fixture(scope="module")
+def pretrained():
+    """Trained for a few steps on unshifted labels: never random weights called pretrained."""
+    model, history = train_tiny(BACKBONE, 4, 5e-3)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    return model
 
 
 def test_finetune_on_shifted_data_beats_pretrained(pretrained, tmp_path):
@@ -110,9 +126,33 @@ def test_new_species_leave_old_predictions_unchanged(pretrained):
     np.testing.assert_array_equal(
         grown.predict(bto)["born_charges"], pretrained.predict(bto)["born_charges"]
     )
-    assert np.isfinite(grown.predict(perovskite(6, "Sr"))["born_charges"]).all()
     with pytest.raises(ValueError, match="data contains Sr, unknown to the model: pass new_sp"):
         finetune_config(pretrained, data, [0, 1, 2])
+
+
+@pytest.mark.parametrize("architecture", sorted(OTHER_BACKBONES))
+def test_new_species_on_mace_and_allegro(architecture):
+    atoms = labelled(range(2))
+    config = make_config(SPECIES, ["born_charges"], backbone=OTHER_BACKBONES[architecture])
+    config = fit_normalization(config, atoms, {"born_charges": [born(a) for a in atoms]})
+    model = ResponseModel(config, key=jax.random.key(0))
+    data = read_labelled(labelled([20], a="Sr"), ["born_charges"])
+    config, keep = finetune_config(model, data, [0], new_species=["Sr"])
+    grown, rows = grow_model(model, config, keep, key=jax.random.key(3))
+    # MACE: species-indexed rows; Allegro: the one-hot inputs of its two-body MLP (rescaled
+    # for the MLP's 1/sqrt(fan_in), so equal to float rounding)
+    assert rows and all(r.sum() == (2 if architecture == "allegro" else 1) for r in rows.values())
+    bto = perovskite(5)
+    np.testing.assert_allclose(grown.predict(bto)["born_charges"],
+                               model.predict(bto)["born_charges"], rtol=1e-5, atol=1e-6)  # fmt: skip
+    graph = build_graph(perovskite(6, "Sr"), 4.0)
+    grad = eqx.filter_jit(
+        eqx.filter_grad(lambda m: (freeze_rows(m, rows)(graph)["born_charges"] ** 2).sum())
+    )
+    grads = grad(grown)
+    flat = {jax.tree_util.keystr(p): g for p, g in jax.tree_util.tree_flatten_with_path(grads)[0]}
+    assert not any(np.asarray(flat[p])[~r].any() for p, r in rows.items())  # old rows stay put
+    assert any(np.asarray(flat[p])[r].any() for p, r in rows.items())  # new rows learn
 
 
 def test_frozen_trunk_with_new_species_and_added_head(pretrained, tmp_path):

@@ -1,5 +1,7 @@
 """Response heads: every output of `ResponseModel` passes the symmetry harness (f32, f64)."""
 
+import json
+
 import equinox as eqx
 import jax
 import numpy as np
@@ -106,3 +108,35 @@ def test_unknown_head_kind_is_refused():
         make_config([8], ["chi2"], formulation="electric")
     with pytest.raises(ValueError, match="unknown output"):
         make_config([8], ["polarisation"])
+
+
+def test_global_heads_fit_on_an_allegro_trunk_and_ship_sees_every_backbone(tmp_path):
+    from recipes.batio3_global import GLOBAL, add_global_heads, pooled_features
+    from recipes.batio3_response import finished_runs
+
+    backbone = dict(architecture="allegro", channels=4, lmax=3, num_layers=1, latent_dim=8,
+                    two_body_hidden=8, num_basis=4, r_max=4.0, avg_num_neighbors=20.0)  # fmt: skip
+    config = make_config([56, 22, 8], ["born_charges", "raman_tensors"], backbone=backbone)
+    model = ResponseModel(config, key=jax.random.key(0))
+    rng = np.random.default_rng(0)
+    records = []
+    for k in range(5):
+        eps, chi = rng.normal(scale=0.05, size=(3, 3)), rng.normal(size=(3, 3, 3))
+        records.append({"structure": small_bto(k), "dielectric": 5 * np.eye(3) + eps + eps.T,
+                        "chi2": chi + chi.transpose(1, 0, 2)})  # fmt: skip
+    grown, metrics = add_global_heads(model, records[:4], records[4:])
+    assert set(metrics) == set(GLOBAL) and set(GLOBAL) < set(grown.outputs)
+    # the full model reproduces the heads on the cached pooled features
+    pooled = pooled_features(grown, [records[4]["structure"]])
+    out = grown.predict(records[4]["structure"])
+    for name in GLOBAL:
+        want = np.asarray(grown.heads[name].readout(pooled))[0]
+        np.testing.assert_allclose(out[name], want, rtol=1e-4, atol=1e-5)
+    # shipping compares the finished runs of every backbone
+    for name, mae in (("direct", 0.05), ("direct-allegro", 0.04), ("electric-mace", 0.06)):
+        (tmp_path / name).mkdir()
+        metrics = {"formulation": name.split("-")[0], "validation": {
+            "born_charges": {"asr": {"mae": mae}}, "raman_tensors": {"asr": {"r2": 0.9}}}}  # fmt: skip
+        (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+    runs = finished_runs(tmp_path)
+    assert sorted(runs) == ["direct", "direct-allegro", "electric-mace"]

@@ -5,6 +5,7 @@ import json
 import shutil
 import warnings
 
+import equinox as eqx
 import jax
 import numpy as np
 import pytest
@@ -121,6 +122,32 @@ def test_trained_model_save_load_round_trip(tmp_path):
     a, b = trained.predict(structures[0]), loaded.predict(structures[0])
     np.testing.assert_array_equal(a["born_charges"], b["born_charges"])
     assert not np.allclose(a["born_charges"], model.predict(structures[0])["born_charges"])
+
+
+def test_mace_backbone_learns_born_charges():
+    records = load_batio3(DATA, ids=["00000", "00001"])
+    structures = [r["structure"] for r in records]
+    backbone = dict(architecture="mace", r_max=4.0, hidden_irreps="4x0e+4x1e+4x2e", max_ell=2,
+                    correlation=2, parity=True, num_interactions=2, radial_hidden=8,
+                    readout_hidden=4, num_basis=4, avg_num_neighbors=20.0)  # fmt: skip
+    config = make_config([56, 22, 8], ["born_charges"], backbone=backbone)
+    config = fit_normalization(
+        config, structures, {"born_charges": [r["born_charges"] for r in records]}
+    )
+    model = ResponseModel(config, key=jax.random.key(0))
+    batches = [(build_graph(s, 4.0), r["born_charges"]) for s, r in zip(structures, records)]
+    scale = config["heads"]["born_charges"]["scale"]
+
+    def loss_fn(m, batch):
+        g, t = batch
+        return weighted_loss({"born_charges": (m(g)["born_charges"][: len(t)], t, g.node_mask[: len(t)])},
+                             {"born_charges": 1 / scale**2})  # fmt: skip
+
+    loss = eqx.filter_jit(lambda m: sum(loss_fn(m, b)[0] for b in batches))
+    result = fit(model, loss_fn, batches, None, TrainConfig(max_epochs=6, learning_rate=5e-2),
+                 progress=False)  # fmt: skip
+    before, after = float(loss(model)), float(loss(result.model))
+    assert after < 0.5 * before, (before, after)
 
 
 def test_load_batio3_validates_shapes(tmp_path):

@@ -170,7 +170,7 @@ class SymmetricContraction(eqx.Module):
     """
 
     weights: tuple[Float[Array, "n_species k channels"], ...]
-    coeff: tuple[_Table, ...]
+    coeff: tuple[_Table, ...] = eqx.field(static=True)  # constants: no leaves under jax.jit
     paths: tuple[tuple[Path, ...], ...] = eqx.field(static=True)
     keys: tuple[tuple[int, str], ...] = eqx.field(static=True)
     irreps_in: e3nn.Irreps = eqx.field(static=True)

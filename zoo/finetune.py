@@ -9,8 +9,8 @@ Si atoms of a silicate carry a shielding), and so does a False in a boolean per-
 ``has_<name>``; such rows are masked out of the loss and metrics.
 
 What can change: the trunk can be frozen (only heads train), heads can be added or replaced
-(normalised on the fine-tuning training split), and new species can be added: the species
-embedding and the species-indexed self-connections grow by new rows, so predictions for the
+(normalised on the fine-tuning training split), and new species can be added on any backbone: the
+arrays indexed by species grow by new rows (`zoo._species_growth`), so predictions for the
 old species are unchanged before training (and stay so with ``freeze_trunk=True``).
 Reading, checking and batching the labels is `zoo._labels`; this module fits the model to them.
 """
@@ -27,14 +27,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ._labels import ALIASES as ALIASES
 from ._labels import Labelled, _labelled_rows, check_labels, make_batches, read_labelled
 from ._response_config import _min_distance
+from ._species_growth import freeze_rows
+from ._species_growth import grow_model as grow_model
 from .irreps import irreps_of, to_irreps
 from .model import OUTPUTS, ResponseModel
 from .structure import Structure
@@ -164,49 +164,6 @@ def finetune_config(
     return cfg, keep
 
 
-def grow_model(model: ResponseModel, config: dict, keep: set[str], *, key) -> tuple[Any, list]:
-    """A model of `config` carrying `model`'s weights (heads in `keep` and the trunk); arrays
-    with one row per species gain fresh rows for the new species. Returns it and those paths."""
-    fresh = ResponseModel(config, key=key)
-    old = {
-        jax.tree_util.keystr(p): leaf
-        for p, leaf in jax.tree_util.tree_flatten_with_path(model)[0]
-        if eqx.is_array(leaf)
-    }
-    n_old, n_new = len(model.species), len(config["backbone"]["species"])
-    grown = []
-
-    def take(path, leaf):
-        name = jax.tree_util.keystr(path)
-        if not eqx.is_array(leaf) or name not in old:
-            return leaf
-        if name.startswith(".heads[") and name.split("'")[1] not in keep:
-            return leaf
-        before = old[name]
-        if before.shape == leaf.shape:
-            return before
-        if before.shape[1:] == leaf.shape[1:] and (before.shape[0], leaf.shape[0]) == (
-            n_old,
-            n_new,
-        ):
-            grown.append(name)
-            return leaf.at[:n_old].set(before)
-        raise ValueError(f"cannot carry {name} over: shape {before.shape} -> {leaf.shape}")
-
-    return jax.tree_util.tree_map_with_path(take, fresh), grown
-
-
-def _freeze_rows(model, grown: list[str], n_old: int):
-    """No gradient into the old species' rows of the grown arrays."""
-
-    def cut(path, leaf):
-        if jax.tree_util.keystr(path) in grown:
-            return jnp.concatenate([jax.lax.stop_gradient(leaf[:n_old]), leaf[n_old:]])
-        return leaf
-
-    return jax.tree_util.tree_map_with_path(cut, model)
-
-
 def _split(n: int, split: float, seed: int) -> tuple[list[int], list[int]]:
     if not (isinstance(split, (int, float)) and 0 <= split < 1):
         raise ValueError(f"split must be a fraction in [0, 1), got {split!r}")
@@ -306,7 +263,7 @@ def finetune(
         return {n: (out_[n], batch["targets"][n], batch["masks"][n]) for n in names}
 
     def loss_fn(m, batch):
-        return weighted_loss(predict_fn(_freeze_rows(m, grown, n_old), batch), weights)
+        return weighted_loss(predict_fn(freeze_rows(m, grown), batch), weights)
 
     trainable = None
     if freeze_trunk:
