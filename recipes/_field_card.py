@@ -80,21 +80,27 @@ def status(summary: dict) -> list[str]:
     ]
 
 
+def front_matter_of(name: str, material: str, metrics: dict) -> str:
+    """The Hub front matter (`zoo._cards.card_data`) with the validation MAEs as
+    ``model-index`` results."""
+    from zoo._cards import card_data, eval_result, front_matter
+
+    formula = NAMES[material][0]
+    data = (f"Falletta et al. 2025 finite-field DFT (allegro-pol), {formula}", f"field-{material}")
+    task = ("field-dependent-potential", f"{formula} energy and electric response")
+    results = [eval_result(task, data, ("mae", label), round(metrics[q]["mae"], 5),
+                           split="validation", subset=q) for q, (label, _) in LABELS.items()]  # fmt: skip
+    tags = ["nequip", "interatomic-potential", "electric-field", "born-charges",
+            "polarizability", material]  # fmt: skip
+    return front_matter(card_data(name, license="mit", tags=tags, results=results))
+
+
 def card_text(name: str, material: str, model, metrics: dict, summary: dict, split: dict,
               timing: dict) -> str:  # fmt: skip
     formula, what = NAMES[material]
     cfg = model.config
     bb = cfg["backbone"]
-    header = {
-        "library_name": "e3zoo", "license": "mit",
-        "tags": ["e3zoo", "jax", "equinox", "e3nn", "nequip", "interatomic-potential",
-                 "electric-field", "born-charges", "polarizability", material],
-        "datasets": ["Falletta et al. 2025 finite-field DFT (allegro-pol), " + formula],
-        "metrics": ["mae", "rmse"],
-    }  # fmt: skip
-    import yaml
-
-    lines = ["---", yaml.safe_dump(header, sort_keys=False, allow_unicode=True).strip(), "---", ""]
+    lines = [front_matter_of(name, material, metrics).rstrip("\n"), ""]
     charges = ", ".join(f"{z}: {q:+d}" for z, q in zip(bb["species"], cfg["ionic_charges"]))
     lines += [
         f"# {name}",
