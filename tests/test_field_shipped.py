@@ -67,9 +67,13 @@ def test_shipped_field_model_predicts_stored_values_and_its_own_derivatives(name
             np.testing.assert_allclose(out["polarization"][a], fd, rtol=1e-6, atol=1e-8)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python tests/test_field_shipped.py [NAME ...]: (re)write entries
+    import sys
+
+    names = sys.argv[1:] or ["batio3-field", "sio2-field"]
+    arrays = dict(np.load(STORED)) if STORED.is_file() else {}
     with jax.enable_x64(True):
-        arrays = {f"{n}/{k}": v for n in ("batio3-field", "sio2-field")
-                  for k, v in predictions(n).items() if k in KEYS}  # fmt: skip
+        for n in names:
+            arrays.update({f"{n}/{k}": v for k, v in predictions(n).items() if k in KEYS})
     np.savez(STORED, **arrays)
     print(f"wrote {STORED}: {sorted(arrays)}")
