@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -72,12 +73,14 @@ def avg_neighbors(records: list[dict], r_max: float) -> float:
 
 
 def batches(records, r_max, dtype):
-    """One padded graph per frame, all with the same edge capacity (one compilation)."""
-    from zoo._neighbors import neighbor_pairs
-
-    n_edges = max(len(neighbor_pairs(r["structure"], r_max)[0]) for r in records)
-    cap = math.ceil(n_edges * 1.05)
-    return [frame_batch([r], r_max, dtype, n_edges=cap) for r in records]
+    """One padded graph per frame, all with the same edge capacity (one compilation): the
+    largest bucketed edge count of any frame, since buckets above a given capacity win."""
+    out = [frame_batch([r], r_max, dtype) for r in records]
+    cap = max(g.senders.shape[0] for g, _ in out)
+    return [
+        b if b[0].senders.shape[0] == cap else frame_batch([r], r_max, dtype, n_edges=cap)
+        for b, r in zip(out, records)
+    ]
 
 
 def train(material: str, minutes: float, lr: float, seed: int, coupling: str, log) -> tuple:
@@ -105,7 +108,9 @@ def train(material: str, minutes: float, lr: float, seed: int, coupling: str, lo
     while True:
         for k in rng.permutation(len(train_b)):
             frac = min((time.time() - start) / budget, 1.0)
-            opt_state.hyperparams["learning_rate"] = lr * 0.5 * (1 + math.cos(math.pi * frac))
+            # an array, not a Python float: filter_jit would recompile for every new value
+            rate = lr * 0.5 * (1 + math.cos(math.pi * frac))
+            opt_state.hyperparams["learning_rate"] = jnp.asarray(rate, jnp.float32)
             model, opt_state, terms = step(model, opt_state, *train_b[k])
             n_steps += 1
             if n_steps % 10 == 0:

@@ -44,6 +44,10 @@ def _batio3(m: dict) -> dict:
     }  # fmt: skip
 
 
+def _field(m: dict) -> dict:
+    return {("validation", q, "mae"): round(v["mae"], 5) for q, v in m["validation"].items()}
+
+
 #: name -> (license, metrics.json -> {key: value} as the card's model-index must hold them)
 EXPECTED = {
     "batio3-response": ("gpl-3.0", _batio3),
@@ -51,6 +55,8 @@ EXPECTED = {
     "hubbard-u": ("mit", _hubbard),
     "hubbard-v": ("mit", _hubbard),
     "hubbard-uv": ("mit", _hubbard),
+    "batio3-field": ("mit", _field),
+    "sio2-field": ("mit", _field),
 }
 
 

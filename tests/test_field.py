@@ -210,3 +210,31 @@ def test_fit_config_and_domain_warning():
     squeezed.set_cell(squeezed.cell[:] * 0.85, scale_atoms=True)
     with pytest.warns(UserWarning, match="outside the training domain: volume per atom"):
         model.predict(squeezed)
+
+
+def test_training_loss_terms_are_mse_over_reference_squared():
+    """`zoo._field_train.total_loss` on targets offset from the model's own outputs by known
+    errors: each term is the mean squared offset over real entries / reference^2, polarization
+    offsets by a lattice vector count as zero (folded), padding entries do not count, and the
+    total is the weighted sum."""
+    from zoo._field_train import REFERENCE, frame_batch, total_loss
+
+    model = make_model()
+    atoms = perovskite(6)
+    record = {"structure": atoms, "energy": 0.0, "forces": np.zeros((len(atoms), 3)),
+              "stress": np.zeros((3, 3)), "polarization": np.zeros(3),
+              "born_charges": np.zeros((len(atoms), 3, 3)), "polarizability": np.zeros((3, 3))}  # fmt: skip
+    graph, _ = frame_batch([record], BACKBONE["r_max"], np.float32)
+    full = model(graph)
+    offsets = {"energy": 0.02 * len(atoms), "forces": 0.03, "stress": 0.002,
+               "born_charges": 0.05, "polarizability": 0.04}  # fmt: skip
+    shifted = {k: full[k] - v for k, v in offsets.items()}
+    cell = np.asarray(graph.cell[0])
+    shifted["polarization"] = full["polarization"] - 0.1 + jnp.asarray(cell[1])  # one quantum
+    weights = {k: 1.0 for k in REFERENCE} | {"stress": 0.5}
+    total, terms = total_loss(model, graph, shifted, weights)
+    want = {k: (v / (len(atoms) if k == "energy" else 1)) ** 2 / REFERENCE[k] ** 2
+            for k, v in offsets.items()} | {"polarization": 0.1**2 / REFERENCE["polarization"] ** 2}  # fmt: skip
+    for k, v in want.items():
+        np.testing.assert_allclose(float(terms[k]), v, rtol=2e-3, err_msg=k)
+    np.testing.assert_allclose(float(total), sum(weights[k] * want[k] for k in want), rtol=2e-3)

@@ -13,6 +13,7 @@ import numpy as np
 
 from .field import fold
 from .graph import Graph, build_graph
+from .train._loss import weighted_loss
 
 #: quantity -> reference error used to normalise its squared error (units of the metric)
 REFERENCE = {
@@ -60,23 +61,19 @@ def errors(pred: dict, targets: dict, graph: Graph) -> dict:
     return out
 
 
-def loss_terms(model, graph: Graph, targets: dict, reference=None) -> dict:
-    """Mean squared error / reference^2 of every quantity (real entries only)."""
+def total_loss(model, graph: Graph, targets: dict, weights: dict, reference=None):
+    """``(sum_q weights[q] * term_q, {q: term_q})``: per quantity the mean squared error over
+    real entries divided by ``reference[q]**2`` (`zoo.train.weighted_loss` on the errors
+    scaled by their reference)."""
     reference = REFERENCE if reference is None else reference
     err = errors(model(graph), targets, graph)
-    n_graphs = jnp.maximum(jnp.sum(graph.graph_mask), 1)
-    n_atoms = jnp.maximum(jnp.sum(graph.node_mask), 1)
-    terms = {}
+    outputs = {}
     for name, e in err.items():
-        count = n_atoms if name in ("forces", "born_charges") else n_graphs
-        size = int(np.prod(e.shape[1:])) if e.ndim > 1 else 1
-        terms[name] = jnp.sum(e**2) / (count * size) / reference[name] ** 2
-    return terms
-
-
-def total_loss(model, graph, targets, weights: dict, reference=None):
-    terms = loss_terms(model, graph, targets, reference)
-    return sum(weights[k] * terms[k] for k in terms), terms
+        mask = graph.node_mask if name in ("forces", "born_charges") else graph.graph_mask
+        scaled = e / reference[name]
+        outputs[name] = (scaled, jnp.zeros_like(scaled), mask)
+    total, aux = weighted_loss(outputs, weights, loss="mse")
+    return total, {name: aux[f"loss_{name}"] for name in weights}
 
 
 def make_step(optimizer, weights: dict, reference=None):

@@ -67,6 +67,8 @@ SHIPPED: dict[str, Pretrained] = {
         _shipped("hubbard-u", "Hubbard U (on-site) from DFT+U occupations"),
         _shipped("hubbard-v", "Hubbard V (inter-site) from DFT+U+V occupations"),
         _shipped("hubbard-uv", "Hubbard U and V from DFT+U+V occupations"),
+        _shipped("batio3-field", "BaTiO3 potential under an electric field: E, F, P, Z, alpha"),
+        _shipped("sio2-field", "alpha-SiO2 potential under an electric field: E, F, P, Z, alpha"),
     )
 }
 
