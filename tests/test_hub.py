@@ -68,6 +68,7 @@ def test_first_download_then_cached_load_with_server_stopped(tmp_path, models, h
         {
             "name": NAME,
             "description": _registry.SHIPPED[NAME].description,
+            "caution": "",
             "repo_id": REPO,
             "revision": "v0.1.0",
             "embedded": False,

@@ -303,7 +303,10 @@ def test_shipped_table():
         "hubbard-u",
         "hubbard-v",
         "hubbard-uv",
+        "batio3-field",
+        "sio2-field",
     }
+    assert {n for n, e in _registry.SHIPPED.items() if e.caution} == {"batio3-field", "sio2-field"}
     entry = _registry.shipped("hubbard-uv")
     assert (entry.repo_id, entry.revision) == ("e3zoo/hubbard-uv", "v0.1.0")
     with pytest.raises(ValueError, match="known names: batio3-response, si29-shielding"):

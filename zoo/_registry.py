@@ -44,17 +44,26 @@ ModelTypeEntry = type | Callable[[dict], Any] | str
 
 @dataclass(frozen=True)
 class Pretrained:
-    """A shipped pretrained model: its Hub repo and the pinned release revision."""
+    """A shipped pretrained model: its Hub repo and the pinned release revision; `caution`
+    (warned on every load) when its card reports errors far above its targets."""
 
     name: str
     repo_id: str
     revision: str
     description: str
+    caution: str = ""
 
 
-def _shipped(name: str, description: str) -> Pretrained:
+def _shipped(name: str, description: str, caution: str = "") -> Pretrained:
     # "v0.1.0" is the tag created when publishing; the sha256 pins fix the content.
-    return Pretrained(name, f"e3zoo/{name}", "v0.1.0", description)
+    return Pretrained(name, f"e3zoo/{name}", "v0.1.0", description, caution)
+
+
+_SHORT_TRAINING = (
+    "preview weights from a short training run: validation errors are {} the published "
+    "targets (forces ~460 meV/Å); fine for testing workflows, not for production MD or "
+    "quantitative response (see its card)"
+)
 
 
 SHIPPED: dict[str, Pretrained] = {
@@ -67,8 +76,16 @@ SHIPPED: dict[str, Pretrained] = {
         _shipped("hubbard-u", "Hubbard U (on-site) from DFT+U occupations"),
         _shipped("hubbard-v", "Hubbard V (inter-site) from DFT+U+V occupations"),
         _shipped("hubbard-uv", "Hubbard U and V from DFT+U+V occupations"),
-        _shipped("batio3-field", "BaTiO3 potential under an electric field: E, F, P, Z, alpha"),
-        _shipped("sio2-field", "alpha-SiO2 potential under an electric field: E, F, P, Z, alpha"),
+        _shipped(
+            "batio3-field",
+            "BaTiO3 potential under an electric field: E, F, P, Z, alpha (preview)",
+            _SHORT_TRAINING.format("11-30x"),
+        ),
+        _shipped(
+            "sio2-field",
+            "alpha-SiO2 potential under an electric field: E, F, P, Z, alpha (preview)",
+            _SHORT_TRAINING.format("5-19x"),
+        ),
     )
 }
 

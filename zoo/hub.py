@@ -106,6 +106,8 @@ def _resolve_shipped(
     hub: dict,
 ) -> tuple[dict, str]:
     entry = SHIPPED[name]
+    if entry.caution:
+        warnings.warn(f"{name}: {entry.caution}", UserWarning, stacklevel=4)
     root = Path(weights_dir) if weights_dir is not None else registry.WEIGHTS_DIR
     folder = root / name
     pinned = revision in (None, entry.revision)
@@ -290,6 +292,7 @@ def list_models(weights_dir: PathLike | None = None) -> list[dict]:
                 {
                     "name": name,
                     "description": entry.description,
+                    "caution": entry.caution,
                     "repo_id": entry.repo_id,
                     "revision": entry.revision,
                     "embedded": embedded,
