@@ -102,9 +102,9 @@ def sum_edge_messages(
     `message` maps per-edge arrays (leading axis `n_edges`, the order of `edge_inputs`) to
     per-edge messages and must give zero messages on all-zero inputs (padding). Up to `chunk`
     edges (or with `chunk` 0) it runs once over all edges. Above, a loop over equal chunks
-    of at most `chunk` edges, each rematerialised in the backward pass, adds them in the
-    same order into one accumulator: memory then grows with the atoms, not with
-    edges x message size, and the sums are those of the single pass.
+    of at most `chunk` edges, each rematerialised in the backward pass, adds them in edge
+    order into one accumulator: memory then grows with the atoms, not with edges x message
+    size; results equal the single pass's up to rounding.
     """
     n_edges = receivers.shape[0]
     if any(v.shape[0] != n_edges for v in edge_inputs):
@@ -122,7 +122,6 @@ def sum_edge_messages(
 
     def body(acc, xs):
         *inputs, rcv = xs
-        # scatter into the accumulator (not a per-chunk sum): the single pass's order
         return acc.at[rcv].add(jax.checkpoint(message)(*inputs), mode="drop"), None
 
     xs = tuple(split(v) for v in (*edge_inputs, receivers))

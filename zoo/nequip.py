@@ -54,7 +54,7 @@ class NequIPConfig(ArchitectureConfig):
         activation: activation of even scalars (odd ones use tanh). Default "silu".
         edge_chunk: above this many edges, messages are summed in a loop over equal chunks
             of at most this size, rematerialised in the backward pass (bounds memory on large
-            structures; the sums are those of one pass). 0: never. Default 8192.
+            structures; results do not depend on it up to rounding). 0: never. Default 8192.
     """
 
     species: tuple[int, ...]
