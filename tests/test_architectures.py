@@ -272,12 +272,18 @@ def test_allegro_is_strictly_local():
     assert np.abs(a[1] - b[1]).max() > 1e-6  # the middle atom does see the change
 
 
-def test_mace_edge_chunks_give_the_same_energy_and_forces(x64):
-    """The chunked loop over edges (large structures) equals the one-shot sum."""
-    config = backbones.backbone_config({**backbone_dict("mace", "energy"), "species": SPECIES})
+@pytest.mark.parametrize("arch", list(TINY))
+def test_edge_chunks_give_the_same_energy_forces_and_stress(arch, x64):
+    """The chunked loop over edges (large structures) equals the one-shot sum; two layers, so
+    that Allegro recomputes its per-edge states from the first layer's environments."""
+    depth = {"nequip": "num_layers", "mace": "num_interactions", "allegro": "num_layers"}[arch]
+    config = backbones.backbone_config(
+        {**backbone_dict(arch, "energy"), depth: 2, "species": SPECIES}
+    )
+    assert config.to_dict()["edge_chunk"] == 8192  # saved in config.json, default as MACE's
     g = build_graph(small_bto(2), R_MAX, dtype=np.float64, **CAPACITY)
     out = {}
-    for chunk in (0, 64):
+    for chunk in (0, 64, 700):  # one pass; 12 chunks; 2 chunks of 384 (no padding edges)
         cfg = type(config).from_dict({**config.to_dict(), "edge_chunk": chunk})
         out[chunk] = CALL(
             random_weights(
@@ -285,8 +291,10 @@ def test_mace_edge_chunks_give_the_same_energy_and_forces(x64):
             ),
             g,
         )
-    for key in ("energy", "forces", "stress"):
-        np.testing.assert_allclose(out[64][key], out[0][key], rtol=1e-10, atol=1e-12)
+    assert np.abs(out[0]["forces"]).max() > 1e-3
+    for chunk in (64, 700):
+        for key in ("energy", "forces", "stress"):
+            np.testing.assert_allclose(out[chunk][key], out[0][key], rtol=1e-10, atol=1e-12)
 
 
 # ---- bad input ----
@@ -324,6 +332,10 @@ def test_config_typos_and_absurd_sizes_are_refused_before_building():
         zoo.MACEConfig(species=(8,), hidden_irreps="100000x0e")
     with pytest.raises(ValueError, match=r"latent_dim must be in 1\.\.4096"):
         zoo.AllegroConfig(species=(8,), latent_dim=10**9)
+    with pytest.raises(ValueError, match=r"edge_chunk must be in 0\.\.16777216, got -1"):
+        zoo.NequIPConfig(species=(8,), edge_chunk=-1)
+    with pytest.raises(ValueError, match=r"edge_chunk must be an int, got 8\.5"):
+        zoo.AllegroConfig.from_dict({"species": [8], "edge_chunk": 8.5})
     with pytest.raises(ValueError, match=r"r_max must be in \(0, 30\]"):
         zoo.AllegroConfig(species=(8,), r_max=1e4)
     with pytest.raises(ValueError, match="raise lmax or set parity"):

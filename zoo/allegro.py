@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ._arch_config import ArchitectureConfig, per_l_irreps
-from ._blocks import RadialMLP, embed_edges, linear
+from ._blocks import RadialMLP, edges_in_chunks, embed_edges, linear, sum_edge_messages
 from ._dtype import resolve_float
 from ._sh_tensor_product import from_components, paths, to_components
 from .graph import Graph, species_indices
@@ -52,6 +52,11 @@ class AllegroConfig(ArchitectureConfig):
             root (a data statistic). Default 20.
         output_irreps: per-edge (and per-node) output irreps. Default "1x0e".
         activation: activation of the MLPs. Default "silu".
+        edge_chunk: above this many edges, the per-node sums (the environments of every
+            layer, then the outputs) run in a loop over equal chunks of at most this many
+            edges, each edge's state recomputed from its inputs in every chunk and again in
+            the backward pass (memory independent of the edges x features; results equal
+            up to rounding; num_layers + 1 passes over the edges). 0: never. Default 8192.
     """
 
     species: tuple[int, ...]
@@ -69,12 +74,13 @@ class AllegroConfig(ArchitectureConfig):
     avg_num_neighbors: float = 20.0
     output_irreps: str = "1x0e"
     activation: str = "silu"
+    edge_chunk: int = 8192
 
     ARCHITECTURE: ClassVar[str] = "allegro"
     LIMITS: ClassVar[dict[str, tuple[int, int]]] = {
         "num_layers": (1, 8), "lmax": (0, 4), "channels": (1, 512), "latent_dim": (1, 4096),
         "two_body_hidden": (1, 4096), "two_body_layers": (0, 16), "latent_layers": (0, 16),
-        "num_basis": (1, 128), "envelope_p": (2, 32),
+        "num_basis": (1, 128), "envelope_p": (2, 32), "edge_chunk": (0, 1 << 24),
     }  # fmt: skip
     IRREPS_FIELDS: ClassVar[tuple[str, ...]] = ("output_irreps",)
 
@@ -129,30 +135,41 @@ class AllegroLayer(eqx.Module):
         sizes = (cfg.latent_dim + n_scalar,) + (cfg.latent_dim,) * cfg.latent_layers
         self.latent_mlp = RadialMLP(sizes + (cfg.latent_dim,), cfg.activation, dtype=dtype, key=k3)
 
-    def __call__(self, x, v, sh, envelope, receivers, n_nodes):
-        """`x` `(E, latent)`, `v` `(E, dim, channels)` components, `sh` `(E, sh)`, `envelope`
-        `(E,)` (zero on padding edges) -> updated `(x, v)`."""
-        n_edges, channels = x.shape[0], v.shape[-1]
-        w = self.env_weights(x).reshape(n_edges, len(self.irreps_sh), channels)
+    def environment_terms(self, x, sh, envelope):
+        """Each edge's term of its centre's environment ``G_i``, `(E, sh.dim, channels)`
+        (before the division by sqrt(avg_num_neighbors)); zero on padding edges."""
+        n_edges = x.shape[0]
+        w = self.env_weights(x).reshape(n_edges, len(self.irreps_sh), -1)
         w = w * envelope[:, None, None]
         ls = [ir.l for _, ir in self.irreps_sh]
         per_comp = jnp.concatenate(
             [w[:, k : k + 1, :].repeat(2 * l + 1, 1) for k, l in enumerate(ls)], 1
         )
-        env = sh[:, :, None] * per_comp  # (E, sh.dim, channels)
-        env = jax.ops.segment_sum(env, receivers, num_segments=n_nodes)
-        env = env / jnp.sqrt(self.avg_num_neighbors).astype(env.dtype)
+        return sh[:, :, None] * per_comp
+
+    def update(self, x, v, env, envelope):
+        """New `(x, v)` of each edge from its own `(x, v)` and its centre's environment
+        `env` `(E, sh.dim, channels)`."""
         # channel as a batch axis: e3nn's dense per-path products compile far faster here
         # than the unrolled slab form (both operands carry channels, so no CG pre-contraction)
         per_channel = e3nn.Irreps([(1, ir) for _, ir in self.irreps_in])
         v_ax = e3nn.IrrepsArray(per_channel, v.transpose(0, 2, 1))
-        env_ax = e3nn.IrrepsArray(self.irreps_sh, env[receivers].transpose(0, 2, 1))
+        env_ax = e3nn.IrrepsArray(self.irreps_sh, env.transpose(0, 2, 1))
         tp = e3nn.tensor_product(v_ax, env_ax, filter_ir_out=self.irreps_out).axis_to_mul()
         v_new = to_components(self.mix(tp))
         scalars = tp.filter(keep="0e").array
         x_new = self.latent_mlp(jnp.concatenate([x, scalars], axis=-1))
         x = (x + envelope[:, None] * x_new) / jnp.sqrt(2.0).astype(x.dtype)
         return x, v_new
+
+    def __call__(self, x, v, sh, envelope, receivers, n_nodes):
+        """`x` `(E, latent)`, `v` `(E, dim, channels)` components, `sh` `(E, sh)`, `envelope`
+        `(E,)` (zero on padding edges) -> updated `(x, v)`."""
+        env = jax.ops.segment_sum(
+            self.environment_terms(x, sh, envelope), receivers, num_segments=n_nodes
+        )
+        env = env / jnp.sqrt(self.avg_num_neighbors).astype(env.dtype)
+        return self.update(x, v, env[receivers], envelope)
 
 
 class Allegro(eqx.Module):
@@ -204,37 +221,79 @@ class Allegro(eqx.Module):
         """Irreps of the per-edge and per-node outputs."""
         return self.readout.irreps_out
 
+    def _two_body(self, species, sh, radial, envelope, senders, receivers):
+        """Initial `(x, v)` of each edge: `x` `(E, latent)`, `v` `(E, sh.dim, channels)`."""
+        cfg = self.config
+        onehot = jax.nn.one_hot(species, len(cfg.species), dtype=self.dtype)
+        features = jnp.concatenate([onehot[receivers], onehot[senders], radial], axis=-1)
+        x = self.two_body(features) * envelope[:, None]
+        w = self.initial(x).reshape(x.shape[0], cfg.lmax + 1, cfg.channels)
+        per_comp = jnp.concatenate(
+            [w[:, l : l + 1, :].repeat(2 * l + 1, 1) for l in range(cfg.lmax + 1)], 1
+        )
+        return x, sh[:, :, None] * per_comp
+
+    def _readout(self, x, v, envelope) -> e3nn.IrrepsArray:
+        irreps_v = self.layers[-1].irreps_out if self.layers else None
+        final = e3nn.concatenate(
+            [e3nn.IrrepsArray(f"{self.config.latent_dim}x0e", x), from_components(irreps_v, v)]
+        )
+        out = self.readout(final)
+        return out * envelope[:, None].astype(out.dtype)
+
     def edge_outputs(
         self, graph: Graph, edge_vectors: Float[Array, "n_edges 3"] | None = None
     ) -> e3nn.IrrepsArray:
         """Per-edge outputs `(n_edges, config.output_irreps)`, zero on padding edges and
         vanishing smoothly at `r_max`. Edge ``e`` belongs to the centre ``graph.receivers[e]``."""
         cfg = self.config
-        edges = embed_edges(
+        sh, radial, envelope = self._embed(graph, edge_vectors)
+        species = species_indices(graph.numbers, cfg.species)
+        x, v = self._two_body(species, sh, radial, envelope, graph.senders, graph.receivers)
+        for layer in self.layers:
+            x, v = layer(x, v, sh, envelope, graph.receivers, graph.n_nodes)
+        return self._readout(x, v, envelope)
+
+    def _embed(self, graph, edge_vectors):
+        cfg = self.config
+        sh, radial, envelope = embed_edges(
             graph, edge_vectors, lmax=cfg.lmax, num_basis=cfg.num_basis, r_max=cfg.r_max,
             envelope_p=cfg.envelope_p, dtype=self.dtype,
         )  # fmt: skip
-        sh, radial, envelope = edges
-        n_species = len(cfg.species)
+        return sh.array, radial, envelope
+
+    def _node_sums_in_chunks(self, graph: Graph, edge_vectors) -> Float[Array, "n_nodes out"]:
+        """The per-node sums of the edge outputs without any `(E, ...)` tensor of a layer.
+
+        Edges interact only through each layer's environments ``G_i`` (per node), so these
+        are summed first, layer by layer, and every per-edge state is recomputed chunk by
+        chunk from the edge's inputs and the environments so far: L + 1 passes over the
+        edges instead of one, memory independent of the edge count but for the inputs."""
+        cfg = self.config
+        sh, radial, envelope = self._embed(graph, edge_vectors)
         species = species_indices(graph.numbers, cfg.species)
-        onehot = jax.nn.one_hot(species, n_species, dtype=self.dtype)
-        features = jnp.concatenate(
-            [onehot[graph.receivers], onehot[graph.senders], radial], axis=-1
-        )
-        x = self.two_body(features) * envelope[:, None]
-        w = self.initial(x).reshape(x.shape[0], cfg.lmax + 1, cfg.channels)
-        per_comp = jnp.concatenate(
-            [w[:, l : l + 1, :].repeat(2 * l + 1, 1) for l in range(cfg.lmax + 1)], 1
-        )
-        v = sh.array[:, :, None] * per_comp  # (E, sh.dim, channels)
+        inputs = (sh, radial, envelope, graph.senders, graph.receivers)
+
+        def states(envs, sh_c, radial_c, envelope_c, snd_c, rcv_c):
+            x, v = self._two_body(species, sh_c, radial_c, envelope_c, snd_c, rcv_c)
+            for layer, env in zip(self.layers, envs):
+                x, v = layer.update(x, v, env[rcv_c], envelope_c)
+            return x, v
+
+        def sum_over_edges(message):
+            return sum_edge_messages(
+                message, inputs, graph.receivers, graph.n_nodes, cfg.edge_chunk
+            )
+
+        envs = ()
         for layer in self.layers:
-            x, v = layer(x, v, sh.array, envelope, graph.receivers, graph.n_nodes)
-        irreps_v = self.layers[-1].irreps_out if self.layers else None
-        final = e3nn.concatenate(
-            [e3nn.IrrepsArray(f"{cfg.latent_dim}x0e", x), from_components(irreps_v, v)]
-        )
-        out = self.readout(final)
-        return out * envelope[:, None].astype(out.dtype)
+
+            def terms(*edge, envs=envs, layer=layer):
+                return layer.environment_terms(states(envs, *edge)[0], edge[0], edge[2])
+
+            env = sum_over_edges(terms)
+            envs += (env / jnp.sqrt(layer.avg_num_neighbors).astype(env.dtype),)
+        return sum_over_edges(lambda *edge: self._readout(*states(envs, *edge), edge[2]).array)
 
     def __call__(
         self,
@@ -247,8 +306,11 @@ class Allegro(eqx.Module):
         `node_inputs` are not supported (an edge model) and must be ``None``."""
         if node_inputs is not None:
             raise ValueError("Allegro takes no node_inputs (it is edge-centred); pass None")
-        edges = self.edge_outputs(graph, edge_vectors)
-        nodes = jax.ops.segment_sum(edges.array, graph.receivers, num_segments=graph.n_nodes)
+        if edges_in_chunks(graph.n_edges, self.config.edge_chunk):
+            nodes = self._node_sums_in_chunks(graph, edge_vectors)
+        else:
+            edges = self.edge_outputs(graph, edge_vectors)
+            nodes = jax.ops.segment_sum(edges.array, graph.receivers, num_segments=graph.n_nodes)
         nodes = nodes / jnp.sqrt(self.config.avg_num_neighbors).astype(nodes.dtype)
         nodes = nodes * graph.node_mask[:, None].astype(nodes.dtype)
-        return e3nn.IrrepsArray(edges.irreps, nodes)
+        return e3nn.IrrepsArray(self.irreps_out, nodes)

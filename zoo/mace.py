@@ -21,7 +21,15 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from ._arch_config import ArchitectureConfig, per_l_irreps
-from ._blocks import RadialMLP, embed_edges, gate, gated_irreps, initial_node_features, linear
+from ._blocks import (
+    RadialMLP,
+    embed_edges,
+    gate,
+    gated_irreps,
+    initial_node_features,
+    linear,
+    sum_edge_messages,
+)
 from ._dtype import resolve_float
 from ._sh_tensor_product import channelwise_tensor_product, from_components, paths, to_components
 from ._symmetric_contraction import SymmetricContraction
@@ -208,36 +216,17 @@ class MACELayer(eqx.Module):
             )
 
     def _atomic_basis(self, x, sh, radial, senders, receivers):
-        """Sum over neighbours of the weighted products, `(n_nodes, components, channels)`.
+        """Sum over neighbours of the weighted products, `(n_nodes, components, channels)`,
+        in chunks of `edge_chunk` edges (:func:`~zoo._blocks.sum_edge_messages`)."""
+        xc = to_components(x)
 
-        Above `edge_chunk` edges, a loop over chunks of edges, each rematerialised in the
-        backward pass: memory then grows with the atoms, not with edges x messages."""
-        xc, n_nodes = to_components(x), x.shape[0]
-
-        def partial_sum(sh_c, radial_c, snd_c, rcv_c):
+        def messages(sh_c, radial_c, snd_c):
             w = self.radial_mlp(radial_c).reshape(radial_c.shape[0], -1, self.channels)
             y = e3nn.IrrepsArray(sh.irreps, sh_c)
-            msg = channelwise_tensor_product(xc[snd_c], x.irreps, y, self.irreps_a, w)
-            return jax.ops.segment_sum(msg, rcv_c, num_segments=n_nodes)
+            return channelwise_tensor_product(xc[snd_c], x.irreps, y, self.irreps_a, w)
 
-        n_edges, chunk = radial.shape[0], self.edge_chunk
-        if chunk <= 0 or n_edges <= chunk:
-            return partial_sum(sh.array, radial, senders, receivers)
-        n_chunks = -(-n_edges // chunk)
-        chunk = -(-n_edges // n_chunks)  # equal chunks: little padding (50,192 -> 2 x 25,096)
-        pad = n_chunks * chunk - n_edges  # padded edges have zero radial basis: no message
-
-        def split(v):
-            v = jnp.concatenate([v, jnp.zeros((pad,) + v.shape[1:], v.dtype)])
-            return v.reshape((n_chunks, chunk) + v.shape[1:])
-
-        def body(acc, xs):
-            return acc + jax.checkpoint(partial_sum)(*xs), None
-
-        xs = tuple(split(v) for v in (sh.array, radial, senders, receivers))
-        size = (n_nodes, self.irreps_messages.dim // self.channels, self.channels)
-        a, _ = jax.lax.scan(body, jnp.zeros(size, x.dtype), xs)
-        return a
+        inputs = (sh.array, radial, senders)
+        return sum_edge_messages(messages, inputs, receivers, x.shape[0], self.edge_chunk)
 
     def __call__(self, h, species, sh, radial, senders, receivers):
         x = self.linear_up(h)

@@ -25,6 +25,7 @@ from ._blocks import (
     gated_irreps,
     initial_node_features,
     linear,
+    sum_edge_messages,
 )
 from ._dtype import resolve_float
 from .graph import Graph, species_indices
@@ -51,6 +52,9 @@ class NequIPConfig(ArchitectureConfig):
         node_input_irreps: extra per-node inputs concatenated to the species embedding
             (e.g. ``"1x1o"`` for an electric field). Default "" (none).
         activation: activation of even scalars (odd ones use tanh). Default "silu".
+        edge_chunk: above this many edges, messages are summed in a loop over equal chunks
+            of at most this size, rematerialised in the backward pass (bounds memory on large
+            structures; results do not depend on it up to rounding). 0: never. Default 8192.
     """
 
     species: tuple[int, ...]
@@ -67,11 +71,13 @@ class NequIPConfig(ArchitectureConfig):
     output_irreps: str = "1x0e"
     node_input_irreps: str = ""
     activation: str = "silu"
+    edge_chunk: int = 8192
 
     ARCHITECTURE: ClassVar[str] = "nequip"
     LIMITS: ClassVar[dict[str, tuple[int, int]]] = {
         "num_layers": (1, 16), "channels": (1, 1024), "lmax": (0, 6), "num_basis": (1, 128),
         "envelope_p": (2, 32), "radial_hidden": (1, 4096), "radial_layers": (0, 16),
+        "edge_chunk": (0, 1 << 24),
     }  # fmt: skip
     IRREPS_FIELDS: ClassVar[tuple[str, ...]] = ("output_irreps", "node_input_irreps")
     NODE_INPUTS: ClassVar[bool] = True
@@ -119,6 +125,7 @@ class InteractionLayer(eqx.Module):
     irreps_messages: e3nn.Irreps = eqx.field(static=True)
     avg_num_neighbors: float = eqx.field(static=True)
     act: str = eqx.field(static=True)
+    edge_chunk: int = eqx.field(static=True)
 
     def __init__(
         self, irreps_in, irreps_out, irreps_sh, n_species, cfg: NequIPConfig, *, dtype, key
@@ -127,6 +134,7 @@ class InteractionLayer(eqx.Module):
         self.irreps_in = e3nn.Irreps(irreps_in)
         self.avg_num_neighbors = float(cfg.avg_num_neighbors)
         self.act = cfg.activation
+        self.edge_chunk = int(cfg.edge_chunk)
         self.irreps_messages = e3nn.tensor_product(
             self.irreps_in, e3nn.Irreps(irreps_sh), filter_ir_out=e3nn.Irreps(irreps_out)
         ).regroup()
@@ -148,9 +156,15 @@ class InteractionLayer(eqx.Module):
 
     def __call__(self, h, species, sh, radial, senders, receivers) -> e3nn.IrrepsArray:
         x = self.linear_up(h)
-        messages = e3nn.tensor_product(x[senders], sh, filter_ir_out=self.irreps_out).regroup()
-        messages = messages * self.radial_mlp(radial)
-        summed = e3nn.scatter_sum(messages, dst=receivers, output_size=h.shape[0])
+
+        def messages(sh_c, radial_c, snd_c):
+            y = e3nn.IrrepsArray(sh.irreps, sh_c)
+            tp = e3nn.tensor_product(x[snd_c], y, filter_ir_out=self.irreps_out).regroup()
+            return (tp * self.radial_mlp(radial_c)).array
+
+        inputs = (sh.array, radial, senders)
+        summed = sum_edge_messages(messages, inputs, receivers, h.shape[0], self.edge_chunk)
+        summed = e3nn.IrrepsArray(self.irreps_messages, summed)
         summed = summed / jnp.sqrt(self.avg_num_neighbors).astype(summed.dtype)
         out = (self.linear_down(summed) + self.self_connection(species, h)) / jnp.sqrt(2.0)
         return gate(out, self.act)
