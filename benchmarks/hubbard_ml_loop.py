@@ -36,6 +36,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--workdir", type=Path, default=ROOT / "runs" / "hubbard_ml_loop")
     ap.add_argument("--tol", type=float, default=0.01, help="eV")
     ap.add_argument("--max-iter", type=int, default=8)
+    ap.add_argument("--nice", type=int, default=10, help="niceness of pw.x (2 MPI ranks)")
     ap.add_argument("--pseudo-dir", type=Path, default=os.environ.get("ZOO_PSEUDO_DIR"),
                     help="folder of the job's pseudopotentials (default $ZOO_PSEUDO_DIR)")  # fmt: skip
     args = ap.parse_args(argv)
@@ -48,28 +49,22 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--path: no rows of {args.path!r} in {DATA / 'labels.jsonl'}")
     job = json.loads((DATA / "manifest.json").read_text())["jobs"][args.path]
     last = max(r["iteration"] for r in rows)
-    hp_u = {r["atom_1_idx"]: r["param_out"] for r in rows
-            if r["iteration"] == last and r["param_type"] == "U" and r["atom_1_manifold"] == "3d"}  # fmt: skip
     st = rows[0]["structure"]
     tms = sorted({r["atom_1_element"] for r in rows if r["atom_1_manifold"] == "3d"})
     model = zoo.load(args.model)
     t0 = time.perf_counter()
     res = self_consistent_hubbard(
-        model, st, {m: 4.0 for m in tms}, run_pw_local(nprocs=2, npool=2),
+        model, st, {m: 4.0 for m in tms}, run_pw_local(nprocs=2, npool=2, nice=args.nice),
         workdir=args.workdir / args.path, pseudos=rows[0]["settings"]["pseudos"],
         pseudo_dir=args.pseudo_dir, pw_settings=dict(job["pw"]), tol=args.tol, max_iter=args.max_iter,
     )  # fmt: skip
     wall = time.perf_counter() - t0
-    steps = job["steps"]
-    hp_cycle = {
-        "iterations": last + 1,
-        "pw_wall_s": sum(steps[f"scf{k}"]["wall_s"] or 0 for k in range(last + 1)),
-        "hp_wall_s": sum(steps[f"hp{k}"]["wall_s"] or 0 for k in range(last + 1)),
-        "pw_cpu_s": sum(steps[f"scf{k}"]["cpu_s"] or 0 for k in range(last + 1)),
-        "hp_cpu_s": sum(steps[f"hp{k}"]["cpu_s"] or 0 for k in range(last + 1)),
-        "U_last_iteration": hp_u,
-    }
-    rel = {i: (res.U[i] - u) / u for i, u in hp_u.items()}
+    hp_cycle = _hp_cycle(rows, job["steps"], last)
+    # the loop's last prediction by (i, j_supercell), the key of hp.x's rows
+    ml = {f"U/{i}": u for i, u in res.U.items()}
+    ml |= {f"V/{k[0]}-{j}": res.V[k] for k, j in res.prediction.sc_index.items() if k in res.V}
+    hp_last = hp_cycle["iterations"][-1]["labels"]
+    rel = {key: (ml[key] - hp) / hp for key, hp in hp_last.items() if key in ml}
     out = {
         "path": args.path,
         "model": args.model,
@@ -80,16 +75,40 @@ def main(argv=None) -> dict:
             "wall_s": wall,
             "pw_wall_s": sum(h["pw_wall_s"] for h in res.history),
             "predict_s": sum(h["predict_s"] for h in res.history),
-            "history": [{k: h[k] for k in ("U_in", "U", "max_change_ev")} for h in res.history],
+            "history": [
+                {k: h[k] for k in ("U_in", "U", "V", "max_change_ev", "pw_wall_s", "predict_s")}
+                for h in res.history
+            ],
         },
         "hp_cycle": hp_cycle,
-        "U_relative_difference": rel,
-        "max_abs_relative_difference": float(np.max(np.abs(list(rel.values())))),
+        "relative_difference": rel,
+        "max_abs_relative_difference": {
+            p: float(np.max(np.abs([v for k, v in rel.items() if k.startswith(p)] or [np.nan])))
+            for p in ("U", "V")
+        },
     }
     path = args.workdir / args.path / "comparison.json"
     path.write_text(json.dumps(out, indent=1, default=str) + "\n")
     print(json.dumps(out, indent=1, default=str))
     return out
+
+
+def _hp_cycle(rows: list[dict], steps: dict, last: int) -> dict:
+    """The queue job's hp.x cycle: per iteration the TM U and TM-O V labels (``"U/i"``,
+    ``"V/i-j_supercell"``: eV) and the pw.x / hp.x wall and CPU times (``manifest.json``)."""
+    per_it = []
+    for k in range(last + 1):
+        labels = {
+            f"{r['param_type']}/{r['id'].rsplit('/', 1)[1]}": r["param_out"]
+            for r in rows
+            if r["iteration"] == k and r["atom_1_manifold"] == "3d"
+            and (r["param_type"] == "U" or r.get("first_shell"))
+        }  # fmt: skip
+        times = {f"{s}_{t}_s": steps[f"{s if s == 'hp' else 'scf'}{k}"][f"{t}_s"] or 0
+                 for s in ("pw", "hp") for t in ("wall", "cpu")}  # fmt: skip
+        per_it.append({"iteration": k, "labels": labels, **times})
+    total = {key: sum(it[key] for it in per_it) for key in per_it[0] if key.endswith("_s")}
+    return {"n_iterations": last + 1, **total, "iterations": per_it}
 
 
 if __name__ == "__main__":

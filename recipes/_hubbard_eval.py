@@ -123,3 +123,24 @@ def held_out(metrics: dict) -> dict:
     """The row counts and validation metrics of a run (other splits, transfer test)."""
     keys = ("rows", "validation_model", "validation_baseline")
     return {k: metrics[k] for k in keys if k in metrics}
+
+
+def left_out(metrics: dict, paths: dict[str, str]) -> dict:
+    """What a run with the sc paths `paths` (``{sc_path: material}``) held out says about
+    their materials: per material, the model and U_in / V_in baseline metrics, how many rows
+    the kernel's support guard refuses and the metrics of the rows it answers."""
+    materials = set(paths.values())
+    by = metrics.get("test_by_material", {})
+    pick = lambda d: {k: v for k, v in d.items() if k in materials}  # noqa: E731
+    refused = [
+        paths.get(i.split("/", 1)[0]) for i in metrics.get("kernel", {}).get("test_refused", [])
+    ]
+    out = {
+        "model": pick(by.get("model", {})),
+        "baseline": pick(by.get("baseline", {})),
+        "train": metrics["rows"]["train"],
+        "refused": {m: refused.count(m) for m in sorted(materials)},
+    }
+    if "supported_test_by_material" in metrics:
+        out["answered"] = pick(metrics["supported_test_by_material"]["model"])
+    return out

@@ -9,6 +9,7 @@ clone (seconds for the kernel models, ~15 min for the networks):
     python -m recipes.hubbard_uv --steps zoo/weights/hubbard-uv/data_steps.json  # as shipped
     python -m recipes.hubbard_uv --model network --restarts 3     # HubbardML's network
     python -m recipes.hubbard_uv --out runs/lofo-FeO --test-paths --hold-out FeO  # one family out
+    python -m recipes.hubbard_uv --leave-out LiNiO2 NiO2 LiNiO2+NiO2  # ... reported in the card
 
 The data set grows as the DFT queue runs; ``--steps`` restricts it to the self-consistent
 steps a shipped model was trained on (its ``data_steps.json``), which reproduces its card.
@@ -39,7 +40,15 @@ from pathlib import Path
 import numpy as np
 
 import zoo
-from recipes._hubbard_eval import TEST, clusters_of, evaluate, held_out, report_metrics, split
+from recipes._hubbard_eval import (
+    TEST,
+    clusters_of,
+    evaluate,
+    held_out,
+    left_out,
+    report_metrics,
+    split,
+)
 from recipes._hubbard_network import LOSSES, NETWORK_OPTIONS, train_restarts
 from zoo.data.hubbard import load_rows, select_steps, step_of, u_dataset, v_dataset
 from zoo.hubbard import (
@@ -154,6 +163,11 @@ def main(argv=None) -> dict:
         help="every sc path of these materials is a test path too (leave-one-family-out)",
     )  # fmt: skip
     ap.add_argument(
+        "--leave-out", nargs="*", default=[], metavar="MATERIAL[+MATERIAL]",
+        help="also train with every sc path of these materials held out, one run per argument "
+        "(LiNiO2, or LiNiO2+NiO2 for both at once), and report them (card: per family)",
+    )  # fmt: skip
+    ap.add_argument(
         "--ship", action="store_true",
         help="also write the model folders to zoo/weights/ (cards, metrics, plots, registry)",
     )  # fmt: skip
@@ -176,9 +190,10 @@ def main(argv=None) -> dict:
             rows = select_steps(rows, args.steps)
         except ValueError as err:
             raise SystemExit(str(err)) from None
-    unknown = sorted(set(args.hold_out) - {r["material"] for r in rows})
-    if unknown:
-        ap.error(f"--hold-out: no rows of {', '.join(unknown)}")
+    for flag, given in (("--hold-out", args.hold_out), ("--leave-out", args.leave_out)):
+        unknown = sorted({m for g in given for m in g.split("+")} - {r["material"] for r in rows})
+        if unknown:
+            ap.error(f"{flag}: no rows of {', '.join(unknown)}")
     held = sorted({r["sc_path"] for r in rows if r["material"] in set(args.hold_out)})
     args.test_paths = [*args.test_paths, *(p for p in held if p not in args.test_paths)]
     report = {
@@ -197,6 +212,7 @@ def main(argv=None) -> dict:
         "transfer": args.transfer,
         "test_paths": list(args.test_paths),
         "hold_out": list(args.hold_out),
+        "leave_out": list(args.leave_out),
         "command": "python -m recipes.hubbard_uv "
         + " ".join(argv if argv is not None else sys.argv[1:]),
     }
@@ -245,6 +261,11 @@ def main(argv=None) -> dict:
             other = split(ds, s, args.transfer, args.test_paths)
             _, m = train(other, args.out / f"split{s}-{name}", s)
             report[name].setdefault("other_splits", {})[str(s)] = held_out(m)
+        for group in args.leave_out:  # leave-one-family-out: the family's paths are test paths
+            paths = {r["sc_path"]: r["material"] for r in rows if r["material"] in group.split("+")}
+            lo = split(ds, args.seed, args.transfer, [*args.test_paths, *sorted(paths)])
+            _, m = train(lo, args.out / f"leave-out-{group}-{name}", args.seed)
+            report[name].setdefault("leave_out", {})[group] = left_out(m, paths)
         if args.model == "kernel" and args.transfer is None:  # seconds: always report it
             _, m = train(split(ds, args.seed, TRANSFER_K, args.test_paths), None, args.seed)
             report[name]["transfer"] = {"k": TRANSFER_K} | held_out(m)
@@ -268,12 +289,9 @@ def _repo_relative(path: Path) -> str:
 
 
 def _save(models: dict, report: dict, out: Path, rows: list[dict]) -> None:
+    from recipes._hubbard_tables import parity_png
+    from recipes.hubbard_card import model_card
     from zoo import save_pretrained
-
-    try:
-        from recipes.hubbard_card import model_card, parity_png
-    except ModuleNotFoundError:  # run as a script: recipes/ itself is on sys.path
-        from hubbard_card import model_card, parity_png
 
     named = {"hubbard-u": models.get("U"), "hubbard-v": models.get("V")}
     if "U" in models and "V" in models:

@@ -163,17 +163,30 @@ def test_layered_lifeo2_is_answered_as_hp_x_labelled_it(shipped):
     assert all(v == pytest.approx(0.3812, rel=5e-3) for v in pred.V.values())
 
 
-def test_layered_linio2_is_read_and_refused_naming_its_ni_environment(shipped):
-    """Li has no Hubbard manifold and is left out of the sites and pairs; the shipped models
-    know Ni from rock-salt NiO only, so the layered Ni environment is refused, named."""
-    ex = _example("LiNiO2_kcheck_it0")
+def test_layered_linio2_example_is_answered_for_every_ni_site_and_pair(shipped):
+    """The queue's pw.x run of layered LiNiO2 (``zoo/examples/hubbard-uv/LiNiO2_it0``, job
+    c161, iteration 0; labels from the output's header): Li has no Hubbard manifold and is
+    left out; the Ni site and its six Ni-O pairs (both directions) are answered inside the
+    support guard, near hp.x's labels of that step (U(Ni) 9.4502 eV, V(Ni-O) 0.8941 eV)."""
+    ex = {"path": EXAMPLES / "LiNiO2_it0.out", "occup": EXAMPLES / "LiNiO2_it0.occup.txt"}
     run = read_run(ex["path"], ex["occup"])
     assert run.labels == ["Ni1", "O", "O", "Li"]
     assert sorted(run.prepared.onsite) == [1, 2, 3]
-    assert all(4 not in key[:2] for key in run.prepared.keyed)
-    assert (1, 1, (0, 0, 0)) in run.prepared.keyed
-    with pytest.raises(ValueError, match=r"U of site 1 \(Ni1\): its Ni environment .*beyond"):
-        shipped["hubbard-uv"].predict(ex["path"], occup=ex["occup"])
+    for name in ("hubbard-uv", "hubbard-u", "hubbard-v"):
+        pred = shipped[name].predict(ex["path"], occup=ex["occup"])
+        assert pred.labels == {1: "Ni1", 2: "O", 3: "O", 4: "Li"}
+        assert all(4 not in key[:2] for key in pred.sc_index)  # Li: no parameter at all
+        if name != "hubbard-v":
+            assert list(pred.U) == [1] and pred.U[1] == pytest.approx(9.4502, rel=0.02)
+        if name != "hubbard-u":
+            assert len(pred.V) == 12 and {k[0] for k in pred.V} == {1, 2, 3}
+            assert all(v == pytest.approx(0.8941, rel=0.02) for v in pred.V.values())
+    # the k check c151a is the same cell, k mesh and start: the same ground state
+    kcheck = _example("LiNiO2_kcheck_it0")
+    same = shipped["hubbard-uv"].predict(kcheck["path"], occup=kcheck["occup"])
+    assert same.U[1] == pytest.approx(
+        shipped["hubbard-u"].predict(ex["path"], occup=ex["occup"]).U[1], rel=1e-3
+    )
 
 
 @pytest.mark.parametrize(

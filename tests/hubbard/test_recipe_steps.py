@@ -203,10 +203,15 @@ def test_recipe_holds_out_a_whole_family(tmp_path):
              "p171-LiFeO2-sym-e+0.000": 3}  # fmt: skip
     steps.write_text(json.dumps([f"{p}/it{k}" for p, n in paths.items() for k in range(n)]))
     out = tmp_path / "run"
-    report = main(
-        ["--out", str(out), "--steps", str(steps), "--test-paths", "--hold-out", "LiFeO2"]
-    )
+    report = main(["--out", str(out), "--steps", str(steps), "--test-paths",
+                   "--hold-out", "LiFeO2", "--leave-out", "FeO"])  # fmt: skip
     assert report["test_paths"] == ["p171-LiFeO2-sym-e+0.000"]
+    # --leave-out FeO: one more run without FeO (and LiFeO2, held out anyway), its FeO rows
+    without = report["U"]["leave_out"]["FeO"]
+    assert set(without["model"]) == {"FeO"} and without["model"]["FeO"]["n"] > 0
+    assert without["train"] < report["U"]["rows"]["train"]
+    card = (out / "hubbard-uv" / "README.md").read_text()
+    assert "| family | validation | without FeO |" in card
     for part in ("U", "V"):
         test = report[part]["test_by_material"]
         assert set(test["model"]) == {"LiFeO2", "all"} and test["model"]["LiFeO2"]["n"] > 0
@@ -214,6 +219,8 @@ def test_recipe_holds_out_a_whole_family(tmp_path):
         assert (out / f"hubbard-{part.lower()}" / "README.md").exists()
     with pytest.raises(SystemExit):
         main(["--out", str(out), "--hold-out", "CuO"])
+    with pytest.raises(SystemExit):
+        main(["--out", str(out), "--leave-out", "NiO+CuO"])
 
 
 def test_card_says_when_the_guard_refuses_every_held_out_row():
@@ -221,3 +228,39 @@ def test_card_says_when_the_guard_refuses_every_held_out_row():
 
     part = {"kernel": {"test_refused": ["p1/it0/V/1-2"]}, "rows": {"test": 1}}
     assert "V: it refuses all 1 held-out test rows." in _kernel_limitation({"V": part}, ["V"])
+
+
+def test_card_per_family_table_and_what_the_guard_refused():
+    """``left_out`` keeps the held-out family's rows (not the default test paths') and counts
+    the refused ones per material; the card shows it beside the validation MARE."""
+    from recipes._hubbard_eval import left_out
+    from recipes._hubbard_tables import _families
+
+    m = lambda mare, n: {"mae": 0.1, "rmse": 0.1, "mare": mare, "n": n}  # noqa: E731
+    run = {
+        "rows": {"train": 40},
+        "test_by_material": {
+            "model": {"LiNiO2": m(0.129, 3), "NiO": m(0.005, 6), "all": m(0.06, 9)},
+            "baseline": {"LiNiO2": m(0.201, 3), "NiO": m(0.175, 6), "all": m(0.18, 9)},
+        },
+        "kernel": {"test_refused": ["c161-LiNiO2-sym-e+0.000/it0/U/1", "p111-NiO/it0/U/1"]},
+        "supported_test_by_material": {"model": {"LiNiO2": m(0.1, 2), "NiO": m(0.005, 5)}},
+    }
+    out = left_out(run, {"c161-LiNiO2-sym-e+0.000": "LiNiO2"})
+    assert set(out["model"]) == set(out["baseline"]) == {"LiNiO2"}
+    assert out["refused"] == {"LiNiO2": 1} and out["answered"]["LiNiO2"]["n"] == 2
+    part = {
+        "validation_by_material": {
+            "model": {"LiNiO2": m(0.01, 1), "MnO": m(0.05, 3)},
+            "baseline": {"LiNiO2": m(0.001, 1), "MnO": m(0.073, 3)},
+        },
+        "leave_out": {"LiNiO2": out},
+    }
+    lines = _families(part, "U")
+    assert lines[2] == "| family | validation | without LiNiO2 |"
+    assert (
+        lines[4]
+        == "| LiNiO2 | 1.0 % / 0.1 % (1) | 12.9 % / 20.1 % (3); refused 1, answered 10.0 % |"
+    )
+    assert lines[5] == "| MnO | 5.0 % / 7.3 % (3) | - |"
+    assert _families({}, "U") == []
