@@ -115,8 +115,11 @@ def plot(results: dict, path: Path) -> None:
                     color=color, marker=marker, label=label)  # fmt: skip
     ax.axhline(results["untrained"]["finetune"]["mae"], color="C0", ls=":",
                label=f"{BASE}, no field frames")  # fmt: skip
+    sizes = sorted({r["n_train"] for r in results["runs"]})
     ax.set_xscale("log")
-    ax.set_yscale("log")
+    ax.set_xticks(sizes, [str(n) for n in sizes], minor=False)
+    ax.set_xticks([], minor=True)
+    ax.set_ylim(bottom=0)
     ax.set_xlabel("training frames (135 atoms each)")
     ax.set_ylabel("validation Born MAE (e)")
     ax.set_title(f"BaTiO3 field frames, {results['steps']} steps per run", fontsize=9)
