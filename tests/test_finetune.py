@@ -213,3 +213,16 @@ def test_fixed_validation_indices_and_nequip_born_key(pretrained, tmp_path):
     for bad in ([1, 1], [5], [True], [0.5], list(range(5))):
         with pytest.raises(ValueError, match="split: "):
             finetune(pretrained, data, out_dir=tmp_path / "b", split=bad)
+
+
+def test_base_model_is_named_only_for_its_own_weights():
+    import zoo
+    from zoo import _registry
+    from zoo.finetune import _base_identity
+
+    shipped = zoo.load("batio3-response")
+    repo = _registry.SHIPPED["batio3-response"].repo_id
+    assert _base_identity(shipped)["base_model"] == repo
+    fresh = ResponseModel(shipped.config, key=jax.random.key(0))  # same config, new weights
+    ident = _base_identity(fresh)
+    assert "base_model" not in ident and ident["license_known"] is False

@@ -362,6 +362,8 @@ def _base_identity(model) -> dict:
         pins = registry.read_registry()
         name = next((n for n in registry.SHIPPED if pins.get(n, {}).get("config.json") == digest),
                     None)  # fmt: skip
+        if name is not None and not _same_weights(model, registry.WEIGHTS_DIR / name):
+            name = None  # the shipped architecture with other weights, e.g. trained from scratch
     if name is not None:
         entry = registry.SHIPPED[name]
         out = {"base_model": entry.repo_id, "revision": entry.revision}
@@ -369,3 +371,17 @@ def _base_identity(model) -> dict:
         card = read_card_metadata(path) if path.is_file() else {}
     license = (card or {}).get("license")
     return {**out, "license": license or "other", "license_known": bool(license)}
+
+
+def _same_weights(model, folder: Path) -> bool:
+    """Whether `model`'s arrays equal those of the model folder `folder`."""
+    import equinox as eqx
+
+    from .hub import from_pretrained
+
+    ours = jax.tree.leaves(eqx.filter(model, eqx.is_array))
+    theirs = jax.tree.leaves(eqx.filter(from_pretrained(folder), eqx.is_array))
+    return len(ours) == len(theirs) and all(
+        a.shape == b.shape and np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(ours, theirs)
+    )
