@@ -36,9 +36,15 @@ def card_front_matter(
     return front_matter(card_data("batio3-response", license="gpl-3.0", tags=tags, results=evals))
 
 
-def card_text(metrics: dict, split: dict, others: dict[str, tuple[float, float]]) -> str:
+def card_text(
+    metrics: dict,
+    split: dict,
+    others: dict[str, tuple[float, float]],
+    learning: dict | None = None,
+) -> str:
     """The model card (Hub layout) of the shipped run's `metrics`; `others` are the other
-    runs' (Born MAE, Raman R2) on the same split."""
+    runs' (Born MAE, Raman R2) on the same split; `learning` the results of
+    `recipes.learning_curves` (``docs/learning_curves.json``), if any."""
     results = _results(metrics)
     architecture = metrics.get("settings", {}).get("architecture", "nequip")
     index = card_front_matter(results, architecture)
@@ -55,6 +61,24 @@ def card_text(metrics: dict, split: dict, others: dict[str, tuple[float, float]]
         train=", ".join(split["train"]), val=", ".join(split["validation"]),
         wall=metrics["train_wall_time_s"] / 60, epochs=metrics["epochs_run"],
         global_section=_global_section(metrics.get("global_heads")),
+        learning_section=_learning_section(learning),
+    )  # fmt: skip
+
+
+def _learning_section(results: dict | None) -> str:
+    """The fine-tuning learning curve: validation Born MAE against training frames."""
+    if results is None:
+        return ""
+    mae = {(r["mode"], r["n_train"]): r["validation"]["mae"] for r in results["runs"]}
+    sizes = sorted({n for _, n in mae})
+    rows = "\n".join(
+        "| " + " | ".join([str(n)] + [f"{mae[m, n]:.3f}" if (m, n) in mae else "-"
+                                      for m in ("finetune", "scratch")]) + " |"
+        for n in sizes
+    )  # fmt: skip
+    return LEARNING_CARD.format(
+        steps=results["steps"], untrained=results["untrained"]["finetune"]["mae"], rows=rows,
+        n_val=len(results["validation_frames"]),
     )  # fmt: skip
 
 
@@ -80,6 +104,20 @@ excluded from these two targets (not from Born/Raman): one diagonal element of t
 (diagonal 5.0-5.2), so the model is only slightly better than the training mean; χ(2)
 halves the baseline error. The source does not state the χ(2) unit: pm/V is the unit QE
 ph.x prints it in.
+"""
+
+
+LEARNING_CARD = """
+## Fine-tuning on new data: what the pretrained weights are worth
+Born MAE (e) on the {n_val} validation frames of `batio3-field` (finite-field tetragonal
+BaTiO3, `data/field`) after fine-tuning this model with `zoo.finetune` on N field frames,
+against the same architecture trained from random weights on the same frames, {steps}
+optimiser steps each (`python -m recipes.learning_curves`; docs/learning_curves.md).
+Without any field frame this model has MAE {untrained:.3f} e there.
+
+| training frames | fine-tuned | from scratch |
+|---:|---:|---:|
+{rows}
 """
 
 
@@ -141,7 +179,7 @@ Fixed split by structure id (`split.json`): 32 training, 8 validation. Normalisa
 - Acoustic sum rule of the unconstrained model on validation: max |Σ_i Z_i| = {asr_z:.2f} e,
   max |Σ_i R_i| = {asr_r:.1f} Å² per 135-atom structure (removed by the default constraint).
 
-{global_section}
+{global_section}{learning_section}
 ## Training
 {epochs} epochs, {wall:.1f} min on 2 CPU cores; settings and per-target metrics (with and
 without the sum rule) in `metrics.json`.

@@ -243,18 +243,39 @@ def ship(out_root: Path, split: dict, records: list[dict]) -> None:
     print(f"shipped {best} to {WEIGHTS}")
 
 
+def render_card(out_root: Path) -> None:
+    """Rewrite the shipped card from its own ``metrics.json`` and ``split.json``, the finished
+    runs of the other formulations in `out_root` and ``docs/learning_curves.json``; the
+    weights and config are left as they are."""
+    metrics = json.loads((WEIGHTS / "metrics.json").read_text())
+    split = json.loads((WEIGHTS / "split.json").read_text())
+    others = {f: _summary(m) for f, m in finished_runs(out_root).items()
+              if m["formulation"] != metrics["formulation"]}  # fmt: skip
+    curves = ROOT / "docs" / "learning_curves.json"
+    learning = json.loads(curves.read_text()) if curves.is_file() else None
+    (WEIGHTS / "README.md").write_text(card_text(metrics, split, others, learning))
+    zoo.write_registry()
+    print(f"rewrote {WEIGHTS / 'README.md'}")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--formulation", choices=[*SETTINGS, "both"], default="both")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "batio3_response")
     p.add_argument("--ship-only", action="store_true")
     p.add_argument("--no-ship", action="store_true")
+    p.add_argument("--card-only", action="store_true",
+                   help="re-render the shipped card (other runs in --out, learning curves) "
+                        "without touching its weights, and re-hash the registry")  # fmt: skip
     p.add_argument("--born-order-experiment", action="store_true")
     p.add_argument("--backbone", choices=sorted(BACKBONES), default="nequip")
     p.add_argument("--epochs", type=int, help="training budget in epochs (default: SETTINGS)")
     args = p.parse_args(argv)
     records = load_batio3(DATA_DIR)
     split = load_split(records)
+    if args.card_only:
+        render_card(args.out)
+        return
     if args.born_order_experiment:
         born_order_experiment(args.out, records, split)
         return

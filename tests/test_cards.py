@@ -103,3 +103,21 @@ def test_card_helpers_round_trip():
         with_front_matter("---\nlicense: mit\n", data)
     meta = ModelCard(make_model_card("x", base_model="e3zoo/batio3-response")).data
     assert meta.base_model == "e3zoo/batio3-response" and meta.library_name == "e3zoo"
+
+
+def test_batio3_card_learning_section():
+    from recipes._batio3_card import card_text
+
+    folder = WEIGHTS / "batio3-response"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    split = json.loads((folder / "split.json").read_text())
+    runs = [("finetune", 2, 0.07), ("scratch", 2, 0.27), ("finetune", 5, 0.06)]
+    learning = {
+        "steps": 40, "validation_frames": list(range(12)),
+        "untrained": {"finetune": {"mae": 0.108}},
+        "runs": [{"mode": m, "n_train": n, "validation": {"mae": v}} for m, n, v in runs],
+    }  # fmt: skip
+    plain, text = card_text(metrics, split, {}), card_text(metrics, split, {}, learning)
+    assert "| 2 | 0.070 | 0.270 |" in text and "| 5 | 0.060 | - |" in text
+    assert "40\noptimiser steps" in text and "MAE 0.108 e there" in text
+    assert "learning_curves" not in plain and len(text) > len(plain)

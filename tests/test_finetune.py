@@ -199,3 +199,30 @@ def test_bad_input_messages(pretrained, tmp_path):
         finetune(pretrained, labelled([0]), out_dir=tmp_path / "a", heads=["energy"])
     with pytest.raises(ValueError, match="split=0.2: 1 structure"):
         finetune(pretrained, labelled([0]), out_dir=tmp_path / "a")
+
+
+def test_fixed_validation_indices_and_nequip_born_key(pretrained, tmp_path):
+    data = labelled(range(30, 35))
+    data[1].arrays["born_charge"] = data[1].arrays.pop("born_charges")  # NequIP's key
+    cfg = TrainConfig(max_epochs=1, learning_rate=1e-3)
+    res = finetune(pretrained, data, out_dir=tmp_path / "ft", train_config=cfg, split=[3, 1])
+    assert (res.train_indices, res.val_indices) == ([0, 2, 4], [1, 3])
+    assert res.metrics["pretrained"]["validation"]["born_charges"]["n"] == 10  # 2 x 5 atoms
+    saved = json.loads((tmp_path / "ft" / "split.json").read_text())
+    assert saved["validation"] == [1, 3] and saved["fraction"] is None
+    for bad in ([1, 1], [5], [True], [0.5], list(range(5))):
+        with pytest.raises(ValueError, match="split: "):
+            finetune(pretrained, data, out_dir=tmp_path / "b", split=bad)
+
+
+def test_base_model_is_named_only_for_its_own_weights():
+    import zoo
+    from zoo import _registry
+    from zoo.finetune import _base_identity
+
+    shipped = zoo.load("batio3-response")
+    repo = _registry.SHIPPED["batio3-response"].repo_id
+    assert _base_identity(shipped)["base_model"] == repo
+    fresh = ResponseModel(shipped.config, key=jax.random.key(0))  # same config, new weights
+    ident = _base_identity(fresh)
+    assert "base_model" not in ident and ident["license_known"] is False

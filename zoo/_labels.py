@@ -25,9 +25,10 @@ from .irreps import cartesian_shape
 from .model import OUTPUTS, ResponseModel
 from .structure import Structure, as_structures
 
-#: extra label names read for an output (ASE's standard property names)
+#: extra label names read for an output (ASE's standard property names; ``born_charge`` is
+#: NequIP's, used by data/field)
 ALIASES: dict[str, tuple[str, ...]] = {
-    "born_charges": ("born_effective_charges",),
+    "born_charges": ("born_effective_charges", "born_charge"),
     "dielectric": ("dielectric_tensor",),
 }
 

@@ -164,9 +164,22 @@ def finetune_config(
     return cfg, keep
 
 
-def _split(n: int, split: float, seed: int) -> tuple[list[int], list[int]]:
-    if not (isinstance(split, (int, float)) and 0 <= split < 1):
-        raise ValueError(f"split must be a fraction in [0, 1), got {split!r}")
+def _split(n: int, split, seed: int) -> tuple[list[int], list[int]]:
+    """(training, validation) structure indices: `split` is the held-out fraction (drawn with
+    `seed`) or the validation indices themselves (a fixed validation set)."""
+    if isinstance(split, (list, tuple, range, np.ndarray)):
+        ints = all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in split)
+        val = [int(i) for i in split] if ints else []
+        if not ints or any(not 0 <= i < n for i in val) or len(set(val)) != len(val):
+            raise ValueError(f"split: validation indices must be distinct ints in [0, {n}), "
+                             f"got {list(split)!r}")  # fmt: skip
+        train = [i for i in range(n) if i not in set(val)]
+        if not train:
+            raise ValueError(f"split: all {n} structure(s) are validation; none left to train")
+        return train, sorted(val)
+    if not (isinstance(split, (int, float)) and not isinstance(split, bool) and 0 <= split < 1):
+        raise ValueError(f"split must be a fraction in [0, 1) or a list of validation "
+                         f"indices, got {split!r}")  # fmt: skip
     n_val = 0 if split == 0 else max(1, round(split * n))
     if n - n_val < 1:
         raise ValueError(f"split={split}: {n} structure(s) leave none for training; pass split=0")
@@ -193,7 +206,7 @@ def finetune(
     heads: Sequence[str] | None = None,
     reset_heads: Sequence[str] = (),
     new_species: Sequence[str | int] | None = None,
-    split: float = 0.2,
+    split: float | Sequence[int] = 0.2,
     seed: int = 0,
     batch_size: int = 4,
     overwrite: bool = False,
@@ -216,7 +229,9 @@ def finetune(
     - `reset_heads`: head modules to re-initialise (direct: output names, renormalised on the
       data; derivative formulations: ``"energy"``).
     - `new_species`: element symbols or atomic numbers to add to the model.
-    - `split`: fraction of the structures held out for validation (0: none); `seed` picks it.
+    - `split`: fraction of the structures held out for validation (0: none; `seed` picks
+      them), or the indices of the validation structures (a fixed validation set, e.g. to
+      compare runs on the same frames).
     - `batch_size`: structures per padded batch.
 
     **Returns:** a :class:`FinetuneResult`. ``metrics.json`` holds the metrics of the
@@ -281,7 +296,8 @@ def finetune(
     tuned = result.model
     if wrapper is not None:
         tuned = type(wrapper).wrap(tuned, wrapper.atomic_number, wrapper.config.get("reference"))
-    split_info = {"train": train_idx, "validation": val_idx, "seed": seed, "fraction": split}
+    fraction = split if isinstance(split, (int, float)) else None
+    split_info = {"train": train_idx, "validation": val_idx, "seed": seed, "fraction": fraction}
     metrics = {
         "pretrained": before,
         "finetuned": result.metrics,
@@ -346,6 +362,8 @@ def _base_identity(model) -> dict:
         pins = registry.read_registry()
         name = next((n for n in registry.SHIPPED if pins.get(n, {}).get("config.json") == digest),
                     None)  # fmt: skip
+        if name is not None and not _same_weights(model, registry.WEIGHTS_DIR / name):
+            name = None  # the shipped architecture with other weights, e.g. trained from scratch
     if name is not None:
         entry = registry.SHIPPED[name]
         out = {"base_model": entry.repo_id, "revision": entry.revision}
@@ -353,3 +371,17 @@ def _base_identity(model) -> dict:
         card = read_card_metadata(path) if path.is_file() else {}
     license = (card or {}).get("license")
     return {**out, "license": license or "other", "license_known": bool(license)}
+
+
+def _same_weights(model, folder: Path) -> bool:
+    """Whether `model`'s arrays equal those of the model folder `folder`."""
+    import equinox as eqx
+
+    from .hub import from_pretrained
+
+    ours = jax.tree.leaves(eqx.filter(model, eqx.is_array))
+    theirs = jax.tree.leaves(eqx.filter(from_pretrained(folder), eqx.is_array))
+    return len(ours) == len(theirs) and all(
+        a.shape == b.shape and np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(ours, theirs)
+    )
