@@ -83,7 +83,9 @@ BACKBONES = {
 }  # fmt: skip
 
 
-def run_settings(formulation: str, backbone: str = "nequip", epochs: int | None = None) -> dict:
+def run_settings(
+    formulation: str, backbone: str = "nequip", epochs: int | None = None, seed: int = 0
+) -> dict:
     """SETTINGS of `formulation` with the backbone of `backbone` and, if given, a budget of
     `epochs`; ``name`` is the run folder."""
     if formulation not in BACKBONES[backbone]:
@@ -93,7 +95,8 @@ def run_settings(formulation: str, backbone: str = "nequip", epochs: int | None 
     if epochs is not None:
         s["train"].update(max_epochs=epochs, warmup=min(s["train"]["warmup"], epochs / 4))
     name = formulation if backbone == "nequip" else f"{formulation}-{backbone}"
-    return {"name": name, "formulation": formulation, "architecture": backbone, **s}
+    name += f"-seed{seed}" if seed else ""
+    return {"name": name, "formulation": formulation, "architecture": backbone, "seed": seed, **s}
 
 
 def make_batches(records: list[dict], r_max: float) -> list[dict]:
@@ -161,7 +164,8 @@ def train(formulation: str, out_root: Path, records, split, settings: dict | Non
     config["backbone"]["avg_num_neighbors"] = float(n_neigh)
     config = fit_normalization(config, [r["structure"] for r in train_recs],
                                {k: [r[k] for r in train_recs] for k in TARGETS})  # fmt: skip
-    model = ResponseModel(config, key=jax.random.key(0))
+    seed = settings.get("seed", 0)
+    model = ResponseModel(config, key=jax.random.key(seed))
     loss_fn, predict_fn = make_fns(config)
     r_max = settings["backbone"]["r_max"]
     out_dir = out_root / settings["name"]
@@ -170,7 +174,7 @@ def train(formulation: str, out_root: Path, records, split, settings: dict | Non
     t0 = time.time()
     result = fit(
         model, loss_fn, make_batches(train_recs, r_max), make_batches(val_recs, r_max),
-        TrainConfig(seed=0, **settings["train"]), out_dir=out_dir, predict_fn=predict_fn,
+        TrainConfig(seed=seed, **settings["train"]), out_dir=out_dir, predict_fn=predict_fn,
         tensor_kinds={"born_charges": "rank2", "raman_tensors": "raman"},
         units={"born_charges": "e", "raman_tensors": "Å²"},
     )  # fmt: skip
@@ -270,6 +274,7 @@ def main(argv=None) -> None:
     p.add_argument("--born-order-experiment", action="store_true")
     p.add_argument("--backbone", choices=sorted(BACKBONES), default="nequip")
     p.add_argument("--epochs", type=int, help="training budget in epochs (default: SETTINGS)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed")
     args = p.parse_args(argv)
     records = load_batio3(DATA_DIR)
     split = load_split(records)
@@ -283,7 +288,7 @@ def main(argv=None) -> None:
         forms = list(SETTINGS) if args.formulation == "both" else [args.formulation]
         forms = [f for f in forms if f in BACKBONES[args.backbone]]
         for form in forms:
-            settings = run_settings(form, args.backbone, args.epochs)
+            settings = run_settings(form, args.backbone, args.epochs, args.seed)
             m = train(form, args.out, records, split, settings)
             print(json.dumps({form: _summary(m)}), flush=True)
     if not args.no_ship:
