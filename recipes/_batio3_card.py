@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from recipes._batio3_compare import section as backbone_section
+
 ARCHITECTURE_NAMES = {"nequip": "NequIP", "mace": "MACE", "allegro": "Allegro"}
 
 
@@ -41,10 +43,13 @@ def card_text(
     split: dict,
     others: dict[str, tuple[float, float]],
     learning: dict | None = None,
+    backbones: dict | None = None,
 ) -> str:
     """The model card (Hub layout) of the shipped run's `metrics`; `others` are the other
     runs' (Born MAE, Raman R2) on the same split; `learning` the results of
-    `recipes.learning_curves` (``docs/learning_curves.json``), if any."""
+    `recipes.learning_curves` (``docs/learning_curves.json``) and `backbones` the comparison of
+    `recipes._batio3_compare` (``docs/batio3_backbones.json``), if any."""
+
     results = _results(metrics)
     architecture = metrics.get("settings", {}).get("architecture", "nequip")
     index = card_front_matter(results, architecture)
@@ -61,7 +66,7 @@ def card_text(
         train=", ".join(split["train"]), val=", ".join(split["validation"]),
         wall=metrics["train_wall_time_s"] / 60, epochs=metrics["epochs_run"],
         global_section=_global_section(metrics.get("global_heads")),
-        learning_section=_learning_section(learning),
+        learning_section=_learning_section(learning) + backbone_section(backbones),
     )  # fmt: skip
 
 

@@ -36,6 +36,8 @@ import numpy as np
 
 import zoo
 from recipes._batio3_card import card_text
+from recipes._batio3_compare import RESULTS as COMPARISON
+from zoo._io import atomic_write_text
 from zoo.data.batio3 import DATA_DIR, load_batio3, load_split
 from zoo.graph import build_graph
 from zoo.hub import from_pretrained
@@ -241,23 +243,28 @@ def ship(out_root: Path, split: dict, records: list[dict]) -> None:
              "split.json": DATA_DIR / "split.json"}  # fmt: skip
     for name in TARGETS:
         extra[f"parity_{name}.png"] = out_root / best / f"val_parity_{name}.png"
-    model.save_pretrained(WEIGHTS, card=card_text(metrics, split, others), overwrite=True,
-                          extra_files=extra)  # fmt: skip
+    card = card_text(metrics, split, others, **card_extras())
+    model.save_pretrained(WEIGHTS, card=card, overwrite=True, extra_files=extra)
     zoo.write_registry()
     print(f"shipped {best} to {WEIGHTS}")
 
 
+def card_extras() -> dict:
+    """The card's optional sections from their committed results: the fine-tuning learning
+    curves (`recipes.learning_curves`) and the backbone comparison (`recipes._batio3_compare`)."""
+    files = {"learning": ROOT / "docs" / "learning_curves.json", "backbones": COMPARISON}
+    return {k: json.loads(f.read_text()) if f.is_file() else None for k, f in files.items()}
+
+
 def render_card(out_root: Path) -> None:
     """Rewrite the shipped card from its own ``metrics.json`` and ``split.json``, the finished
-    runs of the other formulations in `out_root` and ``docs/learning_curves.json``; the
-    weights and config are left as they are."""
+    runs of the other formulations in `out_root` and :func:`card_extras`; the weights and
+    config are left as they are."""
     metrics = json.loads((WEIGHTS / "metrics.json").read_text())
     split = json.loads((WEIGHTS / "split.json").read_text())
     others = {f: _summary(m) for f, m in finished_runs(out_root).items()
               if m["formulation"] != metrics["formulation"]}  # fmt: skip
-    curves = ROOT / "docs" / "learning_curves.json"
-    learning = json.loads(curves.read_text()) if curves.is_file() else None
-    (WEIGHTS / "README.md").write_text(card_text(metrics, split, others, learning))
+    atomic_write_text(WEIGHTS / "README.md", card_text(metrics, split, others, **card_extras()))
     zoo.write_registry()
     print(f"rewrote {WEIGHTS / 'README.md'}")
 

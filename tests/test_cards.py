@@ -121,3 +121,19 @@ def test_batio3_card_learning_section():
     assert "| 2 | 0.070 | 0.270 |" in text and "| 5 | 0.060 | - |" in text
     assert "40\noptimiser steps" in text and "MAE 0.108 e there" in text
     assert "learning_curves" not in plain and len(text) > len(plain)
+
+
+def test_batio3_card_backbone_section_names_the_best_mean():
+    from recipes._batio3_card import card_text
+
+    folder = WEIGHTS / "batio3-response"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    split = json.loads((folder / "split.json").read_text())
+    row = {"epochs": 8, "n_parameters": 1000, "train_minutes": 1.0, "predict_cpu_s": 0.1,
+           "raman_r2": 0.9}  # fmt: skip
+    maes = [("nequip", 0, 0.05), ("nequip", 1, 0.09), ("mace", 0, 0.06), ("mace", 1, 0.06)]
+    runs = [{**row, "architecture": a, "seed": s, "born_mae": m} for a, s, m in maes]
+    text = card_text(metrics, split, {}, backbones={"load_average": 1.0, "runs": runs})
+    assert "| MACE | 1 | 8 | 1,000 |" in text
+    assert "(mean\nover seeds): MACE." in text  # NequIP's mean 0.07 > MACE's 0.06
+    assert "Backbones at a fixed budget" not in card_text(metrics, split, {})
