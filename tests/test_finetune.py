@@ -226,3 +226,15 @@ def test_base_model_is_named_only_for_its_own_weights():
     fresh = ResponseModel(shipped.config, key=jax.random.key(0))  # same config, new weights
     ident = _base_identity(fresh)
     assert "base_model" not in ident and ident["license_known"] is False
+
+
+def test_base_model_is_named_in_any_dtype():
+    import zoo
+    from zoo import _registry
+    from zoo.finetune import _base_identity
+
+    with jax.enable_x64(True):
+        shipped64 = zoo.load("batio3-response", dtype="float64")
+        assert (
+            _base_identity(shipped64)["base_model"] == _registry.SHIPPED["batio3-response"].repo_id
+        )

@@ -357,11 +357,7 @@ def _base_identity(model) -> dict:
         out = {"folder": str(folder)}
         card = read_card_metadata(folder / CARD_NAME) if (folder / CARD_NAME).is_file() else {}
     elif isinstance(getattr(model, "config", None), dict):
-        text = json.dumps(model.config, sort_keys=True, indent=2, allow_nan=False) + "\n"
-        digest = hashlib.sha256(text.encode()).hexdigest()
-        pins = registry.read_registry()
-        name = next((n for n in registry.SHIPPED if pins.get(n, {}).get("config.json") == digest),
-                    None)  # fmt: skip
+        name = next((n for n in registry.SHIPPED if _same_config(model.config, n)), None)
         if name is not None and not _same_weights(model, registry.WEIGHTS_DIR / name):
             name = None  # the shipped architecture with other weights, e.g. trained from scratch
     if name is not None:
@@ -373,8 +369,25 @@ def _base_identity(model) -> dict:
     return {**out, "license": license or "other", "license_known": bool(license)}
 
 
+def _same_config(config: dict, name: str) -> bool:
+    """Whether `config` is the pinned config.json of the shipped model `name`, up to the
+    ``dtype`` it was loaded in (``zoo.load(..., dtype="float64")`` is still that model)."""
+    from . import _registry as registry
+    from ._dtype import _set_dtype
+
+    text = json.dumps(config, sort_keys=True, indent=2, allow_nan=False) + "\n"
+    pinned = registry.read_registry().get(name, {}).get("config.json")
+    if hashlib.sha256(text.encode()).hexdigest() == pinned:
+        return True
+    path = registry.WEIGHTS_DIR / name / "config.json"
+    if not path.is_file() or config.get("dtype") not in ("float32", "float64"):
+        return False
+    return _set_dtype(json.loads(path.read_text()), config["dtype"]) == config
+
+
 def _same_weights(model, folder: Path) -> bool:
-    """Whether `model`'s arrays equal those of the model folder `folder`."""
+    """Whether `model`'s arrays equal those of the model folder `folder` (in the folder's
+    dtype, so the shipped weights loaded in float64 are still the shipped weights)."""
     import equinox as eqx
 
     from .hub import from_pretrained
@@ -382,6 +395,6 @@ def _same_weights(model, folder: Path) -> bool:
     ours = jax.tree.leaves(eqx.filter(model, eqx.is_array))
     theirs = jax.tree.leaves(eqx.filter(from_pretrained(folder), eqx.is_array))
     return len(ours) == len(theirs) and all(
-        a.shape == b.shape and np.array_equal(np.asarray(a), np.asarray(b))
+        a.shape == b.shape and np.array_equal(np.asarray(a).astype(b.dtype), np.asarray(b))
         for a, b in zip(ours, theirs)
     )
