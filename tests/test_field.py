@@ -193,6 +193,8 @@ def test_predict_matches_call_and_refuses_bad_input():
         model.predict(slab)
     with pytest.raises(ValueError, match="3 components"):
         check_field(np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="field must be 3 numbers .*got 'up'"):
+        check_field("up")
 
 
 def test_fit_config_and_domain_warning():
@@ -208,8 +210,9 @@ def test_fit_config_and_domain_warning():
     assert abs(np.mean(counts @ np.asarray(config["energy_shift"])) - mean) < 1e-6 * abs(mean)
     squeezed = records[0]["structure"].to_ase()
     squeezed.set_cell(squeezed.cell[:] * 0.85, scale_atoms=True)
-    with pytest.warns(UserWarning, match="outside the training domain: volume per atom"):
+    with pytest.warns(UserWarning, match="outside the training domain: volume per atom") as rec:
         model.predict(squeezed)
+    assert [w.filename for w in rec] == [__file__]  # the user's line, not zoo's or equinox's
 
 
 def test_training_loss_terms_are_mse_over_reference_squared():

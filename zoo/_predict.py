@@ -48,6 +48,11 @@ _CAPACITIES: dict[tuple, Capacities] = {}
 CHUNK_BATCHES = 16
 #: Seconds before the automatic progress bar appears.
 PROGRESS_DELAY = 3.0
+#: what a structure that is not periodic along every axis has instead of a polarization
+_DEFINED_WITHOUT_CELL = (
+    " (the polarization is a bulk quantity, defined modulo e*R/volume in a cell periodic "
+    "along all three axes; along a non-periodic axis only a dipole moment is defined)"
+)
 
 
 def _symbols(numbers) -> str:
@@ -94,9 +99,10 @@ def check_structures(structures: Sequence[Structure], spec: InputSpec, *, start:
                 why.append(f"{spec.name} was trained on periodic crystals only")
             if spec.needs_cell:
                 why.append(f"{', '.join(spec.needs_cell)} need a cell volume")
+            defined = _DEFINED_WITHOUT_CELL if "polarization" in spec.needs_cell else ""
             raise ValueError(
                 f"structure {g} is not periodic in all three directions (pbc={s.pbc.tolist()}): "
-                f"{' and '.join(why)}; give a periodic bulk structure"
+                f"{' and '.join(why)}{defined}; give a periodic bulk structure"
             )
         if spec.nucleus is not None and not np.any(s.numbers == spec.nucleus):
             nucleus = _symbols([spec.nucleus])
