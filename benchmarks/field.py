@@ -62,14 +62,14 @@ def md_rate(repeat: int, steps: int) -> dict:
     """Velocity-Verlet steps per second (1 fs) of `batio3-field` on the BaTiO3 frame repeated
     `repeat` times along each axis, after two warm-up steps (compilation)."""
     from ase import units
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.velocitydistribution import thermalize_momenta
     from ase.md.verlet import VelocityVerlet
 
     from zoo.calculator import Calculator
 
     atoms = load_field("batio3")[0]["structure"].to_ase().repeat(repeat)
     atoms.calc = Calculator(load("batio3-field", source="embedded"), field=FIELD)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(0))
     dyn = VelocityVerlet(atoms, timestep=1.0 * units.fs)
     dyn.run(2)
     t0, c0 = time.perf_counter(), time.process_time()

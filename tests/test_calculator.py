@@ -169,7 +169,7 @@ def test_field_bad_input(field_model, model):
 @pytest.mark.parametrize("field", [None, [0.0, 0.02, -0.03]])
 def test_nve_conserves_energy_with_and_without_field(field_model, field, x64):
     from ase import units
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.velocitydistribution import thermalize_momenta
     from ase.md.verlet import VelocityVerlet
 
     from zoo.field import FieldModel
@@ -177,7 +177,7 @@ def test_nve_conserves_energy_with_and_without_field(field_model, field, x64):
     model = FieldModel({**field_model.config, "dtype": "float64"}, key=jax.random.key(2))
     atoms = perovskite(6).repeat((2, 1, 1))
     atoms.calc = Calculator(model, field=field)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(0))
     total = []
     dyn = VelocityVerlet(atoms, timestep=0.25 * units.fs)
     dyn.attach(lambda: total.append(atoms.get_total_energy()), interval=1)
@@ -186,3 +186,54 @@ def test_nve_conserves_energy_with_and_without_field(field_model, field, x64):
     drift = np.ptp(total)
     assert kinetic > 0 and np.isfinite(total).all()
     assert drift < 0.02 * max(kinetic, 1e-3), (drift, kinetic)
+
+
+def test_shipped_field_model_refuses_bad_input_in_predict_and_the_calculator():
+    """Through ``zoo.load("batio3-field")``: every error comes before any compilation."""
+    from ase.build import bulk
+
+    import zoo
+
+    with pytest.warns(UserWarning, match="preview weights"):
+        shipped = zoo.load("batio3-field")
+    atoms = perovskite(7)
+    fields = {
+        "vector of 3 components": [0.0, 0.01],
+        "must be finite": [0.0, np.nan, 0.0],
+        "field must be 3 numbers": "0 0 0.01",
+    }
+    for phrase, field in fields.items():
+        with pytest.raises(ValueError, match=phrase):
+            shipped.predict(atoms, field=field)
+        with pytest.raises(ValueError, match=phrase):
+            Calculator(shipped, field=field)
+    for pbc in (False, [True, False, True]):
+        slab = atoms.copy()
+        slab.pbc = pbc
+        with pytest.raises(ValueError, match="not periodic .*only a dipole moment is defined"):
+            shipped.predict(slab)
+        slab.calc = Calculator(shipped)
+        with pytest.raises(ValueError, match="Berry-phase.*only a dipole moment is defined"):
+            slab.get_potential_energy()
+    silicon = bulk("Si", "diamond", 5.43)
+    with pytest.raises(ValueError, match=r"structure 0: unknown species Si \(atoms 0, 1\)"):
+        shipped.predict(silicon)
+    silicon.calc = Calculator(shipped)
+    with pytest.raises(ValueError, match=r"unknown species Si .*knows only O, Ti, Ba"):
+        silicon.get_forces()
+
+
+def test_out_of_domain_warning_points_at_the_users_line(field_model):
+    """The warning names what is outside and the line of the user's ASE call, not ASE's."""
+    from zoo.field import FieldModel
+
+    domain = {"periodic": True, "volume_per_atom": [12.0, 14.0], "min_distance": 1.6}
+    model = FieldModel({**field_model.config, "domain": domain}, key=jax.random.key(2))
+    atoms = perovskite(8)
+    atoms.set_cell(atoms.cell[:] * 1.3, scale_atoms=True)  # 28 Å^3 per atom
+    atoms.calc = Calculator(model)
+    with pytest.warns(
+        UserWarning, match=r"outside the training domain: volume per atom 28\."
+    ) as rec:
+        atoms.get_potential_energy()
+    assert [w.filename for w in rec] == [__file__]

@@ -1,6 +1,10 @@
 """`zoo.field.FieldModel`: derivatives against finite differences, equivariance of E, F, P, Z
 and alpha (rotation, reflection, translation, permutation, periodic wrapping) in f32 and f64,
-save/load round trip, bad input."""
+save/load round trip, bad input.
+
+Compilation is most of the cost: one f32 and one f64 model serve every test, and every
+structure is padded to one capacity, so each (model, raman) pair compiles once.
+"""
 
 import equinox as eqx
 import jax
@@ -10,11 +14,14 @@ import pytest
 from ase import Atoms
 
 from zoo._field_config import fit_field_config
+from zoo._shared_static import share_static
 from zoo.field import FieldModel, check_field
 from zoo.graph import build_graph
 from zoo.hub import load
 
 BACKBONE = dict(channels=4, lmax=2, num_layers=2, radial_hidden=8, r_max=3.5)
+#: one padded shape for every 10-atom cell of these tests (about 140 edges each)
+CAPACITY = dict(n_nodes=16, n_edges=256, n_graphs=2)
 
 
 def perovskite(seed=0, repeat=(2, 1, 1)):
@@ -43,10 +50,12 @@ def _call(model, graph, field, raman):
 
 
 def run(model, atoms, field=(0.0, 0.0, 0.0), raman=False):
-    graph = build_graph([atoms], model.config["backbone"]["r_max"], dtype=model.dtype)
+    graph = build_graph([atoms], model.config["backbone"]["r_max"], dtype=model.dtype,
+                        **CAPACITY)  # fmt: skip
     f = np.zeros((graph.n_graphs, 3))
     f[0] = field
-    out = _call(model, graph, jnp.asarray(f, model.dtype), raman)
+    # equal models (e.g. saved and reloaded) share the compiled call
+    out = _call(share_static(model), graph, jnp.asarray(f, model.dtype), raman)
     n = len(atoms)
     per_atom = ("forces", "born_charges", "raman_tensors")
     return {k: np.asarray(v, np.float64)[:n] if k in per_atom else np.asarray(v, np.float64)[0]
@@ -54,9 +63,15 @@ def run(model, atoms, field=(0.0, 0.0, 0.0), raman=False):
 
 
 @pytest.fixture(scope="module")
+def model32():
+    return make_model("float32")
+
+
+@pytest.fixture(scope="module")
 def model64():
+    """The float64 model; use it inside ``jax.enable_x64(True)``."""
     with jax.enable_x64(True):
-        yield make_model("float64")
+        return make_model("float64")
 
 
 def test_derivatives_match_finite_differences(model64):
@@ -115,10 +130,10 @@ def _random_rotation(seed, reflect):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_equivariance(dtype):
+def test_equivariance(dtype, request):
     tol = 2e-4 if dtype == "float32" else 1e-9
     with jax.enable_x64(dtype == "float64"):
-        model = make_model(dtype)
+        model = request.getfixturevalue("model" + dtype[-2:])
         atoms, field = perovskite(1), np.array([0.01, 0.02, -0.03])
         ref = run(model, atoms, field)
 
@@ -165,8 +180,8 @@ def test_node_input_coupling_matches_its_own_derivatives():
     assert np.abs(out["born_charges"].sum(0)).max() < 1e-4
 
 
-def test_save_load_round_trip(tmp_path):
-    model = make_model()
+def test_save_load_round_trip(tmp_path, model32):
+    model = model32
     model.save_pretrained(tmp_path / "m")
     again = load(tmp_path / "m")
     assert isinstance(again, FieldModel) and again.config == model.config
@@ -176,8 +191,8 @@ def test_save_load_round_trip(tmp_path):
         np.testing.assert_array_equal(a[name], b[name])
 
 
-def test_predict_matches_call_and_refuses_bad_input():
-    model = make_model()
+def test_predict_matches_call_and_refuses_bad_input(model32):
+    model = model32
     atoms = perovskite(5)
     got = model.predict(atoms, field=[0.0, 0.0, 0.02])
     want = run(model, atoms, (0.0, 0.0, 0.02))
@@ -193,13 +208,15 @@ def test_predict_matches_call_and_refuses_bad_input():
         model.predict(slab)
     with pytest.raises(ValueError, match="3 components"):
         check_field(np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="field must be 3 numbers .*got 'up'"):
+        check_field("up")
 
 
-def test_fit_config_and_domain_warning():
+def test_fit_config_and_domain_warning(model32):
     from zoo.data.field import load_field
 
     records = load_field("batio3")[:4]
-    config = fit_field_config(make_model().config, records)
+    config = fit_field_config(model32.config, records)
     model = FieldModel(config, key=jax.random.key(0))
     assert config["domain"]["periodic"] and config["energy_scale"] > 0
     # the per-species energy offsets reproduce the training energies' mean
@@ -208,31 +225,32 @@ def test_fit_config_and_domain_warning():
     assert abs(np.mean(counts @ np.asarray(config["energy_shift"])) - mean) < 1e-6 * abs(mean)
     squeezed = records[0]["structure"].to_ase()
     squeezed.set_cell(squeezed.cell[:] * 0.85, scale_atoms=True)
-    with pytest.warns(UserWarning, match="outside the training domain: volume per atom"):
+    with pytest.warns(UserWarning, match="outside the training domain: volume per atom") as rec:
         model.predict(squeezed)
+    assert [w.filename for w in rec] == [__file__]  # the user's line, not zoo's or equinox's
 
 
-def test_training_loss_terms_are_mse_over_reference_squared():
+def test_training_loss_terms_are_mse_over_reference_squared(model32):
     """`zoo._field_train.total_loss` on targets offset from the model's own outputs by known
     errors: each term is the mean squared offset over real entries / reference^2, polarization
     offsets by a lattice vector count as zero (folded), padding entries do not count, and the
     total is the weighted sum."""
     from zoo._field_train import REFERENCE, frame_batch, total_loss
 
-    model = make_model()
+    model = model32
     atoms = perovskite(6)
     record = {"structure": atoms, "energy": 0.0, "forces": np.zeros((len(atoms), 3)),
               "stress": np.zeros((3, 3)), "polarization": np.zeros(3),
               "born_charges": np.zeros((len(atoms), 3, 3)), "polarizability": np.zeros((3, 3))}  # fmt: skip
-    graph, _ = frame_batch([record], BACKBONE["r_max"], np.float32)
-    full = model(graph)
+    graph, _ = frame_batch([record], BACKBONE["r_max"], np.float32, **CAPACITY)
+    full = _call(share_static(model), graph, jnp.zeros((graph.n_graphs, 3)), False)
     offsets = {"energy": 0.02 * len(atoms), "forces": 0.03, "stress": 0.002,
                "born_charges": 0.05, "polarizability": 0.04}  # fmt: skip
     shifted = {k: full[k] - v for k, v in offsets.items()}
     cell = np.asarray(graph.cell[0])
     shifted["polarization"] = full["polarization"] - 0.1 + jnp.asarray(cell[1])  # one quantum
     weights = {k: 1.0 for k in REFERENCE} | {"stress": 0.5}
-    total, terms = total_loss(model, graph, shifted, weights)
+    total, terms = eqx.filter_jit(total_loss)(model, graph, shifted, weights)
     want = {k: (v / (len(atoms) if k == "energy" else 1)) ** 2 / REFERENCE[k] ** 2
             for k, v in offsets.items()} | {"polarization": 0.1**2 / REFERENCE["polarization"] ** 2}  # fmt: skip
     for k, v in want.items():

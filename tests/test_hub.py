@@ -8,6 +8,7 @@ at import). ``HF_HUB_OFFLINE`` is likewise read by zoo.hub at call time and turn
 
 import shutil
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -366,3 +367,92 @@ def test_the_mixin_on_the_hubbard_classes(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(mine, theirs))
     folder = model.save_pretrained(tmp_path / "uv")
     assert type(HubbardUV.from_pretrained(folder)) is HubbardUV
+
+
+# ---- the preview caution travels with the weights ----
+PREVIEW = "preview weights from a short training run"
+
+
+def cautions(record) -> list:
+    return [w for w in record if PREVIEW in str(w.message)]
+
+
+def test_caution_of_preview_weights_is_in_their_weights_file():
+    from zoo._hub_caution import stored_caution
+
+    for name, entry in _registry.SHIPPED.items():
+        stored = stored_caution(_registry.WEIGHTS_DIR / name / "model.safetensors")
+        assert stored == entry.caution, name  # "" for the models without one
+    assert {m["name"]: m["caution"] for m in list_models()}["sio2-field"].startswith(PREVIEW)
+    assert info("sio2-field")["caution"].startswith(PREVIEW)
+
+
+def test_caution_is_warned_at_the_users_line_by_name_folder_and_hub(tmp_path, hub, monkeypatch):
+    from zoo.field import FieldModel
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    copy = tmp_path / "copy"
+    shutil.copytree(_registry.WEIGHTS_DIR / "sio2-field", copy)
+    push_to_hub(copy, "alice/sio2", token="hf_test")
+    loads = {
+        "sio2-field": lambda: load("sio2-field"),
+        str(copy): lambda: load(copy),
+        "alice/sio2": lambda: FieldModel.from_pretrained("alice/sio2", cache_dir=tmp_path / "c"),
+    }
+    for where, run in loads.items():
+        with pytest.warns(UserWarning, match=PREVIEW) as record:
+            model = run()
+        (warning,) = cautions(record)  # once
+        assert str(warning.message).startswith(f"{where}: "), warning.message
+        assert warning.filename == __file__, (where, warning.filename)
+    # a model re-saved by its user is the user's own: no caution
+    mine = model.save_pretrained(tmp_path / "mine")
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        load(mine)
+    assert cautions(record) == []
+
+
+def test_write_caution_keeps_every_tensor(tmp_path, models):
+    from safetensors.numpy import load_file
+
+    from zoo._hub_caution import stored_caution, write_caution
+
+    folder = save_pretrained(models[0], tmp_path / "m")
+    path = folder / "model.safetensors"
+    before = load_file(str(path))
+    write_caution(path, "made up for a test")
+    assert stored_caution(path) == "made up for a test"
+    after = load_file(str(path))
+    assert sorted(before) == sorted(after)
+    assert all(before[k].tobytes() == after[k].tobytes() for k in before)
+    with pytest.warns(UserWarning, match=r"m: made up for a test") as record:
+        model = load(folder, model_types=TINY_TYPES)
+    assert record[0].filename == __file__
+    np.testing.assert_array_equal(predict(model), predict(models[0]))
+    write_caution(path, "")
+    assert stored_caution(path) == ""
+    with pytest.raises(ValueError, match="caution must be a str"):
+        write_caution(path, None)
+    (tmp_path / "plain.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.raises(ValueError, match="not a weights file written by e3zoo"):
+        write_caution(tmp_path / "plain.safetensors", "x")
+
+
+# ---- equal models share compiled calls ----
+def test_a_reloaded_model_reuses_the_compiled_calls_of_the_same_model(tmp_path, response_model):
+    """e3nn-jax's Linear keeps a static FunctionalLinear compared by identity: without
+    `zoo._shared_static` a reloaded model would trace and compile every call again."""
+    import jax
+
+    from zoo._jax_cache import count_compiles
+
+    response_model.predict(perovskite())
+    folder = response_model.save_pretrained(tmp_path / "m")
+    first, second = load(folder), load(folder)
+    structure = jax.tree_util.tree_structure
+    assert structure(first) == structure(second)
+    with count_compiles() as count:
+        for model in (first, second, response_model):
+            model.predict(perovskite())
+    assert count.compiles == 0, count

@@ -27,9 +27,6 @@ Input rules (errors name the structure index):
 from __future__ import annotations
 
 import dataclasses
-import os
-import sys
-import warnings
 from collections.abc import Callable, Collection, Iterator, Sequence, Sized
 
 import equinox as eqx
@@ -38,6 +35,8 @@ import numpy as np
 from ._capacity import Capacities, plan
 from ._jax_cache import enable as enable_compilation_cache
 from ._neighbors import neighbor_pairs
+from ._shared_static import share_static
+from ._warn import warn
 from .graph import Graph, build_graph, check_species
 from .structure import Structure, as_structures, iter_structures
 
@@ -49,7 +48,11 @@ _CAPACITIES: dict[tuple, Capacities] = {}
 CHUNK_BATCHES = 16
 #: Seconds before the automatic progress bar appears.
 PROGRESS_DELAY = 3.0
-_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+#: what a structure that is not periodic along every axis has instead of a polarization
+_DEFINED_WITHOUT_CELL = (
+    " (the polarization is a bulk quantity, defined modulo e*R/volume in a cell periodic "
+    "along all three axes; along a non-periodic axis only a dipole moment is defined)"
+)
 
 
 def _symbols(numbers) -> str:
@@ -96,9 +99,10 @@ def check_structures(structures: Sequence[Structure], spec: InputSpec, *, start:
                 why.append(f"{spec.name} was trained on periodic crystals only")
             if spec.needs_cell:
                 why.append(f"{', '.join(spec.needs_cell)} need a cell volume")
+            defined = _DEFINED_WITHOUT_CELL if "polarization" in spec.needs_cell else ""
             raise ValueError(
                 f"structure {g} is not periodic in all three directions (pbc={s.pbc.tolist()}): "
-                f"{' and '.join(why)}; give a periodic bulk structure"
+                f"{' and '.join(why)}{defined}; give a periodic bulk structure"
             )
         if spec.nucleus is not None and not np.any(s.numbers == spec.nucleus):
             nucleus = _symbols([spec.nucleus])
@@ -159,26 +163,12 @@ def domain_reasons(graph: Graph, domain: dict | None) -> list[str | None]:
     return reasons
 
 
-def _caller_stacklevel() -> int:
-    """The ``stacklevel`` of the first frame outside the zoo package, seen from the caller."""
-    frame, level = sys._getframe(2), 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
-        frame, level = frame.f_back, level + 1
-    return level
-
-
-def warn_out_of_domain(
-    graph: Graph, indices: Sequence[int], domain: dict | None, stacklevel: int | None = None
-) -> None:
-    """A ``UserWarning`` per graph of the batch outside `domain`; `indices` are the graphs'
-    input indices; `stacklevel` (default: the first caller outside zoo) points the warning at
-    the user's call."""
-    if stacklevel is None:
-        stacklevel = _caller_stacklevel()
+def warn_out_of_domain(graph: Graph, indices: Sequence[int], domain: dict | None) -> None:
+    """A ``UserWarning`` per graph of the batch outside `domain`, pointed at the user's call
+    (`zoo._warn`); `indices` are the graphs' input indices."""
     for i, reason in zip(indices, domain_reasons(graph, domain)):
         if reason:
-            warnings.warn(f"structure {i} is outside the training domain: {reason}",
-                          stacklevel=stacklevel + 1)  # fmt: skip
+            warn(f"structure {i} is outside the training domain: {reason}")
 
 
 def capacities_for(spec: InputSpec) -> Capacities:
@@ -357,6 +347,11 @@ def predict(
 
 
 @eqx.filter_jit
-def forward(model, graph: Graph, *args):
-    """`model(graph, *args)`, compiled once per model structure and graph bucket."""
+def _forward(model, graph: Graph, *args):
     return model(graph, *args)
+
+
+def forward(model, graph: Graph, *args):
+    """`model(graph, *args)`, compiled once per model structure and graph bucket: equal
+    models (e.g. one folder loaded twice) share the compiled call (`zoo._shared_static`)."""
+    return _forward(share_static(model), graph, *args)

@@ -155,7 +155,7 @@ class Calculator(_AseCalculator):
             _predict.check_structures([structure], spec)
         graph = build_graph([structure], self.r_max, dtype=getattr(self.model, "dtype", None))
         if spec is not None:  # out-of-domain warnings from the graph just built
-            _predict.warn_out_of_domain(graph, [0], spec.domain, stacklevel=3)
+            _predict.warn_out_of_domain(graph, [0], spec.domain)
         out = self._jit(
             self.model, graph, bool(self.outputs), self.has_energy, self.acoustic_sum_rule
         )
@@ -194,7 +194,7 @@ class Calculator(_AseCalculator):
         spec = self.model.input_spec(("polarization",))
         _predict.check_structures([structure], spec)
         graph = build_graph([structure], self.r_max, dtype=self.model.dtype)
-        _predict.warn_out_of_domain(graph, [0], spec.domain, stacklevel=4)
+        _predict.warn_out_of_domain(graph, [0], spec.domain)
         raman = "raman_tensors" in properties
         response = raman or bool(_RESPONSE & set(properties))
         field = np.zeros((graph.n_graphs, 3))

@@ -49,7 +49,11 @@ def _backbone(backbone: dict, dtype, key) -> eqx.Module:
 
 def check_field(field, n_graphs: int | None = None) -> np.ndarray:
     """A finite field `(3,)` or `(n_graphs, 3)` in V/Å as float64, or one clear error."""
-    value = np.asarray(field, dtype=np.float64) if field is not None else np.zeros(3)
+    try:
+        value = np.asarray(field, dtype=np.float64) if field is not None else np.zeros(3)
+    except (TypeError, ValueError):
+        raise ValueError(f"field must be 3 numbers (V/Å) or one such vector per structure, "
+                         f"got {field!r}") from None  # fmt: skip
     ok_shape = value.shape == (3,) or (value.ndim == 2 and value.shape[-1] == 3)
     if not ok_shape or (n_graphs is not None and value.ndim == 2 and len(value) != n_graphs):
         raise ValueError(

@@ -11,7 +11,6 @@ checking the files is `zoo._hub_files`; this module resolves names and builds th
 import os
 import re
 import tempfile
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +20,7 @@ import huggingface_hub as hf
 
 from . import _registry as registry
 from ._dtype import cast_floating, resolve_float
+from ._hub_caution import warn_caution
 from ._hub_files import PathLike, _endpoint, _hub_files, _local_files, _offline, _verify
 from ._hub_files import WeightsUnavailableError as WeightsUnavailableError
 from ._registry import SHIPPED, ModelTypeEntry
@@ -35,6 +35,8 @@ from ._serialization import (
     read_config,
     save_pretrained,
 )
+from ._shared_static import share_static
+from ._warn import warn
 
 Source = Literal["auto", "embedded", "hub"]
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
@@ -106,8 +108,6 @@ def _resolve_shipped(
     hub: dict,
 ) -> tuple[dict, str]:
     entry = SHIPPED[name]
-    if entry.caution:
-        warnings.warn(f"{name}: {entry.caution}", UserWarning, stacklevel=4)
     root = Path(weights_dir) if weights_dir is not None else registry.WEIGHTS_DIR
     folder = root / name
     pinned = revision in (None, entry.revision)
@@ -134,11 +134,8 @@ def _resolve_shipped(
             _verify(path, pins[file], f"embedded {name}/{file}", fix)
         return files, f"embedded {folder}"
     if not pinned:
-        warnings.warn(
-            f"{name!r} at revision {revision!r} is not the pinned release {entry.revision!r}: "
-            "its files are checked only against the sha256 the Hub reports",
-            stacklevel=4,
-        )
+        warn(f"{name!r} at revision {revision!r} is not the pinned release {entry.revision!r}: "
+             "its files are checked only against the sha256 the Hub reports")  # fmt: skip
     rev = revision or entry.revision
     files = _hub_files(entry.repo_id, rev, required, optional, pins if pinned else {}, **hub)
     return files, f"hub {entry.repo_id}@{rev}"
@@ -245,8 +242,10 @@ def _load(
                 f"{model_class.__name__}; load it with zoo.load({str(name_or_path)!r})"
             )
         model_types = {model_type: model_class}
+    shipped = SHIPPED.get(name_or_path) if isinstance(name_or_path, str) else None
+    warn_caution(str(name_or_path), files[WEIGHTS_NAME], shipped.caution if shipped else "")
     model = load_folder_files(files[CONFIG_NAME], files[WEIGHTS_NAME], model_types)
-    model = cast_floating(model, dtype)
+    model = share_static(cast_floating(model, dtype))  # equal models share compiled calls
     return model if device is None else to_device(model, device)
 
 
@@ -342,7 +341,7 @@ def info(
     entry = SHIPPED.get(str(name_or_repo_or_path))
     if entry is not None:
         result.update(description=entry.description, repo_id=entry.repo_id)
-        result.update(revision=entry.revision)
+        result.update(revision=entry.revision, caution=entry.caution)
     return result
 
 
