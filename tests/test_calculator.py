@@ -159,6 +159,8 @@ def test_field_bad_input(field_model, model):
         Calculator(model, field=[0.0, 0.0, 0.01])
     with pytest.raises(ValueError, match="does not depend on an electric field"):
         Calculator(model).set(field=[0.0, 0.0, 0.01])
+    with pytest.raises(ValueError, match="takes no field.*FieldModel"):
+        model.predict(atoms, field=[0.0, 0.0, 0.01])
     for pbc in ([True, True, False], False):
         atoms.pbc = pbc
         atoms.calc = Calculator(field_model)
@@ -237,3 +239,16 @@ def test_out_of_domain_warning_points_at_the_users_line(field_model):
     ) as rec:
         atoms.get_potential_energy()
     assert [w.filename for w in rec] == [__file__]
+
+
+def test_equal_field_models_share_compiled_predictions(field_model):
+    """Two equal FieldModels built in code predict through one compiled call."""
+    from zoo._jax_cache import count_compiles
+    from zoo.field import FieldModel
+
+    twin = FieldModel.create([56, 22, 8], key=jax.random.key(2), **BACKBONE)
+    atoms = perovskite(4)
+    field_model.predict(atoms, field=[0.0, 0.0, 0.01])
+    with count_compiles() as count:
+        twin.predict(atoms, field=[0.0, 0.0, 0.01])
+    assert count.compiles == 0, count

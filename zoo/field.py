@@ -29,6 +29,7 @@ from ._dtype import resolve_float
 from ._field_config import check_field_config, make_field_config
 from ._field_derivatives import field_observables
 from ._hub_mixin import HubMixin
+from ._shared_static import share_static
 from .backbones import build_backbone
 from .graph import Graph, species_indices
 from .response import broadcast_to_nodes, graph_sum
@@ -212,9 +213,11 @@ class FieldModel(HubMixin, eqx.Module):
             raise ValueError(f"predict takes one field (3,) for every structure, got {f.shape}")
         needs = ("polarization", "stress")
 
+        model = share_static(self)  # equal models share one compiled call
+
         def call(graph: Graph):
             fg = jnp.broadcast_to(jnp.asarray(f, self.dtype), (graph.n_graphs, 3))
-            return _forward(self, graph, fg, raman)
+            return _forward(model, graph, fg, raman)
 
         names = ["forces", "born_charges"] + (["raman_tensors"] if raman else [])
         return _predict.predict(

@@ -210,6 +210,7 @@ class ResponseModel(HubMixin, eqx.Module):
         *,
         acoustic_sum_rule: bool | None = None,
         progress: bool | None = None,
+        field=None,
     ) -> dict[str, np.ndarray]:
         """Predict every output for one structure or a list or iterable of them.
 
@@ -233,7 +234,15 @@ class ResponseModel(HubMixin, eqx.Module):
         only (``config["domain"]["periodic"]``) or a bulk output needs a cell volume; warns
         when a structure is outside the training domain (see `zoo._predict`). An iterable
         failing part-way raises `zoo._predict.PredictionInterrupted` with the outputs so far.
+        A `field` is refused: these are zero-field responses (a :class:`~zoo.FieldModel`, e.g.
+        ``zoo.load("batio3-field")``, predicts at a field).
         """
+        if field is not None:
+            raise ValueError(
+                "ResponseModel.predict takes no field: its outputs are the zero-field linear "
+                "responses; for predictions at a field use a FieldModel, e.g. "
+                "zoo.load('batio3-field').predict(atoms, field=[0, 0, 0.01])"
+            )
         return self._predict(_predict.predict, atoms, batch_size, acoustic_sum_rule, progress)
 
     def predict_iter(self, atoms, batch_size: int = 8, *, acoustic_sum_rule=None, progress=None):
