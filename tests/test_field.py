@@ -49,9 +49,11 @@ def _call(model, graph, field, raman):
     return model(graph, field, raman=raman)
 
 
-def run(model, atoms, field=(0.0, 0.0, 0.0), raman=False):
+def run(model, atoms, field=(0.0, 0.0, 0.0), raman=False, capacity=CAPACITY):
+    """Every output of `model` on `atoms` at `field`, padded to `capacity` (``{}``: the
+    graph's own size buckets, for models with another cutoff)."""
     graph = build_graph([atoms], model.config["backbone"]["r_max"], dtype=model.dtype,
-                        **CAPACITY)  # fmt: skip
+                        **capacity)  # fmt: skip
     f = np.zeros((graph.n_graphs, 3))
     f[0] = field
     # equal models (e.g. saved and reloaded) share the compiled call
