@@ -357,7 +357,7 @@ def _base_identity(model) -> dict:
         out = {"folder": str(folder)}
         card = read_card_metadata(folder / CARD_NAME) if (folder / CARD_NAME).is_file() else {}
     elif isinstance(getattr(model, "config", None), dict):
-        name = next((n for n in registry.SHIPPED if _same_config(model.config, n)), None)
+        name = _shipped_name(model.config)
         if name is not None and not _same_weights(model, registry.WEIGHTS_DIR / name):
             name = None  # the shipped architecture with other weights, e.g. trained from scratch
     if name is not None:
@@ -369,20 +369,22 @@ def _base_identity(model) -> dict:
     return {**out, "license": license or "other", "license_known": bool(license)}
 
 
-def _same_config(config: dict, name: str) -> bool:
-    """Whether `config` is the pinned config.json of the shipped model `name`, up to the
-    ``dtype`` it was loaded in (``zoo.load(..., dtype="float64")`` is still that model)."""
+def _shipped_name(config: dict) -> str | None:
+    """The shipped model whose pinned config.json `config` is, up to the ``dtype`` it was
+    loaded in (``zoo.load(..., dtype="float64")`` is still that model); None otherwise."""
     from . import _registry as registry
     from ._dtype import _set_dtype
 
     text = json.dumps(config, sort_keys=True, indent=2, allow_nan=False) + "\n"
-    pinned = registry.read_registry().get(name, {}).get("config.json")
-    if hashlib.sha256(text.encode()).hexdigest() == pinned:
-        return True
-    path = registry.WEIGHTS_DIR / name / "config.json"
-    if not path.is_file() or config.get("dtype") not in ("float32", "float64"):
-        return False
-    return _set_dtype(json.loads(path.read_text()), config["dtype"]) == config
+    digest, pins = hashlib.sha256(text.encode()).hexdigest(), registry.read_registry()
+    exact = [n for n in registry.SHIPPED if pins.get(n, {}).get("config.json") == digest]
+    if exact or config.get("dtype") not in ("float32", "float64"):
+        return exact[0] if exact else None
+    for name in registry.SHIPPED:
+        path = registry.WEIGHTS_DIR / name / "config.json"
+        if path.is_file() and _set_dtype(json.loads(path.read_text()), config["dtype"]) == config:
+            return name
+    return None
 
 
 def _same_weights(model, folder: Path) -> bool:
