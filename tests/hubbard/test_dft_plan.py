@@ -192,16 +192,21 @@ def test_cathode_queue_order(plan_pseudos):
     layered = [
         p
         for i, p in prio.items()
-        if "-sym-e+0.000" in i and ("NiO2" in i or "LiMnO2" in i or "MnO2-layered" in i)
+        if "-sym-e+0.000" in i
+        and ("NiO2" in i or "LiMnO2" in i or "MnO2-layered" in i)
+        and "Li0.5" not in i
     ]
     assert max(layered) < prio["c160-beta-MnO2-sym-e+0.000"] < prio["c170-LiMn2O4-sym-e+0.000"]
-    olivine = [p for i, p in prio.items() if "FePO4" in i]
-    # the rattled spinel and beta-MnO2 cells (fewest labels per core-hour) after the olivines'
-    # symmetric cells, before their rattled ones
+    # the olivines' k checks and symmetric cells (iron, a third metal) right after the symmetric
+    # layered cells, before Li0.5NiO2 and the strained layered cells
+    olivine = [p for i, p in prio.items() if "FePO4" in i and "-rat-" not in i]
+    later_layered = [p for i, p in prio.items() if "Li0.5NiO2" in i or ("NiO2-sym-e-" in i)]
+    assert max(layered) < min(olivine) and max(olivine) < min(later_layered)
+    # the rattled spinel and beta-MnO2 cells (fewest labels per core-hour) after every other
+    # cathode cell, before the rattled olivines
     late = {i: p for i, p in prio.items() if "LiMn2O4-rat" in i or "beta-MnO2-rat" in i}
-    others = [p for i, p in prio.items() if i[0] == "c" and "FePO4" not in i and i not in late]
-    assert len(late) == 3 and min(olivine) > max(others)
-    assert max(p for i, p in prio.items() if "FePO4-sym" in i) < min(late.values())
+    others = [p for i, p in prio.items() if i[0] == "c" and "-rat-" not in i]
+    assert len(late) == 3 and min(late.values()) > max(others)
     assert max(late.values()) < min(p for i, p in prio.items() if "FePO4-rat" in i)
     # the rattled layered-Ni and spinel cells run (ids kept), their hp.x split over q
     for jid in ("c950-LiNiO2-rat-s0", "c950-LiNiO2-rat-s1", "c952-NiO2-rat-s0",

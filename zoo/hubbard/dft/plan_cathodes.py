@@ -107,11 +107,12 @@ RATTLED_ID = {
     "layered-NiO2": 952,
     "spinel-LiMn2O4": 954,
 }
-#: scheduling only (ids keep their planned numbers): the symmetric and strained layered cells
-#: (two metals at two Li concentrations, a few hours each) run before the beta-MnO2 ones (~12 h
-#: each at k 4x4x4, q 2x2x2) and the spinel's second k check (one 89-min piece)
-RESCHEDULE = {"c153b": 176, "c160": 177, "c170": 178, "c180a": 186, "c180b": 186, "c190a": 187,
-              "c190b": 187}  # fmt: skip
+#: scheduling only (ids keep their planned numbers): the olivines first (Fe, a third
+#: transition metal, ~17 h for both cells with their k checks), then the intermediate Li0.5NiO2
+#: and the strained layered cells (a few hours each), then beta-MnO2 and the spinel (~40 h and
+#: more per cell at their meshes) and last the spinel's second k check (~8x its first, 90-min run)
+RESCHEDULE = {"c500a": 171, "c500b": 171, "c510": 172, "c511": 173, "c160": 185, "c170": 186,
+              "c180a": 187, "c180b": 187, "c190a": 188, "c190b": 188, "c153b": 189}  # fmt: skip
 #: families with one rattled seed (the most expensive cells); the others have ``RATTLES``
 ONE_SEED = ("spinel-LiMn2O4", "olivine-LiFePO4", "olivine-FePO4")
 
