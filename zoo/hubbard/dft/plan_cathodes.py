@@ -15,7 +15,8 @@ produced at the denser one, ``PRODUCTION_K``), then production: the symmetric ce
 strains, then rattled cells (sigma 0.04 A, strain +-1 %), Li-free ends after the lithiated
 ones, the intermediate Li0.5NiO2 after both ends. Every hp.x step runs in pieces
 (``pieces.py``), split over q where one perturbed atom is estimated above ``PIECE_MAX_MIN``.
-Olivines (28/24 atoms) come last.
+The run order is ``PRIORITY`` with ``RESCHEDULE`` on top (the olivines' symmetric cells early:
+iron is the third transition metal; their rattled cells last).
 
 The k checks' V are not labels where q = Gamma aliases the cell: beta-MnO2 (c = 2.87 A) gave
 V(Mn-O) = -0.36 / -0.40 eV (rejected by ``dataset.step_problem``) with the image of the
@@ -86,8 +87,8 @@ PRODUCTION_K = {"rutile-MnO2": [4, 4, 4]}
 #: family -> (k-check priority, symmetric priority, strained priority, rattled priority). The
 #: k checks and the cheapest symmetric cells run before the remaining rock-salt symmetric
 #: strains (priority >= 201); rattled cathode cells after those (hp.x split over q where one
-#: perturbed atom over all q is estimated above ``PIECE_MAX_MIN``); the olivines after them;
-#: then the rattled spinel (12 perturbations x 8 q) and beta-MnO2 (6 x 8 q at k 4x4x4), the
+#: perturbed atom over all q is estimated above ``PIECE_MAX_MIN``); the olivines' symmetric
+#: cells as planned here would follow (``RESCHEDULE`` moves them early); then the rattled spinel (12 perturbations x 8 q) and beta-MnO2 (6 x 8 q at k 4x4x4), the
 #: fewest labels per core-hour (~0.6), and the rattled olivines last.
 PRIORITY = {
     "rutile-MnO2": (150, 160, 180, 605),
