@@ -28,6 +28,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from energy_forces import ENV, interpreter, run_worker
@@ -42,6 +43,30 @@ R_MAX = 4.5
 
 def split() -> dict[str, list[str]]:
     return json.loads((DATA / "split.json").read_text())
+
+
+class EpochClock(Sequence):
+    """Training batches that note the wall and process CPU time of every read: `zoo.train.fit`
+    reads each batch once per epoch, and the first read of an epoch comes after the previous
+    epoch's losses were synchronised, so the last `epochs * len` reads delimit the epochs."""
+
+    def __init__(self, batches: list):
+        self.batches, self.marks = batches, []
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i):
+        self.tick()
+        return self.batches[i]
+
+    def tick(self) -> None:
+        self.marks.append((time.perf_counter(), time.process_time()))
+
+    def epochs(self, n_epochs: int) -> list[tuple[float, float]]:
+        """(wall, CPU) seconds of each of the last `n_epochs` epochs (call `tick` at the end)."""
+        starts = self.marks[-1 - n_epochs * len(self) :: len(self)]
+        return [(w1 - w0, c1 - c0) for (w0, c0), (w1, c1) in zip(starts, starts[1:])]
 
 
 def zoo_epochs(epochs: int) -> tuple[list[float], dict]:
@@ -67,12 +92,13 @@ def zoo_epochs(epochs: int) -> tuple[list[float], dict]:
     model = ResponseModel(config, key=jax.random.key(0))
     loss_fn, _ = make_fns(config)
     train = {**settings["train"], "eval_every": epochs + 1, "checkpoint_every": epochs + 1}
-    result = fit(model, loss_fn, make_batches(records, bb["r_max"]), None,
-                 TrainConfig(**train), progress=False)  # fmt: skip
+    batches = EpochClock(make_batches(records, bb["r_max"]))
+    fit(model, loss_fn, batches, None, TrainConfig(**train), progress=False)
+    batches.tick()
     n_params = sum(x.size for x in jax.tree.leaves(model) if hasattr(x, "size"))
     info = {"irreps": str(model.backbone.irreps_out), "parameters": int(n_params),
             "steps_per_epoch": len(records)}  # fmt: skip
-    return [h["time_s"] for h in result.history], info
+    return batches.epochs(epochs), info
 
 
 def e3response_config(epochs: int):
@@ -156,13 +182,14 @@ def e3response_epochs(epochs: int) -> tuple[list[float], dict]:
 
     class Timer(reax.TrainerListener):
         def __init__(self):
-            self.seconds: list[float] = []
+            self.seconds: list[tuple[float, float]] = []
 
         def on_train_epoch_start(self, trainer, stage, /) -> None:
-            self.t0 = time.perf_counter()
+            self.t0 = time.perf_counter(), time.process_time()
 
         def on_train_epoch_end(self, trainer, stage, /) -> None:
-            self.seconds.append(time.perf_counter() - self.t0)
+            w0, c0 = self.t0
+            self.seconds.append((time.perf_counter() - w0, time.process_time() - c0))
 
     timer = Timer()
     with tempfile.TemporaryDirectory() as tmp:
@@ -185,9 +212,10 @@ def worker(side: str, epochs: int) -> dict:
     seconds, info = zoo_epochs(epochs) if side == "zoo" else e3response_epochs(epochs)
     with open("/proc/loadavg") as f:
         load = float(f.read().split()[0])
-    later = seconds[1:] or seconds
-    return {"side": side, "epoch_s": seconds, "first_epoch_s": seconds[0],
-            "median_epoch_s": statistics.median(later), "cpu_s": time.process_time() - c0,
+    wall, cpu = zip(*seconds)
+    return {"side": side, "epoch_s": wall, "epoch_cpu_s": cpu, "first_epoch_s": wall[0],
+            "first_epoch_cpu_s": cpu[0], "median_epoch_s": statistics.median(wall[1:]),
+            "median_epoch_cpu_s": statistics.median(cpu[1:]), "cpu_s": time.process_time() - c0,
             "load_1min": load, **info}  # fmt: skip
 
 
@@ -200,19 +228,21 @@ def spawn(side: str, epochs: int, cpu: int, python: str, timeout: float) -> dict
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| trainer | parameters | steps / epoch | first epoch (s) | epoch (s) | s / step | "
-             "e3response / zoo | load |", "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = ["| trainer | parameters | steps / epoch | first epoch (s) | first epoch CPU (s) | "
+             "epoch (s) | epoch CPU (s) | CPU s / step | e3response / zoo (CPU) | load |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     zoo = next((r for r in results if r["side"] == "zoo" and "error" not in r), None)
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['side']} | | | error: {r['error']} | | | | |")
+            lines.append(f"| {r['side']} | | | error: {r['error']} | | | | | | |")
             continue
-        ratio = f"{r['median_epoch_s'] / zoo['median_epoch_s']:.2f}x" if zoo else ""
+        cpu = r["median_epoch_cpu_s"]
+        ratio = f"{cpu / zoo['median_epoch_cpu_s']:.2f}x" if zoo and r is not zoo else ""
         lines.append(
             f"| {r['side']} | {r['parameters']} | {r['steps_per_epoch']} | "
-            f"{r['first_epoch_s']:.1f} | {r['median_epoch_s']:.1f} | "
-            f"{r['median_epoch_s'] / r['steps_per_epoch']:.2f} | "
-            f"{ratio if r['side'] != 'zoo' else ''} | {r['load_1min']:.1f} |"
+            f"{r['first_epoch_s']:.1f} | {r['first_epoch_cpu_s']:.1f} | "
+            f"{r['median_epoch_s']:.1f} | {cpu:.1f} | {cpu / r['steps_per_epoch']:.2f} | "
+            f"{ratio} | {r['load_1min']:.1f} |"
         )
     return "\n".join(lines)
 
