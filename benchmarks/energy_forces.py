@@ -328,15 +328,20 @@ def spawn(name: str, repeat: int, runs: int, timeout: float, cpu: int, python: s
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     if os.environ.get("ZOO_BENCH_EXTRA_XLA_FLAGS"):  # e.g. compile-time experiments
         env["XLA_FLAGS"] += " " + os.environ["ZOO_BENCH_EXTRA_XLA_FLAGS"]
+    return run_worker(cmd, env, timeout, {"model": name})
+
+
+def run_worker(cmd: list[str], env: dict, timeout: float, label: dict) -> dict:
+    """The last JSON line a worker subprocess prints, or `label` with its ``error``."""
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"model": name, "error": f"timeout after {timeout:.0f} s"}
+        return {**label, "error": f"timeout after {timeout:.0f} s"}
     for line in proc.stdout.splitlines()[::-1]:
         if line.startswith("{"):
             return json.loads(line)
     errors = [l for l in proc.stderr.splitlines() if "Error" in l] or ["?"]
-    return {"model": name, "error": errors[-1][:200]}
+    return {**label, "error": errors[-1][:200]}
 
 
 def table(results: list[dict]) -> str:

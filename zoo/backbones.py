@@ -189,6 +189,12 @@ class Potential(HubMixin, eqx.Module):
         **Returns:** one structure: ``energy`` `()`, ``forces`` `(n_atoms, 3)`, ``stress``
         `(3, 3)`; a list: ``energy`` `(n_structures,)`, ``forces`` concatenated
         `(total_atoms, 3)` with ``structure_index``, ``stress`` `(n_structures, 3, 3)`.
+
+        `atoms` may also be any iterable (e.g. ``ase.io.iread``), read in chunks. **Raises**
+        ``ValueError`` naming the structure index and element for an element outside the
+        training species, and for an empty input; an iterable failing part-way raises
+        `zoo.PredictionInterrupted` with the outputs of the structures before it in
+        ``.results``.
         """
         return _predict.predict(
             atoms,

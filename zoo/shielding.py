@@ -220,6 +220,11 @@ class ShieldingModel(HubMixin, eqx.Module):
         ``unreferenced_shift_std`` `(N, 3, 3)` (the members' standard deviation). For a list,
         per-atom arrays are concatenated and ``structure_index`` `(N,)` says which structure
         each row is from.
+
+        **Raises** ``ValueError`` naming the structure index for an element outside the
+        training species or a structure without the nucleus, and for an empty input. An
+        iterable is read whole before anything is predicted: if reading fails part-way, its
+        error is raised before any model call, so no computed output is lost.
         """
         structures, single = _predict.prepare(atoms, self.input_spec())
         stats = _predict.merge(
