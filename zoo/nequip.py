@@ -174,6 +174,9 @@ class InteractionLayer(eqx.Module):
             return jnp.concatenate(out, axis=1)
 
         inputs = (sh.array, radial, senders)
+        # recomputed in the backward pass: storing the per-edge products costs more than
+        # computing them again (memory-bound on CPU)
+        messages = jax.checkpoint(messages)
         summed = sum_edge_messages(messages, inputs, receivers, h.shape[0], self.edge_chunk)
         summed = e3nn.IrrepsArray(self.irreps_messages, _message_layout(plan, summed))
         summed = summed / jnp.sqrt(self.avg_num_neighbors).astype(summed.dtype)
