@@ -297,6 +297,40 @@ def test_edge_chunks_give_the_same_energy_forces_and_stress(arch, x64):
             np.testing.assert_allclose(out[chunk][key], out[0][key], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("node_inputs,chunk", [("", 0), ("1x1o+2x0e", 0), ("", 7)])
+def test_nequip_messages_equal_e3nn_tensor_product(node_inputs, chunk):
+    """The channel-wise message kernel computes e3nn's ``tensor_product(x[senders], sh)
+    .regroup() * radial weights`` with the same parameters, also with inputs of mixed
+    multiplicities (node inputs) and with chunked sums."""
+    import e3nn_jax as e3nn
+
+    from zoo._blocks import gate
+    from zoo.nequip import NequIP, NequIPConfig
+
+    cfg = NequIPConfig(species=(1, 8), channels=4, lmax=2, num_layers=3, num_basis=4,
+                       radial_hidden=8, node_input_irreps=node_inputs, edge_chunk=chunk)  # fmt: skip
+    model = NequIP(cfg, key=jax.random.PRNGKey(1))
+    rng = np.random.default_rng(0)
+    n, e = 6, 23
+    sh = e3nn.spherical_harmonics("0e+1o+2e", rng.normal(size=(e, 3)), True, "component")
+    radial = jnp.asarray(rng.normal(size=(e, 4)), jnp.float32)
+    snd, rcv = (jnp.asarray(rng.integers(0, n, e)) for _ in range(2))
+    species = jnp.asarray(rng.integers(0, 2, n))
+    for layer in model.layers:
+        h = e3nn.IrrepsArray(layer.irreps_in, rng.normal(size=(n, layer.irreps_in.dim)))
+        h = h.astype(jnp.float32)
+        x = layer.linear_up(h)
+        tp = e3nn.tensor_product(x[snd], sh, filter_ir_out=layer.irreps_out).regroup()
+        summed = jax.ops.segment_sum((tp * layer.radial_mlp(radial)).array, rcv, n)
+        summed = e3nn.IrrepsArray(layer.irreps_messages, summed)
+        summed = summed / np.sqrt(layer.avg_num_neighbors)
+        pre = (layer.linear_down(summed) + layer.self_connection(species, h)) / np.sqrt(2.0)
+        ref = gate(pre, layer.act)
+        out = layer(h, species, sh, radial, snd, rcv)
+        assert out.irreps == ref.irreps
+        np.testing.assert_allclose(out.array, ref.array, rtol=1e-5, atol=2e-6)
+
+
 # ---- bad input ----
 
 

@@ -89,6 +89,7 @@ class DatasetInfo:
         return cls(tuple(species), r_max, max(n_edges / n_nodes, 1e-3))
 
 
+@dataclasses.dataclass(frozen=True)
 class ArchitectureConfig:
     """Base of the frozen architecture configs (``NequIPConfig``, ``MACEConfig``, ...).
 
@@ -96,10 +97,21 @@ class ArchitectureConfig:
     sets :attr:`ARCHITECTURE` (registry name), :attr:`LIMITS` (``int field -> (min, max)``),
     :attr:`IRREPS_FIELDS` and optionally :meth:`check` (its own rules, run after the common
     ones). Validation runs in ``__post_init__``, so every instance is valid.
+
+    Attributes common to every architecture (keyword-only):
+        edge_chunk: above this many edges, the sums over neighbours run in a loop over equal
+            chunks of at most this many edges, each rematerialised in the backward pass
+            (memory grows with the atoms, not with edges x features; results do not depend
+            on it up to rounding). 0: never. Default 8192; absent from older ``config.json``
+            files, which load with the default.
     """
+
+    edge_chunk: int = dataclasses.field(default=8192, kw_only=True)
 
     ARCHITECTURE: ClassVar[str] = ""
     LIMITS: ClassVar[dict[str, tuple[int, int]]] = {}
+    #: bounds of the common fields, checked with each architecture's :attr:`LIMITS`
+    COMMON_LIMITS: ClassVar[dict[str, tuple[int, int]]] = {"edge_chunk": (0, 1 << 24)}
     IRREPS_FIELDS: ClassVar[tuple[str, ...]] = ()
     #: whether the module accepts extra per-node inputs (``node_input_irreps``)
     NODE_INPUTS: ClassVar[bool] = False
@@ -108,7 +120,7 @@ class ArchitectureConfig:
         info = DatasetInfo(self.species, self.r_max, self.avg_num_neighbors)
         for name in DATA_FIELDS:
             object.__setattr__(self, name, getattr(info, name))
-        for name, (lo, hi) in self.LIMITS.items():
+        for name, (lo, hi) in {**self.COMMON_LIMITS, **self.LIMITS}.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | np.integer):
                 raise ValueError(f"{name} must be an int, got {value!r}")

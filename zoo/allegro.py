@@ -52,11 +52,9 @@ class AllegroConfig(ArchitectureConfig):
             root (a data statistic). Default 20.
         output_irreps: per-edge (and per-node) output irreps. Default "1x0e".
         activation: activation of the MLPs. Default "silu".
-        edge_chunk: above this many edges, the per-node sums (the environments of every
-            layer, then the outputs) run in a loop over equal chunks of at most this many
-            edges, each edge's state recomputed from its inputs in every chunk and again in
-            the backward pass (memory independent of the edges x features; results equal
-            up to rounding; num_layers + 1 passes over the edges). 0: never. Default 8192.
+        edge_chunk: see :class:`~zoo._arch_config.ArchitectureConfig`; here the chunked
+            sums are the environments of every layer, then the outputs, each edge's state
+            recomputed from its inputs in every chunk (num_layers + 1 passes over the edges).
     """
 
     species: tuple[int, ...]
@@ -74,13 +72,12 @@ class AllegroConfig(ArchitectureConfig):
     avg_num_neighbors: float = 20.0
     output_irreps: str = "1x0e"
     activation: str = "silu"
-    edge_chunk: int = 8192
 
     ARCHITECTURE: ClassVar[str] = "allegro"
     LIMITS: ClassVar[dict[str, tuple[int, int]]] = {
         "num_layers": (1, 8), "lmax": (0, 4), "channels": (1, 512), "latent_dim": (1, 4096),
         "two_body_hidden": (1, 4096), "two_body_layers": (0, 16), "latent_layers": (0, 16),
-        "num_basis": (1, 128), "envelope_p": (2, 32), "edge_chunk": (0, 1 << 24),
+        "num_basis": (1, 128), "envelope_p": (2, 32),
     }  # fmt: skip
     IRREPS_FIELDS: ClassVar[tuple[str, ...]] = ("output_irreps",)
 

@@ -59,9 +59,7 @@ class MACEConfig(ArchitectureConfig):
         node_input_irreps: extra per-node inputs concatenated to the species embedding.
             Default "" (none).
         activation: activation of even scalars (odd ones use tanh). Default "silu".
-        edge_chunk: above this many edges, messages are summed in a loop over equal chunks
-            of at most this size, rematerialised in the backward pass (bounds memory on large
-            structures; results do not depend on it up to rounding). 0: never. Default 8192.
+        edge_chunk: see :class:`~zoo._arch_config.ArchitectureConfig`.
     """
 
     species: tuple[int, ...]
@@ -80,13 +78,12 @@ class MACEConfig(ArchitectureConfig):
     output_irreps: str = "1x0e"
     node_input_irreps: str = ""
     activation: str = "silu"
-    edge_chunk: int = 8192
 
     ARCHITECTURE: ClassVar[str] = "mace"
     LIMITS: ClassVar[dict[str, tuple[int, int]]] = {
         "num_interactions": (1, 8), "max_ell": (0, 3), "correlation": (1, 3),
         "num_basis": (1, 128), "envelope_p": (2, 32), "radial_hidden": (1, 4096),
-        "radial_layers": (0, 16), "readout_hidden": (1, 1024), "edge_chunk": (0, 1 << 24),
+        "radial_layers": (0, 16), "readout_hidden": (1, 1024),
     }  # fmt: skip
     IRREPS_FIELDS: ClassVar[tuple[str, ...]] = (
         "hidden_irreps", "output_irreps", "node_input_irreps"

@@ -9,7 +9,8 @@ map plus a species-indexed self-connection, and a gated nonlinearity.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+import functools
+from typing import ClassVar, NamedTuple
 
 import e3nn_jax as e3nn
 import equinox as eqx
@@ -28,6 +29,7 @@ from ._blocks import (
     sum_edge_messages,
 )
 from ._dtype import resolve_float
+from ._sh_tensor_product import channelwise_tensor_product, to_components
 from .graph import Graph, species_indices
 
 
@@ -52,9 +54,7 @@ class NequIPConfig(ArchitectureConfig):
         node_input_irreps: extra per-node inputs concatenated to the species embedding
             (e.g. ``"1x1o"`` for an electric field). Default "" (none).
         activation: activation of even scalars (odd ones use tanh). Default "silu".
-        edge_chunk: above this many edges, messages are summed in a loop over equal chunks
-            of at most this size, rematerialised in the backward pass (bounds memory on large
-            structures; results do not depend on it up to rounding). 0: never. Default 8192.
+        edge_chunk: see :class:`~zoo._arch_config.ArchitectureConfig`.
     """
 
     species: tuple[int, ...]
@@ -71,13 +71,11 @@ class NequIPConfig(ArchitectureConfig):
     output_irreps: str = "1x0e"
     node_input_irreps: str = ""
     activation: str = "silu"
-    edge_chunk: int = 8192
 
     ARCHITECTURE: ClassVar[str] = "nequip"
     LIMITS: ClassVar[dict[str, tuple[int, int]]] = {
         "num_layers": (1, 16), "channels": (1, 1024), "lmax": (0, 6), "num_basis": (1, 128),
         "envelope_p": (2, 32), "radial_hidden": (1, 4096), "radial_layers": (0, 16),
-        "edge_chunk": (0, 1 << 24),
     }  # fmt: skip
     IRREPS_FIELDS: ClassVar[tuple[str, ...]] = ("output_irreps", "node_input_irreps")
     NODE_INPUTS: ClassVar[bool] = True
@@ -156,18 +154,107 @@ class InteractionLayer(eqx.Module):
 
     def __call__(self, h, species, sh, radial, senders, receivers) -> e3nn.IrrepsArray:
         x = self.linear_up(h)
+        # e3nn.tensor_product(x[senders], sh).regroup() * radial weights, computed channel by
+        # channel on component-major slabs (no dense CG einsum per edge); same parameters
+        plan = _message_plan(str(x.irreps), str(sh.irreps), str(self.irreps_out))
+        # the radial MLP's last columns reordered once as the groups consume them
+        last = self.radial_mlp.weights[-1][:, jnp.asarray(plan.weight_order)]
+        mlp = eqx.tree_at(lambda m: m.weights[-1], self.radial_mlp, last)
+        comps = [_take(x, g) for g in plan.groups]
 
         def messages(sh_c, radial_c, snd_c):
+            w = mlp(radial_c)
             y = e3nn.IrrepsArray(sh.irreps, sh_c)
-            tp = e3nn.tensor_product(x[snd_c], y, filter_ir_out=self.irreps_out).regroup()
-            return (tp * self.radial_mlp(radial_c)).array
+            out, start = [], 0
+            for g, xc in zip(plan.groups, comps):
+                wg = w[:, start : start + g.n_paths * g.mul].reshape(-1, g.n_paths, g.mul)
+                tp = channelwise_tensor_product(xc[snd_c], g.irreps, y, self.irreps_out, wg)
+                out.append(tp.reshape(tp.shape[0], -1))
+                start += g.n_paths * g.mul
+            return jnp.concatenate(out, axis=1)
 
         inputs = (sh.array, radial, senders)
+        # recomputed in the backward pass: storing the per-edge products costs more than
+        # computing them again (memory-bound on CPU)
+        messages = jax.checkpoint(messages)
         summed = sum_edge_messages(messages, inputs, receivers, h.shape[0], self.edge_chunk)
-        summed = e3nn.IrrepsArray(self.irreps_messages, summed)
+        summed = e3nn.IrrepsArray(self.irreps_messages, _message_layout(plan, summed))
         summed = summed / jnp.sqrt(self.avg_num_neighbors).astype(summed.dtype)
         out = (self.linear_down(summed) + self.self_connection(species, h)) / jnp.sqrt(2.0)
         return gate(out, self.act)
+
+
+class _Group(NamedTuple):
+    """Input irreps of one multiplicity: their positions in the input, their irreps, the
+    number of products (paths) they enter and the size of those products."""
+
+    mul: int
+    index: tuple[int, ...]
+    irreps: e3nn.Irreps
+    n_paths: int
+    dim: int
+
+
+class _Plan(NamedTuple):
+    """How :func:`~zoo._sh_tensor_product.channelwise_tensor_product` reproduces
+    ``e3nn.tensor_product(x, sh, filter_ir_out=keep).regroup() * w``: the input groups,
+    `weight_order` (the columns of `w` in the order the groups consume them: group, path,
+    channel) and `blocks` (per output block of e3nn's regrouped layout, in order: the group,
+    the offset of the block in that group's flattened component-major output and its
+    ``(dim, mul)`` shape)."""
+
+    groups: tuple[_Group, ...]
+    weight_order: tuple[int, ...]
+    blocks: tuple[tuple[int, int, int, int], ...]
+
+
+@functools.lru_cache(maxsize=64)
+def _message_plan(irreps_x: str, irreps_sh: str, keep: str) -> _Plan:
+    x, sh = e3nn.Irreps(irreps_x), e3nn.Irreps(irreps_sh)
+    keep_set = {ir for _, ir in e3nn.Irreps(keep)}
+    # e3nn's products in its order: (x irrep, sh irrep, output irrep)
+    products = [(i, mul, ir3) for i, (mul, ir1) in enumerate(x) for _, ir2 in sh
+                for ir3 in ir1 * ir2 if ir3 in keep_set]  # fmt: skip
+    order = e3nn.Irreps([(mul, ir3) for _, mul, ir3 in products]).sort().inv
+    weight_start = {}  # product -> its first weight column (regrouped order)
+    start = 0
+    for k in order:
+        weight_start[k] = start
+        start += products[k][1]
+    groups, weight_order, where = [], [], {}
+    for mul in sorted({m for m, _ in x}):
+        index = tuple(i for i, (m, _) in enumerate(x) if m == mul)
+        mine = [k for k, (i, _, _) in enumerate(products) if i in index]
+        if not mine:
+            continue
+        g, offset = len(groups), 0
+        for k in mine:  # channelwise_tensor_product emits them in e3nn's order too
+            where[k] = (g, offset, products[k][2].dim, mul)
+            offset += products[k][2].dim * mul
+            weight_order += range(weight_start[k], weight_start[k] + mul)
+        irreps = e3nn.Irreps([x[i] for i in index])
+        groups.append(_Group(mul, index, irreps, len(mine), offset))
+    return _Plan(tuple(groups), tuple(weight_order), tuple(where[k] for k in order))
+
+
+def _take(x: e3nn.IrrepsArray, group: _Group) -> Float[Array, "n dim mul"]:
+    """The group's irreps of `x` in component-major layout."""
+    slices = x.irreps.slices()
+    array = jnp.concatenate([x.array[:, slices[i]] for i in group.index], axis=1)
+    return to_components(e3nn.IrrepsArray(group.irreps, array))
+
+
+def _message_layout(plan: _Plan, summed: Float[Array, "n total"]) -> Float[Array, "n dim"]:
+    """Per-group component-major sums -> e3nn's regrouped ``(mul, dim)`` message layout."""
+    starts = [0]
+    for g in plan.groups[:-1]:
+        starts.append(starts[-1] + g.dim)
+    n = summed.shape[0]
+    blocks = []
+    for g, offset, d, mul in plan.blocks:
+        block = summed[:, starts[g] + offset : starts[g] + offset + d * mul].reshape(n, d, mul)
+        blocks.append(block.transpose(0, 2, 1).reshape(n, mul * d))
+    return jnp.concatenate(blocks, axis=1)
 
 
 class NequIP(eqx.Module):
