@@ -99,10 +99,12 @@ def train(
     backbone: dict | None = None,
     weights: dict | None = None,
     frames: int = 1,
+    init: Path | None = None,
 ) -> tuple:
     """Fit one model within `minutes`; returns (model, split, validation metrics, parity
     pairs, training summary). `backbone` overrides entries of :data:`BACKBONE`, `weights`
-    of :data:`WEIGHTS`; `frames` per optimiser step."""
+    of :data:`WEIGHTS`; `frames` per optimiser step; `init` a model folder (its config,
+    normalisation and weights; then `backbone` is not used) to continue training from."""
     weights = {**WEIGHTS, **(weights or {})}
     settings = SETTINGS[material]
     records = load_field(material)
@@ -110,11 +112,15 @@ def train(
     by_id = {r["index"]: r for r in records}
     tr = [by_id[i] for i in split["train"]]
     va = [by_id[i] for i in split["validation"]]
-    backbone = {**BACKBONE, **(backbone or {})}
-    backbone["avg_num_neighbors"] = avg_neighbors(tr, backbone["r_max"])
-    config = make_field_config(settings["species"], coupling=coupling, **backbone)
-    config = fit_field_config(config, tr)
-    model = FieldModel(config, key=jax.random.key(seed))
+    if init is None:
+        backbone = {**BACKBONE, **(backbone or {})}
+        backbone["avg_num_neighbors"] = avg_neighbors(tr, backbone["r_max"])
+        config = make_field_config(settings["species"], coupling=coupling, **backbone)
+        config = fit_field_config(config, tr)
+        model = FieldModel(config, key=jax.random.key(seed))
+    else:
+        model = continued(Path(init), material, split)
+        backbone = model.config["backbone"]
     reference = {**REFERENCE, **settings["reference"]}
     train_b = batches(tr, backbone["r_max"], model.dtype, frames)
     val_b = batches(va, backbone["r_max"], model.dtype)
@@ -154,6 +160,7 @@ def train(
         "seed": seed,
         "loss_weights": weights,
         "frames_per_step": frames,
+        "previous_training": None if init is None else previous_training(Path(init)),
         "loss_reference_errors": reference,
         "n_train": len(tr),
         "n_validation": len(va),
@@ -161,6 +168,34 @@ def train(
         "history": history,
     }
     return model, split, metrics, pairs, summary
+
+
+def continued(folder: Path, material: str, split: dict) -> FieldModel:
+    """The model of `folder` (config.json, model.safetensors), refused unless it is a field
+    model of `material`'s species trained on the same split (its ``split.json``)."""
+    from zoo.hub import load_folder_files
+
+    model = load_folder_files(folder / "config.json", folder / "model.safetensors")
+    if not isinstance(model, FieldModel) or list(model.species) != SETTINGS[material]["species"]:
+        raise SystemExit(f"--init {folder}: not a field model of {material}")
+    # a shipped folder holds its split; a run's model folder sits next to it
+    split_file = next((f / "split.json" for f in (folder, folder.parent)
+                       if (f / "split.json").is_file()), None)  # fmt: skip
+    if split_file is None or json.loads(split_file.read_text()) != split:
+        raise SystemExit(f"--init {folder}: no split.json equal to this recipe's split")
+    return model
+
+
+def previous_training(folder: Path) -> dict | None:
+    """Steps, minutes and learning rate of the run that trained the weights in `folder`
+    (its ``metrics.json``, or the run folder's next to it)."""
+    for f in (folder, folder.parent):
+        if (f / "metrics.json").is_file():
+            m = json.loads((f / "metrics.json").read_text())
+            keys = ("steps", "epochs", "minutes", "budget_minutes", "learning_rate",
+                    "frames_per_step", "previous_training")  # fmt: skip
+            return {k: m[k] for k in keys if k in m}
+    return None
 
 
 def eqx_arrays(model):
@@ -228,6 +263,8 @@ def main(argv=None) -> None:
     p.add_argument("--lmax", type=int, default=BACKBONE["lmax"])
     p.add_argument("--r-max", type=float, default=BACKBONE["r_max"], help="cutoff (Å)")
     p.add_argument("--frames", type=int, default=1, help="frames per optimiser step")
+    p.add_argument("--init", type=Path, default=None,
+                   help="continue training the model in this folder (e.g. a shipped one)")  # fmt: skip
     p.add_argument("--weight", action="append", default=[], metavar="QUANTITY=W",
                    help=f"loss weight of one of {sorted(WEIGHTS)} (repeatable)")  # fmt: skip
     p.add_argument(
@@ -254,7 +291,7 @@ def main(argv=None) -> None:
         run.mkdir(parents=True, exist_ok=True)
         backbone = {"channels": args.channels, "lmax": args.lmax, "r_max": args.r_max}
         result = train(args.material, args.minutes, args.lr, args.seed, args.coupling, print,
-                       backbone, weights, args.frames)  # fmt: skip
+                       backbone, weights, args.frames, args.init)  # fmt: skip
         save_run(run, *result)
         print(json.dumps(result[2], indent=1))
         if args.no_ship:
