@@ -70,3 +70,18 @@ def test_spectrum_peaks_refuses_mismatched_arrays_and_an_empty_window():
         spectrum_peaks(np.arange(10.0), np.arange(9.0))
     with pytest.raises(ValueError, match="window"):
         spectrum_peaks(np.arange(10.0), np.ones(10), window=(100.0, 200.0))
+
+
+def test_dfpt_modes_merge_degenerate_pairs_and_keep_the_strongest():
+    from recipes.sio2_ir import dfpt_modes, match
+
+    modes = dfpt_modes()
+    # the E(TO) pair at 1041.47 / 1041.61 cm^-1 is one line with the summed intensity
+    assert modes[np.argmax(modes[:, 1])] == pytest.approx([1041.54, 84.4123])
+    assert np.all(modes[:, 1] >= 0.05 * modes[:, 1].max())
+    assert len(modes) == 7 and np.all(np.diff(modes[:, 0]) > 2.0)
+    rows = match(modes[:2], np.array([340.0, 380.0, 1000.0]))
+    assert [r["md"] for r in rows] == [340.0, 380.0]
+    assert rows[0]["difference"] == pytest.approx(340.0 - 348.54)
+    with pytest.raises(ValueError, match="no peak"):
+        match(modes, np.zeros(0))
