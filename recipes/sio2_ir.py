@@ -125,7 +125,7 @@ def plot(path: Path, wavenumber, intensity, modes, peaks, title: str) -> None:
     plt.close(fig)
 
 
-def report(rows: list[dict], halves: list, md: dict, args, command: str) -> str:
+def report(rows: list[dict], halves: list, strongest: float, md: dict, args, command: str) -> str:
     """The markdown page: command, MD settings, mode table and the gap to the target."""
     worst = max(abs(r["difference"]) for r in rows)
     within = sum(abs(r["difference"]) <= TARGET for r in rows)
@@ -161,6 +161,8 @@ def report(rows: list[dict], halves: list, md: dict, args, command: str) -> str:
         f"Target: every peak within {TARGET:.0f} cm^-1 of its DFPT mode. Measured: "
         f"{within} of {len(rows)} modes within it, largest difference {worst:.0f} cm^-1"
         + (" (target met)." if worst <= TARGET else f" ({worst / TARGET:.1f}x the target)."),
+        f"The strongest MD peak is at {strongest:.0f} cm^-1, the strongest DFPT mode at "
+        f"{max(rows, key=lambda r: r['intensity'])['dfpt']:.1f} cm^-1.",
         "",
     ]
     return "\n".join(lines)
@@ -192,6 +194,8 @@ def main(argv=None) -> None:
                                         max_lag=args.max_lag)  # fmt: skip
     peaks = spectrum_peaks(wavenumber, intensity)
     rows = match(modes, peaks)
+    window = (wavenumber > 50) & (wavenumber < 1400)
+    strongest = float(wavenumber[window][np.argmax(intensity[window])])
     half = len(md["dipoles"]) // 2
     halves = [
         match(modes, spectrum_peaks(*ir_spectrum(part, args.timestep, cell=md["cell"],
@@ -204,7 +208,7 @@ def main(argv=None) -> None:
     )
     plot(args.out / "sio2_ir.png", wavenumber, intensity, modes, peaks, title)
     command = "python -m recipes.sio2_ir " + " ".join(argv if argv is not None else _argv())
-    (args.out / "sio2_ir.md").write_text(report(rows, halves, md, args, command.strip()))
+    (args.out / "sio2_ir.md").write_text(report(rows, halves, strongest, md, args, command.strip()))
     keep = wavenumber < 1400
     (args.out / "sio2_ir.json").write_text(json.dumps({
         "model": args.model, "modes": rows, "md_peaks": peaks.tolist(), "halves": halves,
