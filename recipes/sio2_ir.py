@@ -125,7 +125,9 @@ def plot(path: Path, wavenumber, intensity, modes, peaks, title: str) -> None:
     plt.close(fig)
 
 
-def report(rows: list[dict], halves: list, strongest: float, md: dict, args, command: str) -> str:
+def report(
+    rows: list[dict], halves: list, strongest: float, n_peaks: int, md: dict, args, command: str
+) -> str:
     """The markdown page: command, MD settings, mode table and the gap to the target."""
     worst = max(abs(r["difference"]) for r in rows)
     within = sum(abs(r["difference"]) <= TARGET for r in rows)
@@ -162,7 +164,9 @@ def report(rows: list[dict], halves: list, strongest: float, md: dict, args, com
         f"{within} of {len(rows)} modes within it, largest difference {worst:.0f} cm^-1"
         + (" (target met)." if worst <= TARGET else f" ({worst / TARGET:.1f}x the target)."),
         f"The strongest MD peak is at {strongest:.0f} cm^-1, the strongest DFPT mode at "
-        f"{max(rows, key=lambda r: r['intensity'])['dfpt']:.1f} cm^-1.",
+        f"{max(rows, key=lambda r: r['intensity'])['dfpt']:.1f} cm^-1; the spectrum has "
+        f"{n_peaks} peaks between 50 and 1400 cm^-1, so the nearest one need not be the "
+        "same mode.",
         "",
     ]
     return "\n".join(lines)
@@ -208,7 +212,9 @@ def main(argv=None) -> None:
     )
     plot(args.out / "sio2_ir.png", wavenumber, intensity, modes, peaks, title)
     command = "python -m recipes.sio2_ir " + " ".join(argv if argv is not None else _argv())
-    (args.out / "sio2_ir.md").write_text(report(rows, halves, strongest, md, args, command.strip()))
+    (args.out / "sio2_ir.md").write_text(
+        report(rows, halves, strongest, len(peaks), md, args, command.strip())
+    )
     keep = wavenumber < 1400
     (args.out / "sio2_ir.json").write_text(json.dumps({
         "model": args.model, "modes": rows, "md_peaks": peaks.tolist(), "halves": halves,
