@@ -110,11 +110,13 @@ def status(summary: dict, metrics: dict, targets: dict, baseline: dict) -> list[
     targets by more than 3x."""
     gaps = [metrics[q]["mae"] / t for q, t in targets.items()]
     vs_base = [metrics[q]["mae"] / baseline[q] for q in targets]
-    if summary["epochs"] >= 20 and max(gaps) <= 3:
+    stages = _stages(summary)
+    steps, epochs, minutes = (sum(st[k] for st in stages) for k in ("steps", "epochs", "minutes"))
+    if epochs >= 20 and max(gaps) <= 3:
         return []
     return [
-        f"**Short training.** These weights saw {summary['steps']} optimiser steps "
-        f"({summary['epochs']:.1f} epochs) within the {summary['minutes']:.0f}-minute budget "
+        f"**Short training.** These weights saw {steps} optimiser steps "
+        f"({epochs:.1f} epochs) within {minutes:.0f} minutes of training "
         f"on shared CPU cores; the errors are {min(gaps):.0f}-{max(gaps):.0f}x the targets "
         f"({min(vs_base):.2f}-{max(vs_base):.2f} of the trivial baselines' errors): they "
         "measure that state, not "
@@ -212,17 +214,57 @@ def card_text(name: str, material: str, model, metrics: dict, summary: dict, spl
         f"NequIP {bb['num_layers']} layers, {bb['channels']} channels, lmax {bb['lmax']}, "
         f"r_max {bb['r_max']} Å, {cfg['dtype']}. Loss: per quantity MSE / reference^2 "
         f"(reference errors {summary['loss_reference_errors']}), weights "
-        f"{summary['loss_weights']}. Adam, learning rate {summary['learning_rate']} "
-        f"cosine-decayed over the budget, one frame per step: {summary['steps']} steps "
-        f"({summary['epochs']:.1f} epochs) in {summary['minutes']:.1f} min on 2 shared CPU "
-        "cores. Per-quantity training metrics and the loss history are in `metrics.json`.",
+        f"{summary['loss_weights']}. {training_text(summary)} on 2 shared CPU cores. "
+        "Per-quantity training metrics and the loss history are in `metrics.json`.",
         "",
         "## Reproduce",
-        f"`python -m recipes.field_potential --material {material} "
-        f"--minutes {round(summary.get('budget_minutes', summary['minutes']))}` from a clone of the repository (CPU).",
+        *reproduce_text(material, summary),
         "",
     ]
     return "\n".join(lines)
+
+
+def _stage(stage: dict) -> str:
+    frames = stage.get("frames_per_step", 1)
+    return (f"Adam, learning rate {stage['learning_rate']} cosine-decayed over the budget, "
+            f"{frames} frame{'s' if frames > 1 else ''} per step: {stage['steps']} steps "
+            f"({stage['epochs']:.1f} epochs) in {stage['minutes']:.1f} min")  # fmt: skip
+
+
+def _stages(summary: dict) -> list[dict]:
+    """The training runs behind the weights, first to last (``previous_training`` chain)."""
+    stages = [summary]
+    while stages[0].get("previous_training"):
+        stages.insert(0, stages[0]["previous_training"])
+    return stages
+
+
+def training_text(summary: dict) -> str:
+    """How the weights were trained, one sentence per run (from random weights first)."""
+    stages = _stages(summary)
+    if len(stages) == 1:
+        return _stage(summary)
+    parts = [_stage(s) for s in stages]
+    return parts[0] + "; then continued from those weights: " + "; then ".join(parts[1:])
+
+
+def reproduce_text(material: str, summary: dict) -> list[str]:
+    """The recipe commands that retrain the weights (a continued run names the folder of
+    the previous run's model)."""
+    lines = []
+    for k, stage in enumerate(_stages(summary)):
+        cmd = f"python -m recipes.field_potential --material {material} "
+        cmd += f"--minutes {round(stage.get('budget_minutes', stage['minutes']))}"
+        if stage["learning_rate"] != 1e-2:
+            cmd += f" --lr {stage['learning_rate']}"
+        if stage.get("frames_per_step", 1) > 1:
+            cmd += f" --frames {stage['frames_per_step']}"
+        if k:
+            cmd += f" --init runs/stage{k}/model"
+        if k < len(_stages(summary)) - 1:
+            cmd += f" --run runs/stage{k + 1} --no-ship"
+        lines.append(f"- `{cmd}`")
+    return lines + ["", "from a clone of the repository (CPU; budgets are wall-clock minutes)."]
 
 
 def ship(run: Path, out: Path, material: str) -> Path:

@@ -72,36 +72,61 @@ def avg_neighbors(records: list[dict], r_max: float) -> float:
     return float(np.mean(counts))
 
 
-def batches(records, r_max, dtype):
-    """One padded graph per frame, all with the same edge capacity (one compilation): the
-    largest bucketed edge count of any frame, since buckets above a given capacity win."""
-    out = [frame_batch([r], r_max, dtype) for r in records]
+def batches(records, r_max, dtype, frames: int = 1):
+    """Padded graphs of `frames` consecutive records each, all with the same edge capacity
+    (one compilation): the largest bucketed edge count of any group, since buckets above a
+    given capacity win."""
+    groups = [records[k : k + frames] for k in range(0, len(records), frames)]
+    out = [frame_batch(g, r_max, dtype) for g in groups]
     cap = max(g.senders.shape[0] for g, _ in out)
+    nodes = max(g.positions.shape[0] for g, _ in out)
+    graphs = max(g.n_graphs for g, _ in out)
     return [
-        b if b[0].senders.shape[0] == cap else frame_batch([r], r_max, dtype, n_edges=cap)
-        for b, r in zip(out, records)
+        b
+        if (b[0].senders.shape[0], b[0].positions.shape[0], b[0].n_graphs) == (cap, nodes, graphs)
+        else frame_batch(g, r_max, dtype, n_edges=cap, n_nodes=nodes, n_graphs=graphs)
+        for b, g in zip(out, groups)
     ]
 
 
-def train(material: str, minutes: float, lr: float, seed: int, coupling: str, log) -> tuple:
+def train(
+    material: str,
+    minutes: float,
+    lr: float,
+    seed: int,
+    coupling: str,
+    log,
+    backbone: dict | None = None,
+    weights: dict | None = None,
+    frames: int = 1,
+    init: Path | None = None,
+) -> tuple:
     """Fit one model within `minutes`; returns (model, split, validation metrics, parity
-    pairs, training summary)."""
+    pairs, training summary). `backbone` overrides entries of :data:`BACKBONE`, `weights`
+    of :data:`WEIGHTS`; `frames` per optimiser step; `init` a model folder (its config,
+    normalisation and weights; then `backbone` is not used) to continue training from."""
+    weights = {**WEIGHTS, **(weights or {})}
     settings = SETTINGS[material]
     records = load_field(material)
     split = make_split(records)
     by_id = {r["index"]: r for r in records}
     tr = [by_id[i] for i in split["train"]]
     va = [by_id[i] for i in split["validation"]]
-    backbone = {**BACKBONE, "avg_num_neighbors": avg_neighbors(tr, BACKBONE["r_max"])}
-    config = make_field_config(settings["species"], coupling=coupling, **backbone)
-    config = fit_field_config(config, tr)
-    model = FieldModel(config, key=jax.random.key(seed))
+    if init is None:
+        backbone = {**BACKBONE, **(backbone or {})}
+        backbone["avg_num_neighbors"] = avg_neighbors(tr, backbone["r_max"])
+        config = make_field_config(settings["species"], coupling=coupling, **backbone)
+        config = fit_field_config(config, tr)
+        model = FieldModel(config, key=jax.random.key(seed))
+    else:
+        model = continued(Path(init), material, split)
+        backbone = model.config["backbone"]
     reference = {**REFERENCE, **settings["reference"]}
-    train_b = batches(tr, backbone["r_max"], model.dtype)
+    train_b = batches(tr, backbone["r_max"], model.dtype, frames)
     val_b = batches(va, backbone["r_max"], model.dtype)
     optimizer = optax.inject_hyperparams(optax.adam)(learning_rate=lr)
     opt_state = optimizer.init(eqx_arrays(model))
-    step = make_step(optimizer, WEIGHTS, reference)
+    step = make_step(optimizer, weights, reference)
     rng = np.random.default_rng(seed)
     start, n_steps, history = time.time(), 0, []
     budget = minutes * 60
@@ -128,12 +153,14 @@ def train(material: str, minutes: float, lr: float, seed: int, coupling: str, lo
     train_metrics, _ = evaluate(model, train_b[:8])  # a sample: evaluation is not free
     summary = {
         "steps": n_steps,
-        "epochs": n_steps / len(train_b),
+        "epochs": n_steps * frames / len(tr),
         "minutes": seconds / 60,
         "budget_minutes": minutes,
         "learning_rate": lr,
         "seed": seed,
-        "loss_weights": WEIGHTS,
+        "loss_weights": weights,
+        "frames_per_step": frames,
+        "previous_training": None if init is None else previous_training(Path(init)),
         "loss_reference_errors": reference,
         "n_train": len(tr),
         "n_validation": len(va),
@@ -141,6 +168,34 @@ def train(material: str, minutes: float, lr: float, seed: int, coupling: str, lo
         "history": history,
     }
     return model, split, metrics, pairs, summary
+
+
+def continued(folder: Path, material: str, split: dict) -> FieldModel:
+    """The model of `folder` (config.json, model.safetensors), refused unless it is a field
+    model of `material`'s species trained on the same split (its ``split.json``)."""
+    from zoo.hub import load_folder_files
+
+    model = load_folder_files(folder / "config.json", folder / "model.safetensors")
+    if not isinstance(model, FieldModel) or list(model.species) != SETTINGS[material]["species"]:
+        raise SystemExit(f"--init {folder}: not a field model of {material}")
+    # a shipped folder holds its split; a run's model folder sits next to it
+    split_file = next((f / "split.json" for f in (folder, folder.parent)
+                       if (f / "split.json").is_file()), None)  # fmt: skip
+    if split_file is None or json.loads(split_file.read_text()) != split:
+        raise SystemExit(f"--init {folder}: no split.json equal to this recipe's split")
+    return model
+
+
+def previous_training(folder: Path) -> dict | None:
+    """Steps, minutes and learning rate of the run that trained the weights in `folder`
+    (its ``metrics.json``, or the run folder's next to it)."""
+    for f in (folder, folder.parent):
+        if (f / "metrics.json").is_file():
+            m = json.loads((f / "metrics.json").read_text())
+            keys = ("steps", "epochs", "minutes", "budget_minutes", "learning_rate",
+                    "frames_per_step", "previous_training")  # fmt: skip
+            return {k: m[k] for k in keys if k in m}
+    return None
 
 
 def eqx_arrays(model):
@@ -181,6 +236,22 @@ def born_order_check(split_file: Path) -> dict[str, float]:
     }  # fmt: skip
 
 
+def parse_weights(items: list[str]) -> dict[str, float]:
+    """``["forces=4", ...]`` -> ``{"forces": 4.0}``; unknown quantities or bad numbers fail."""
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            w = float(value)
+        except ValueError:
+            w = -1.0
+        if name not in WEIGHTS or not (math.isfinite(w) and w >= 0):
+            raise SystemExit(f"--weight {item!r}: expected QUANTITY=W with QUANTITY in "
+                             f"{sorted(WEIGHTS)} and W >= 0")  # fmt: skip
+        out[name] = w
+    return out
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--material", choices=sorted(SETTINGS), required=True)
@@ -188,10 +259,19 @@ def main(argv=None) -> None:
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--coupling", choices=("expansion", "node_input"), default="expansion")
+    p.add_argument("--channels", type=int, default=BACKBONE["channels"])
+    p.add_argument("--lmax", type=int, default=BACKBONE["lmax"])
+    p.add_argument("--r-max", type=float, default=BACKBONE["r_max"], help="cutoff (Å)")
+    p.add_argument("--frames", type=int, default=1, help="frames per optimiser step")
+    p.add_argument("--init", type=Path, default=None,
+                   help="continue training the model in this folder (e.g. a shipped one)")  # fmt: skip
+    p.add_argument("--weight", action="append", default=[], metavar="QUANTITY=W",
+                   help=f"loss weight of one of {sorted(WEIGHTS)} (repeatable)")  # fmt: skip
     p.add_argument(
         "--run", type=Path, default=None, help="run folder, default runs/<material>-field"
     )
     p.add_argument("--ship-only", action="store_true", help="ship a finished run, no training")
+    p.add_argument("--no-ship", action="store_true", help="train and keep the run only")
     p.add_argument("--born-order-check", action="store_true",
                    help="batio3-response's Born MAE on the validation frames, as stored and "
                    "transposed (see docs/experiments.md), then exit")  # fmt: skip
@@ -199,6 +279,9 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if not args.minutes > 0:
         raise SystemExit("--minutes must be > 0")
+    if args.frames < 1 or args.channels < 1:
+        raise SystemExit("--frames and --channels must be >= 1")
+    weights = parse_weights(args.weight)
     run = args.run or ROOT / "runs" / f"{args.material}-field"
     out = args.out or ROOT / "zoo" / "weights" / f"{args.material}-field"
     if args.born_order_check:
@@ -206,9 +289,13 @@ def main(argv=None) -> None:
         return
     if not args.ship_only:
         run.mkdir(parents=True, exist_ok=True)
-        result = train(args.material, args.minutes, args.lr, args.seed, args.coupling, print)
+        backbone = {"channels": args.channels, "lmax": args.lmax, "r_max": args.r_max}
+        result = train(args.material, args.minutes, args.lr, args.seed, args.coupling, print,
+                       backbone, weights, args.frames, args.init)  # fmt: skip
         save_run(run, *result)
         print(json.dumps(result[2], indent=1))
+        if args.no_ship:
+            return
     from recipes._field_card import ship
 
     ship(run, out, args.material)
