@@ -60,7 +60,7 @@ def run_md(model, temperature: float, timestep: float, equilibrate: int, steps: 
     NVE step, the cell and the wall time per step."""
     from ase import units
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    from ase.md.velocitydistribution import Stationary, thermalize_momenta
     from ase.md.verlet import VelocityVerlet
 
     from zoo.calculator import Calculator
@@ -69,8 +69,7 @@ def run_md(model, temperature: float, timestep: float, equilibrate: int, steps: 
     first = min(load_field("sio2"), key=lambda r: r["index"])
     atoms = first["structure"].to_ase()
     atoms.calc = Calculator(model)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature,
-                                 rng=np.random.default_rng(seed))  # fmt: skip
+    thermalize_momenta(atoms, temperature_K=temperature, rng=np.random.default_rng(seed))
     Stationary(atoms)
     start = time.time()
     thermostat = Langevin(atoms, timestep * units.fs, temperature_K=temperature, fixcm=False,
