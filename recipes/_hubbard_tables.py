@@ -167,8 +167,8 @@ def _versus_network(part: dict, name: str, command: str | None) -> list[str]:
             base = ours[group]["baseline"][m]["mare"]
             refused = ours[group]["refused"].get(m, 0)
             rows.append(
-                f"| {group} | {m} | {100 * km['mare']:.1f} % | {refused} of {km['n']} | "
-                f"{100 * nm['mare']:.1f} % | {100 * base:.1f} % |"
+                f"| {group} | {m} | {_pct(km['mare'])} | {refused} of {km['n']} | "
+                f"{_pct(nm['mare'])} | {_pct(base)} |"
             )
     if not rows:
         return []
@@ -182,3 +182,8 @@ def _versus_network(part: dict, name: str, command: str | None) -> list[str]:
         *rows,
         "",
     ]
+
+
+def _pct(x: float) -> str:
+    """A MARE as a percentage; a blow-up (>= 1000 %) in two significant digits."""
+    return f"{100 * x:.1f} %" if 100 * x < 1000 else f"{100 * x:.2g} %"

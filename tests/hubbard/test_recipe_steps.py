@@ -277,12 +277,16 @@ def test_card_kernel_vs_network_and_the_u_in_range():
             "refused": {"LiMnO2": 1}}  # fmt: skip
     part = {
         "leave_out": {"LiMnO2": ours, "NiO2": ours},
-        "network_leave_out": {"LiMnO2": {"model": {"LiMnO2": m(0.3, 3)}}},
+        "network_leave_out": {
+            "LiMnO2": {"model": {"LiMnO2": m(0.3, 3)}},
+            "NiO2": {"model": {"LiMnO2": m(98681131.234, 3)}},
+        },
     }
     lines = _versus_network(part, "U", "python -m recipes.hubbard_uv --model network")
-    assert "the kernel is closer to hp.x in 1 of 1." in lines[0]
+    assert "the kernel is closer to hp.x in 2 of 2." in lines[0]
     assert lines[4] == "| LiMnO2 | LiMnO2 | 5.0 % | 1 of 3 | 30.0 % | 20.0 % |"
-    assert len(lines) == 6 and _versus_network({"leave_out": {"NiO2": ours}}, "U", None) == []
+    assert lines[5] == "| NiO2 | LiMnO2 | 5.0 % | 1 of 3 | 9.9e+09 % | 20.0 % |"  # a blow-up
+    assert len(lines) == 7 and _versus_network({"leave_out": {"NiO2": ours}}, "U", None) == []
     kernel = {"test_refused": [], "param_in_range": {"Mn": [4.0, 5.27], "Ni": [4.0, 9.45]}}
     text = _kernel_limitation({"U": {"kernel": kernel, "rows": {"test": 0}}}, ["U"])
     assert "(U_in Mn 4.00-5.27, Ni 4.00-9.45 eV), widened by 10 % of that span" in text
