@@ -99,6 +99,6 @@ def test_folders_saved_without_the_range_recover_it_from_their_training_rows(row
         for key, (lo, hi) in fitted.param_ranges().items():
             assert ranges[key] == pytest.approx([lo, hi], abs=1e-5)
     assert "outside the Ni training range of U_in" in old.u_model.param_problem("Ni", 20.0)
-    bad = {**u.config, "param_in_range": {"Ni": [5.0, 4.0]}}
-    with pytest.raises(ValueError, match="param_in_range must map each species"):
-        KernelModel.skeleton_from_config(bad)
+    for bad in ({"Ni": [5.0, 4.0]}, {"Ni": ["4", 5.0]}, {"Ni": [4.0]}, [4.0, 5.0]):
+        with pytest.raises(ValueError, match="param_in_range must map each species"):
+            KernelModel.skeleton_from_config({**u.config, "param_in_range": bad})

@@ -339,7 +339,11 @@ def _check_config(config: dict) -> None:
         raise ValueError(f"config: kind must be one of {KINDS}, got {config['kind']!r}")
     ranges = config.get("param_in_range", {})  # absent in weights saved before it was kept
     if not isinstance(ranges, dict) or not all(
-        isinstance(r, list | tuple) and len(r) == 2 and r[0] <= r[1] for r in ranges.values()
+        isinstance(r, list | tuple)
+        and len(r) == 2
+        and all(isinstance(x, int | float) and np.isfinite(x) for x in r)
+        and r[0] <= r[1]
+        for r in ranges.values()
     ):
         raise ValueError("config: param_in_range must map each species to [lowest, highest] eV")
 
