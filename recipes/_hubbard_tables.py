@@ -151,3 +151,39 @@ def _families(part: dict, name: str) -> list[str]:
             cells.append(cell)
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return lines + [""]
+
+
+def _versus_network(part: dict, name: str, command: str | None) -> list[str]:
+    """Kernel against HubbardML's network on each family both held out (``--leave-out``,
+    ``--compare-network``): MARE on all the family's rows, refused ones included."""
+    net, ours = part.get("network_leave_out") or {}, part.get("leave_out", {})
+    rows, wins = [], 0
+    for group in (g for g in ours if g in net):
+        for m, km in ours[group]["model"].items():
+            nm = net[group]["model"].get(m)
+            if nm is None:
+                continue
+            wins += km["mare"] < nm["mare"]
+            base = ours[group]["baseline"][m]["mare"]
+            refused = ours[group]["refused"].get(m, 0)
+            rows.append(
+                f"| {group} | {m} | {_pct(km['mare'])} | {refused} of {km['n']} | "
+                f"{_pct(nm['mare'])} | {_pct(base)} |"
+            )
+    if not rows:
+        return []
+    return [
+        f"**Kernel vs HubbardML's network** on held-out families (MARE over all {name} rows "
+        "of the family, rows the kernel's guard refuses included; the network: "
+        f"`{command}`): the kernel is closer to hp.x in {wins} of {len(rows)}.",
+        "",
+        f"| held out | family | kernel | refused by the guard | network | {name}_in baseline |",
+        "|---|---|---:|---:|---:|---:|",
+        *rows,
+        "",
+    ]
+
+
+def _pct(x: float) -> str:
+    """A MARE as a percentage; a blow-up (>= 1000 %) in two significant digits."""
+    return f"{100 * x:.1f} %" if 100 * x < 1000 else f"{100 * x:.2g} %"

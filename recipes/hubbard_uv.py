@@ -10,6 +10,8 @@ clone (seconds for the kernel models, ~15 min for the networks):
     python -m recipes.hubbard_uv --model network --restarts 3     # HubbardML's network
     python -m recipes.hubbard_uv --out runs/lofo-FeO --test-paths --hold-out FeO  # one family out
     python -m recipes.hubbard_uv --leave-out LiNiO2 NiO2 LiNiO2+NiO2  # ... reported in the card
+    python -m recipes.hubbard_uv --leave-out LiNiO2 --compare-network runs/net/metrics.json  # vs
+    #   the held-out-family MAREs of a `--model network --leave-out LiNiO2` run of the same steps
 
 The data set grows as the DFT queue runs; ``--steps`` restricts it to the self-consistent
 steps a shipped model was trained on (its ``data_steps.json``), which reproduces its card.
@@ -89,6 +91,7 @@ def train_kernel(ds: dict, labels: np.ndarray, seed: int):
         "gamma": gamma, "lam": lam, "cv_folds": CV_FOLDS, "cv": table,
         "support_distance": model.config["support_distance"],
         "species_support": model.species_support(),
+        "param_in_range": model.param_ranges(),
         "test_refused": [ds["rows"][i]["id"] for i in te[refused]],
         "validation_refused": [ds["rows"][i]["id"] for i in va[va_refused]],
     }  # fmt: skip
@@ -168,6 +171,11 @@ def main(argv=None) -> dict:
         "(LiNiO2, or LiNiO2+NiO2 for both at once), and report them (card: per family)",
     )  # fmt: skip
     ap.add_argument(
+        "--compare-network", type=Path, metavar="METRICS_JSON",
+        help="metrics.json of a --model network run with --leave-out on the same steps: its "
+        "held-out-family MAREs go beside the kernel's (card: kernel vs network)",
+    )  # fmt: skip
+    ap.add_argument(
         "--ship", action="store_true",
         help="also write the model folders to zoo/weights/ (cards, metrics, plots, registry)",
     )  # fmt: skip
@@ -194,6 +202,7 @@ def main(argv=None) -> dict:
         unknown = sorted({m for g in given for m in g.split("+")} - {r["material"] for r in rows})
         if unknown:
             ap.error(f"{flag}: no rows of {', '.join(unknown)}")
+    network = _network_report(args.compare_network, rows) if args.compare_network else None
     held = sorted({r["sc_path"] for r in rows if r["material"] in set(args.hold_out)})
     args.test_paths = [*args.test_paths, *(p for p in held if p not in args.test_paths)]
     report = {
@@ -266,6 +275,9 @@ def main(argv=None) -> dict:
             lo = split(ds, args.seed, args.transfer, [*args.test_paths, *sorted(paths)])
             _, m = train(lo, args.out / f"leave-out-{group}-{name}", args.seed)
             report[name].setdefault("leave_out", {})[group] = left_out(m, paths)
+        if network is not None and isinstance(network.get(name), dict):
+            report[name]["network_leave_out"] = network[name].get("leave_out", {})
+            report["network_command"] = network["command"]
         if args.model == "kernel" and args.transfer is None:  # seconds: always report it
             _, m = train(split(ds, args.seed, TRANSFER_K, args.test_paths), None, args.seed)
             report[name]["transfer"] = {"k": TRANSFER_K} | held_out(m)
@@ -278,6 +290,19 @@ def main(argv=None) -> dict:
         _save(models, report, zoo.WEIGHTS_DIR, rows)
         zoo.write_registry(zoo.WEIGHTS_DIR)
     return report
+
+
+def _network_report(path: Path, rows: list[dict]) -> dict:
+    """The metrics.json of a ``--model network`` run on exactly the steps of `rows`."""
+    try:
+        net = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"--compare-network: cannot read {path}: {err}") from None
+    if net.get("model") != "network":
+        raise SystemExit(f"--compare-network: {path} is not a --model network run")
+    if net.get("steps") != sorted({step_of(r) for r in rows}):
+        raise SystemExit(f"--compare-network: {path} was trained on other steps than these rows")
+    return net
 
 
 def _repo_relative(path: Path) -> str:

@@ -248,6 +248,55 @@ def test_run_pw_local(tmp_path):
         run_pw_local(nprocs=1, pw_exe=os.fspath(tmp_path / "none"))(tmp_path / "pw.in", tmp_path)
 
 
+def _mno_kernels(u_iterations, v_paths, v_iterations) -> HubbardUV:
+    """Kernel U / V models on committed AFM MnO rows (`p100`: the cell the fake pw.x replays)."""
+    from zoo.data.hubbard import DATA_DIR, load_rows, u_dataset, v_dataset
+    from zoo.hubbard import KernelModel
+
+    rows = [r for r in load_rows(DATA_DIR / "labels.jsonl") if r.get("purpose") == "production"]
+
+    def fit(build, paths, iterations, kind):
+        ds = build([r for r in rows if r["sc_path"] in paths and r["iteration"] in iterations])
+        return KernelModel.fit(ds["species"], ds["inputs"], ds["y"], kind=kind, gamma=0.1,
+                               lam=1e-3)  # fmt: skip
+
+    sym = ("p100-MnO-sym-e+0.000",)
+    return HubbardUV(
+        fit(u_dataset, sym, u_iterations, "onsite"),
+        fit(v_dataset, v_paths, v_iterations, "intersite"),
+    )
+
+
+def test_kernel_loop_stays_within_the_training_range_of_u_in_and_v_in(tmp_path, pseudo_dir):
+    """Inside the range (MnO U_in 4-4.26 eV) a kernel loop converges; a starting U outside is
+    refused before pw.x runs; a predicted V outside the V_in the model saw (only 1e-8) stops
+    the loop before the next pw.x run, naming the pair, the value and the range."""
+    uv = _mno_kernels((0, 1, 2), ("p100-MnO-sym-e+0.000",), (0, 1, 2))
+    assert uv.u_model.param_ranges()["Mn"] == pytest.approx([4.0, 4.2638])
+    res = run(uv, tmp_path, pseudo_dir, FakePw(), workdir=tmp_path / "inside")
+    assert res.converged and 4.0 < res.U[1] < 4.3
+    fake = FakePw()
+    with pytest.raises(
+        ValueError, match=r"hubbard: U of site 1 \(Mn\): its U_in = 8 eV is outside the Mn "
+        r"training range of U_in, 4 to 4.264 eV"
+    ):  # fmt: skip
+        self_consistent_hubbard(
+            uv, structures.rocksalt_afm("Mn"), {"Mn": 8.0}, fake, workdir=tmp_path / "high",
+            pseudos=PSEUDOS, pseudo_dir=pseudo_dir,
+        )  # fmt: skip
+    assert fake.inputs == []
+    it0 = ("p100-MnO-sym-e+0.000", "p104-MnO-rat-s0", "p110-MnO-sym-e-0.030")
+    narrow = _mno_kernels((0, 1, 2), it0, (0,))
+    assert narrow.v_model.param_ranges()["O-Mn"] == pytest.approx([0.0, 0.0], abs=1e-7)
+    fake = FakePw()
+    with pytest.raises(
+        HubbardLoopError, match=r"iteration 0: next pw.x input: V of \(\d+, \d+\) \((Mn-O|O-Mn)"
+        r"\): its V_in = 0.70\d* eV is outside the O-Mn training range of V_in.*; not run"
+    ):  # fmt: skip
+        run(narrow, tmp_path, pseudo_dir, fake, workdir=tmp_path / "narrow")
+    assert len(fake.inputs) == 1
+
+
 # --- one real loop with pw.x: FM NiO (2 atoms), the settings of test_dft_qe.py -------------
 
 LABELS = Path(__file__).resolve().parents[2] / "data" / "hubbard" / "labels.jsonl"

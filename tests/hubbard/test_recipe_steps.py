@@ -264,3 +264,42 @@ def test_card_per_family_table_and_what_the_guard_refused():
     )
     assert lines[5] == "| MnO | 5.0 % / 7.3 % (3) | - |"
     assert _families({}, "U") == []
+
+
+def test_card_kernel_vs_network_and_the_u_in_range():
+    """The held-out families both models were run without, side by side, with the count of
+    families where the kernel is closer; the guard's U_in ranges as the card states them."""
+    from recipes._hubbard_tables import _versus_network
+    from recipes.hubbard_card import _kernel_limitation
+
+    m = lambda mare, n: {"mae": 0.1, "rmse": 0.1, "mare": mare, "n": n}  # noqa: E731
+    ours = {"model": {"LiMnO2": m(0.05, 3)}, "baseline": {"LiMnO2": m(0.2, 3)},
+            "refused": {"LiMnO2": 1}}  # fmt: skip
+    part = {
+        "leave_out": {"LiMnO2": ours, "NiO2": ours},
+        "network_leave_out": {
+            "LiMnO2": {"model": {"LiMnO2": m(0.3, 3)}},
+            "NiO2": {"model": {"LiMnO2": m(98681131.234, 3)}},
+        },
+    }
+    lines = _versus_network(part, "U", "python -m recipes.hubbard_uv --model network")
+    assert "the kernel is closer to hp.x in 2 of 2." in lines[0]
+    assert lines[4] == "| LiMnO2 | LiMnO2 | 5.0 % | 1 of 3 | 30.0 % | 20.0 % |"
+    assert lines[5] == "| NiO2 | LiMnO2 | 5.0 % | 1 of 3 | 9.9e+09 % | 20.0 % |"  # a blow-up
+    assert len(lines) == 7 and _versus_network({"leave_out": {"NiO2": ours}}, "U", None) == []
+    kernel = {"test_refused": [], "param_in_range": {"Mn": [4.0, 5.27], "Ni": [4.0, 9.45]}}
+    text = _kernel_limitation({"U": {"kernel": kernel, "rows": {"test": 0}}}, ["U"])
+    assert "(U_in Mn 4.00-5.27, Ni 4.00-9.45 eV), widened by 10 % of that span" in text
+
+
+def test_recipe_refuses_a_network_comparison_of_other_steps(tmp_path):
+    from recipes.hubbard_uv import main
+
+    for report, why in (({"model": "kernel"}, "is not a --model network run"),
+                        ({"model": "network", "steps": ["p1/it0"]}, "other steps")):  # fmt: skip
+        path = tmp_path / "metrics.json"
+        path.write_text(json.dumps(report))
+        with pytest.raises(SystemExit, match=why):
+            main(["--out", str(tmp_path / "run"), "--compare-network", str(path)])
+    with pytest.raises(SystemExit, match="cannot read"):
+        main(["--out", str(tmp_path / "run"), "--compare-network", str(tmp_path / "none.json")])

@@ -14,7 +14,8 @@ polynomial of its inputs) blew up to 1e5 eV. It also knows when it is off the da
 species: a row farther from every training row of its species (U: the metal; V: the
 ligand-metal pair) than a few times the largest such distance among the training rows of that
 species (:meth:`KernelModel.species_support`) is refused by :meth:`KernelModel.check_support`,
-and so is a row of a species without training rows.
+and so is a row of a species without training rows or whose U_in / V_in lies outside the
+values of the species' training rows (:meth:`KernelModel.param_ranges`, kept in the config).
 """
 
 from typing import Any
@@ -29,7 +30,7 @@ from .._hub_mixin import HubMixin
 from ._features import invariants, occs_prod_irreps, occs_sum_irreps, onsite_irreps
 from ._models import _zoo_version, intersite_input_irreps
 from ._prediction import PredictsRuns
-from ._support import SUPPORT_FACTOR, species_support, support_report
+from ._support import SUPPORT_FACTOR, param_problem, param_ranges, species_support, support_report
 
 KERNEL_TYPE = "hubbard-kernel"
 KINDS = ("onsite", "intersite")
@@ -170,6 +171,8 @@ class KernelModel(HubMixin, PredictsRuns, eqx.Module):
             # all species pooled (the cards report it); the guard uses species_support()
             "support_distance": None if support is None else SUPPORT_FACTOR * support,
         }  # fmt: skip
+        # recomputed on every solve: extend() widens it with the rows it adds
+        config["param_in_range"] = param_ranges(config, z)
         return cls(config, z, y, alpha)
 
     def extend(self, inputs: tuple, targets: Float[np.ndarray, " m"]) -> "KernelModel":
@@ -253,14 +256,31 @@ class KernelModel(HubMixin, PredictsRuns, eqx.Module):
         ``"O-Ni"``), :func:`zoo.hubbard._support.species_support`."""
         return species_support(self.config, np.asarray(self.train_z, np.float64))
 
+    def param_ranges(self) -> dict[str, list[float]]:
+        """``{species: [lowest, highest]}`` U_in (U model) or V_in (V model) in eV of the
+        training rows, as stored in ``config["param_in_range"]``. Weights saved before the
+        range was stored have no such key: their range is recovered from the stored training
+        descriptors (the same values up to the weights' float precision)."""
+        if "param_in_range" in self.config:
+            return self.config["param_in_range"]
+        return param_ranges(self.config, np.asarray(self.train_z, np.float64))
+
+    def param_problem(self, species: str, value: float) -> str | None:
+        """None when a run's U_in / V_in `value` (eV) of `species` (``"Ni"``; V: ``"O-Ni"``)
+        lies inside the training range (:meth:`param_ranges`, widened by
+        :data:`zoo.hubbard._support.PARAM_MARGIN`) or `species` has no training rows, else
+        why not: the species, the value and the range."""
+        if not (isinstance(value, int | float) and np.isfinite(value)):
+            raise ValueError(f"value: expected a finite number of eV, got {value!r}")
+        return param_problem(self.config, self.param_ranges(), species, float(value))
+
     def support_report(self, *inputs) -> list[str | None]:
         """Per row of `inputs` (as for :meth:`__call__`, arrays ``(m, dim)``): None when it
         lies within the training range of its species, else why not
         (:func:`zoo.hubbard._support.support_report`)."""
         z = self.descriptor(*(np.asarray(getattr(a, "array", a), np.float64) for a in inputs))
-        return support_report(
-            self.config, np.asarray(self.train_z, np.float64), z.reshape(-1, z.shape[-1])
-        )
+        train_z = np.asarray(self.train_z, np.float64)
+        return support_report(self.config, train_z, z.reshape(-1, z.shape[-1]), self.param_ranges())
 
     def check_support(self, inputs: tuple, names: list[str]) -> None:
         """ValueError naming the first row of `inputs` outside the training range of its
@@ -317,6 +337,15 @@ def _check_config(config: dict) -> None:
         raise ValueError(f"config: kernel model config lacks {sorted(missing)}")
     if config["kind"] not in KINDS:
         raise ValueError(f"config: kind must be one of {KINDS}, got {config['kind']!r}")
+    ranges = config.get("param_in_range", {})  # absent in weights saved before it was kept
+    if not isinstance(ranges, dict) or not all(
+        isinstance(r, list | tuple)
+        and len(r) == 2
+        and all(isinstance(x, int | float) and np.isfinite(x) for x in r)
+        and r[0] <= r[1]
+        for r in ranges.values()
+    ):
+        raise ValueError("config: param_in_range must map each species to [lowest, highest] eV")
 
 
 def cluster_folds(groups, folds: int, seed: int = 0) -> np.ndarray:

@@ -32,6 +32,7 @@ import jax
 import numpy as np
 
 from .._io import atomic_write_json, atomic_write_text
+from ._kernel import KernelModel
 from ._predict import HubbardUV
 from ._prediction import HubbardPrediction, PairKey
 from ._pw_local import RunPw
@@ -125,6 +126,11 @@ def self_consistent_hubbard(
     - `max_abs_ev`: a predicted U or V beyond +-this (eV) stops the loop (an extrapolating
       model would otherwise hand pw.x an absurd Hamiltonian).
 
+    A kernel model answers only runs whose U_in / V_in lie within the values of its training
+    rows of that species (:meth:`KernelModel.param_ranges`): a starting guess outside is a
+    ValueError before any pw.x run, and a prediction outside (the next run's input) stops the
+    loop with :class:`HubbardLoopError` before pw.x runs on it.
+
     **Returns:** a :class:`LoopResult`. Raises :class:`HubbardLoopError` when a pw.x run did not
     converge or left no readable output / occup.txt, ValueError on bad arguments (checked before
     any pw.x run, including elements the model was not trained on).
@@ -145,6 +151,9 @@ def self_consistent_hubbard(
         raise ValueError(f"syntax: expected 'qe6' (QE <= 7.0) or 'qe7' (QE >= 7.1), got {syntax!r}")
     st, params = _start(structure, hubbard)
     _check_species(model, st)
+    why = _range_problem(model, st, params)
+    if why is not None:
+        raise ValueError(f"hubbard: {why}")
     labels = inputs.species_labels(st)
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -177,6 +186,9 @@ def self_consistent_hubbard(
             converged = True
             break
         params = _mix(params_in, predicted, mixing)
+        why = _range_problem(model, st, params) if k + 1 < max_iter else None
+        if why is not None:
+            raise HubbardLoopError(k, d, f"next pw.x input: {why}; not run")
     if pred is None:  # last iteration reused: its prediction again from the kept files
         out = Path(rec["output"])
         if not out.is_file():
@@ -238,6 +250,27 @@ def _check_species(model: HubbardUV, st: dict) -> None:
     ligands = {s for s in st["symbols"] if inputs.MANIFOLD.get(s, "").endswith("p")}
     if ligands:
         check_elements(model.v_model.config, sorted(set(tms) | ligands), "V", "structure")
+
+
+def _range_problem(model: HubbardUV, st: dict, params: Params) -> str | None:
+    """Why the first TM U or ligand-TM V of `params` lies outside the kernel model's
+    training range of that input (:meth:`KernelModel.param_problem`), or None."""
+    symbols, nat = st["symbols"], len(st["symbols"])
+    for i, j, v in params:
+        a, b = symbols[i - 1], symbols[inputs.supercell_atom(j, nat)[0]]
+        if i == j and a in TRANSITION_METALS:
+            part, key, what = model.u_model, a, f"U of site {i} ({a})"
+        elif {a in TRANSITION_METALS, b in TRANSITION_METALS} == {True, False}:
+            tm, ligand = (a, b) if a in TRANSITION_METALS else (b, a)
+            if not inputs.MANIFOLD.get(ligand, "").endswith("p"):
+                continue
+            part, key, what = model.v_model, f"{ligand}-{tm}", f"V of ({i}, {j}) ({a}-{b})"
+        else:
+            continue  # ligand U, TM-TM V: not predicted, not checked
+        why = part.param_problem(key, v) if isinstance(part, KernelModel) else None
+        if why is not None:
+            return f"{what}: {why}"
+    return None
 
 
 def _sha(text: str) -> str:
