@@ -16,7 +16,8 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from zoo._registry import write_registry
+from zoo._hub_caution import write_caution
+from zoo._registry import shipped, write_registry
 from zoo.data.field import load_field
 from zoo.graph import build_graph
 from zoo.hub import load_folder_files
@@ -299,5 +300,7 @@ def ship(run: Path, out: Path, material: str) -> Path:
             parity_plot(pred[:, None], true[:, None], path, f"{name}: {q} (validation)", unit)
             files[path.name] = path.read_bytes()
         folder = model.save_pretrained(out, card=card, extra_files=files, overwrite=True)
+    # the registry's preview caution travels in the weights file (zoo._hub_caution)
+    write_caution(Path(folder) / "model.safetensors", shipped(name).caution)
     write_registry(Path(out).parent)
     return folder

@@ -61,7 +61,7 @@ def _shipped(name: str, description: str, caution: str = "") -> Pretrained:
 
 _SHORT_TRAINING = (
     "preview weights from a short training run: validation errors are {} the published "
-    "targets (forces ~460 meV/Å); fine for testing workflows, not for production MD or "
+    "targets (forces ~{} meV/Å); fine for testing workflows, not for production MD or "
     "quantitative response (see its card)"
 )
 
@@ -79,12 +79,12 @@ SHIPPED: dict[str, Pretrained] = {
         _shipped(
             "batio3-field",
             "BaTiO3 potential under an electric field: E, F, P, Z, alpha (preview)",
-            _SHORT_TRAINING.format("11-30x"),
+            _SHORT_TRAINING.format("11-30x", 460),
         ),
         _shipped(
             "sio2-field",
             "alpha-SiO2 potential under an electric field: E, F, P, Z, alpha (preview)",
-            _SHORT_TRAINING.format("5-19x"),
+            _SHORT_TRAINING.format("4-15x", 370),
         ),
     )
 }
