@@ -252,8 +252,8 @@ def training_text(summary: dict) -> str:
 def reproduce_text(material: str, summary: dict) -> list[str]:
     """The recipe commands that retrain the weights (a continued run names the folder of
     the previous run's model)."""
-    lines = []
-    for k, stage in enumerate(_stages(summary)):
+    lines, stages = [], _stages(summary)
+    for k, stage in enumerate(stages):
         cmd = f"python -m recipes.field_potential --material {material} "
         cmd += f"--minutes {round(stage.get('budget_minutes', stage['minutes']))}"
         if stage["learning_rate"] != 1e-2:
@@ -262,7 +262,7 @@ def reproduce_text(material: str, summary: dict) -> list[str]:
             cmd += f" --frames {stage['frames_per_step']}"
         if k:
             cmd += f" --init runs/stage{k}/model"
-        if k < len(_stages(summary)) - 1:
+        if k < len(stages) - 1:
             cmd += f" --run runs/stage{k + 1} --no-ship"
         lines.append(f"- `{cmd}`")
     return lines + ["", "from a clone of the repository (CPU; budgets are wall-clock minutes)."]

@@ -247,7 +247,7 @@ def _check_species(model: HubbardUV, st: dict) -> None:
     # fail before pw.x runs for hours on an element the model would refuse afterwards
     tms = sorted({s for s in st["symbols"] if s in TRANSITION_METALS})
     check_elements(model.u_model.config, tms, "U", "structure")
-    ligands = {s for s in st["symbols"] if inputs.MANIFOLD.get(s, "").endswith("p")}
+    ligands = {s for s in st["symbols"] if inputs.is_ligand(s)}
     if ligands:
         check_elements(model.v_model.config, sorted(set(tms) | ligands), "V", "structure")
 
@@ -262,7 +262,7 @@ def _range_problem(model: HubbardUV, st: dict, params: Params) -> str | None:
             part, key, what = model.u_model, a, f"U of site {i} ({a})"
         elif {a in TRANSITION_METALS, b in TRANSITION_METALS} == {True, False}:
             tm, ligand = (a, b) if a in TRANSITION_METALS else (b, a)
-            if not inputs.MANIFOLD.get(ligand, "").endswith("p"):
+            if not inputs.is_ligand(ligand):
                 continue
             part, key, what = model.v_model, f"{ligand}-{tm}", f"V of ({i}, {j}) ({a}-{b})"
         else:

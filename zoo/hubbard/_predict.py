@@ -20,7 +20,7 @@ from ._kernel import KernelModel
 from ._models import INTERSITE_TYPE, ONSITE_TYPE, _zoo_version, param_offset
 from ._prediction import HubbardPrediction, PairKey
 from ._run import Prepared, classify, prepare, read_run
-from .dft.inputs import MANIFOLD
+from .dft.inputs import is_ligand
 
 UV_TYPE = "hubbard-uv"
 _PARTS = {ONSITE_TYPE: "U", "onsite": "U", INTERSITE_TYPE: "V", "intersite": "V"}
@@ -264,7 +264,7 @@ def _v_features(model, keys, prep: Prepared, labels, bonds) -> tuple:
     els, onsite = prep.elements, prep.onsite
     p_at, d_at = [], []
     for i, b, _ in keys:
-        p, d = (i, b) if MANIFOLD[els[i]].endswith("p") else (b, i)
+        p, d = (i, b) if is_ligand(els[i]) else (b, i)
         p_at.append(p)
         d_at.append(d)
     feats = intersite_features(

@@ -40,6 +40,11 @@ def is_hubbard(symbol: str) -> bool:
     return symbol in MANIFOLD
 
 
+def is_ligand(symbol: str) -> bool:
+    """Whether `symbol` has a ligand p manifold (the other end of a V(TM-ligand) pair)."""
+    return MANIFOLD.get(symbol, "").endswith("p")
+
+
 def canonical_order(structure: dict) -> dict:
     """Hubbard atoms first (TM, then ligands, stable), crystal coordinates wrapped to [0, 1)."""
     validate_structure(structure)
