@@ -133,6 +133,13 @@ def _runner(tmp, env, **kw):
     return subprocess.Popen(cmd, cwd=REPO, env=env, **kw)
 
 
+def _shown_state(queue_dir: Path, capsys) -> str:
+    """The job state column of ``queue status`` for the one job in `queue_dir`."""
+    capsys.readouterr()
+    queue_cli.print_status(queue_dir)
+    return capsys.readouterr().out.splitlines()[0].split()[2]
+
+
 def _wait_for(cond, timeout: float, what: str) -> None:
     t0 = time.time()
     while not cond():
@@ -143,7 +150,9 @@ def _wait_for(cond, timeout: float, what: str) -> None:
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_a_killed_runner_takes_its_step_along_and_a_new_runner_resumes(queue, monkeypatch, sig):
+def test_a_killed_runner_takes_its_step_along_and_a_new_runner_resumes(
+    queue, monkeypatch, capsys, sig
+):
     tmp, jobdir, env = queue
     for key in ("PATH", "FAKE_DIR", "ZOO_PSEUDO_DIR"):
         monkeypatch.setenv(key, env[key])
@@ -153,12 +162,14 @@ def test_a_killed_runner_takes_its_step_along_and_a_new_runner_resumes(queue, mo
     step_pid = int((jobdir / "step.lock").read_text())
     qe_pids = [int(x) for x in (tmp / "pids").read_text().split()]
     assert _alive(step_pid) and len(qe_pids) == 4  # 2 x (mpirun + pw.x)
+    assert _shown_state(tmp / "queue", capsys) == "running"
     os.kill(first.pid, sig)
     first.wait()
     # The step process, mpirun and pw.x die with the runner: nothing is left behind.
     _wait_for(lambda: not any(_alive(p) for p in [step_pid, *qe_pids]), 10, "orphans to die")
     status = read_json(jobdir / "status.json")
     assert status["steps"]["scf0"]["state"] == "running" and len(status["failures"]) == 1
+    assert _shown_state(tmp / "queue", capsys) == "stopped"  # not "running": nobody runs it
 
     second = _runner(tmp, env)
     assert second.wait(timeout=60) == 0

@@ -179,10 +179,24 @@ def _step_state(step: dict) -> str:
     return f"{step['state'][0]}[{done}/{len(names)}]"
 
 
+def _shown_state(jobdir: Path, state: str) -> str:
+    """``state``, except that a "running" job whose step-lock holder is gone (the runner was
+    stopped mid-step) shows as "stopped": its step restarts cleanly on the next ``run``."""
+    if state != "running":
+        return state
+    try:
+        pid = int((jobdir / "step.lock").read_text().strip())
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return "stopped"
+    return "stopped" if fields[0] in ("Z", "X") else state  # a zombie holds no lock
+
+
 def print_status(queue_dir: Path) -> None:
     for job, status in list_jobs(queue_dir):
         steps = " ".join(f"{k}:{_step_state(v)}" for k, v in status.get("steps", {}).items())
-        print(f"{job['priority']:4d} {job['id']:40s} {status['state']:8s} {steps}")
+        state = _shown_state(Path(queue_dir) / job["id"], status["state"])
+        print(f"{job['priority']:4d} {job['id']:40s} {state:8s} {steps}")
         if status.get("failures"):
             print(f"      last failure: {status['failures'][-1]['reason'][:150]}")
 
