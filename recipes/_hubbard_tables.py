@@ -57,7 +57,7 @@ def _transfer_families(t: dict) -> list[str]:
     cells = [
         f"{m} {_mare_cell(v, by['baseline'][m])}" for m, v in by["model"].items() if m != "all"
     ]
-    return ["Per family (model / baseline (rows)): " + "; ".join(cells) + ".", ""]
+    return ["Transfer test per family (model / baseline (rows)): " + "; ".join(cells) + ".", ""]
 
 
 def _other_splits(part: dict, kernel: bool = False) -> list[str]:
