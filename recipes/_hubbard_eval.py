@@ -120,8 +120,9 @@ def report_metrics(model, ds: dict, labels: np.ndarray) -> dict:
 
 
 def held_out(metrics: dict) -> dict:
-    """The row counts and validation metrics of a run (other splits, transfer test)."""
-    keys = ("rows", "validation_model", "validation_baseline")
+    """The row counts and validation metrics (per species and per family) of a run (other
+    splits, transfer test)."""
+    keys = ("rows", "validation_model", "validation_baseline", "validation_by_material")
     return {k: metrics[k] for k in keys if k in metrics}
 
 

@@ -13,13 +13,16 @@ from pathlib import Path
 
 from recipes._hubbard_tables import (
     _families,
+    _former_cut,
     _other_splits,
     _table,
+    _targets,
     _transfer,
     _versus_network,
     _worst_test,
 )
 from zoo._cards import card_data, eval_result, front_matter
+from zoo.data.hubbard import HUBBARDML_V_CUTOFF, U_CUTOFF, V_CUTOFF
 from zoo.hubbard._support import PARAM_MARGIN, PARAM_MARGIN_EV
 
 #: what each model answers, then how (the kernel, or HubbardML's network): `_description`
@@ -137,7 +140,10 @@ def _data_section(rows: list[dict], parts: list[str], report: dict) -> list[str]
         "pw.x ground state (occupation matrices from `occup.txt`, U_in/V_in, pair distance), "
         "the label is hp.x's linear-response U or V on that ground state.",
         "",
-        f"- {len(mine)} rows (after the HubbardML cut-offs U > 0.2 eV, V > 0.3 eV) from "
+        f"- {len(mine)} rows (U > {U_CUTOFF:g} eV, HubbardML's cut-off; V > {V_CUTOFF:g} eV, "
+        f"below HubbardML's {HUBBARDML_V_CUTOFF:g} eV so that every TM-O pair hp.x lists for "
+        "the next iteration is a row: the long Jahn-Teller Mn-O bonds of layered LiMnO2 and "
+        "MnO2, 0.14-0.22 eV, are pairs pw.x runs of those cells ask for) from "
         f"{len(paths)} self-consistent paths: "
         + ", ".join(f"{m} {t} {n}" for (m, t), n in sorted(mats.items())),
         f"- code: {', '.join(codes)}; PBE, `U_projection_type = '{s0.get('projector')}'`, "
@@ -219,6 +225,8 @@ def model_card(name: str, report: dict, parts: list[str], rows: list[dict]) -> s
             *_other_splits(report[p], _is_kernel(report)),
             *_transfer(report[p]),
             *_families(report[p], p),
+            *_targets(report[p], p),
+            *(_former_cut(report[p], p, HUBBARDML_V_CUTOFF) if p == "V" else []),
             *_versus_network(report[p], p, report.get("network_command")),
             "**Test** (held-out structures):",
             "",

@@ -25,7 +25,7 @@ as options. The measured comparison of the two and of the network's options is i
 ``docs/experiments.md`` (Hubbard models).
 
 Rows: U of TM 3d sites with ``param_out > 0.2`` eV; V of TM 3d - O 2p pairs with
-``param_out > 0.3`` eV. Near-duplicates are clustered and 20 % of the clusters of every
+``param_out > 0.1`` eV (every pair hp.x lists; ``zoo.data.hubbard.V_CUTOFF``). Near-duplicates are clustered and 20 % of the clusters of every
 (species, self-consistent path) group go to validation (one representative each). Scalers are
 fit on the training rows only. Metrics per species (MAE, RMSE, MARE) for the model and for the
 U_in/V_in baseline are written to ``<out>/metrics.json``; the models to ``<out>/hubbard-u``,

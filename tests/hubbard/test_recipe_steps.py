@@ -303,3 +303,36 @@ def test_recipe_refuses_a_network_comparison_of_other_steps(tmp_path):
             main(["--out", str(tmp_path / "run"), "--compare-network", str(path)])
     with pytest.raises(SystemExit, match="cannot read"):
         main(["--out", str(tmp_path / "run"), "--compare-network", str(tmp_path / "none.json")])
+
+
+def test_card_targets_former_cut_and_transfer_per_family():
+    """The gap to the targets, the MARE on the rows above HubbardML's 0.3 eV (earlier cards'
+    row set) beside all rows, the transfer test per family, and the note when the network
+    comparison was run on other rows."""
+    from recipes._hubbard_tables import _former_cut, _targets, _transfer, _versus_network
+
+    m = lambda mare, n: {"mae": 0.1, "rmse": 0.1, "mare": mare, "n": n}  # noqa: E731
+    held = {"model": {"LiMnO2": m(0.12, 3)}, "baseline": {"LiMnO2": m(0.3, 3)}, "refused": {}}
+    part = {
+        "validation_model": {"all": m(0.02, 4)},
+        "validation_predictions": {"a": [0.15, 0.18], "b": [0.5, 0.5]},  # 20 % and 0 %
+        "leave_out": {"LiMnO2": held, "LiMnO2+MnO2": held},
+    }
+    lines = _targets(part, "V")
+    assert lines[0] == (
+        "**Targets** (MARE): validation <= 5 %, each family held out <= 8 %. Validation "
+        "2.00 %: met. Without LiMnO2: 12.0 % (4.0 points over)."
+    )
+    assert _targets({}, "V") == []
+    cut = _former_cut(part, "V", 0.3)[0]
+    assert "validation all: 10.00 %, 0.0150 eV (2); > 0.3 eV: 0.00 %, 0.0000 eV (1)." in cut
+    assert _former_cut({}, "V", 0.3) == []
+    transfer = {"k": 2, "rows": {"train": 5, "validate": 2}, "validation_model": {"all": m(0.1, 2)},
+                "validation_baseline": {"all": m(0.01, 2)},
+                "validation_by_material": {"model": {"NiO2": m(0.1, 2), "all": m(0.1, 2)},
+                                           "baseline": {"NiO2": m(0.01, 2)}}}  # fmt: skip
+    assert _transfer({"transfer": transfer})[-2] == (
+        "Transfer test per family (model / baseline (rows)): NiO2 10.0 % / 1.0 % (2)."
+    )
+    note = _versus_network(part, "V", "python -m recipes.hubbard_uv --model network")
+    assert note[0].startswith("HubbardML's network was not retrained on these V rows")
