@@ -49,7 +49,7 @@ def raman_by_heads(model, graph) -> dict:
 
     ``E = U - eps . P - eps . alpha . eps / 2`` with a backbone that does not see the field,
     so ``P = -dE/deps`` and ``alpha = -d2E/deps2`` at zero field are head-level derivatives
-    (the backbone's field tangents are symbolic zeros), and ``U``, ``P`` (3) and the 6
+    (nested field jvps: the backbone's field tangents are symbolic zeros), and ``U``, ``P`` (3) and the 6
     independent ``alpha_ab`` per graph are 10 outputs of one backbone pass: one ``vjp`` over
     positions, pulled back along 10 one-hot cotangents (vmapped). Returns the names and
     shapes of `FieldModel.__call__` (Raman tensors ``COULOMB * d alpha / dr``).
@@ -57,16 +57,17 @@ def raman_by_heads(model, graph) -> dict:
     zero = jnp.zeros((graph.n_graphs, 3), model.dtype)
     dirs = jnp.broadcast_to(jnp.eye(3, dtype=model.dtype)[:, None, :], (3,) + zero.shape)
 
-    def outputs(r):  # (10, n_graphs): U, P_a, alpha_ab (PAIRS)
+    def outputs(r):  # (10, n_graphs): U, P_a, alpha_ab (PAIRS), from one backbone pass
         def energy(f):
             return model.energy(graph, r, None, f)
 
-        def slope(u):
-            return lambda f: jax.jvp(energy, (f,), (u,))[1]
+        def slopes(f):  # E and its 3 field slopes
+            return jax.vmap(lambda u: jax.jvp(energy, (f,), (u,)), out_axes=(None, 0))(dirs)
 
-        p = [-slope(dirs[a])(zero) for a in range(3)]
-        alpha = [-jax.jvp(slope(dirs[a]), (zero,), (dirs[b],))[1] for a, b in PAIRS]
-        return jnp.stack([energy(zero), *p, *alpha])
+        (e, de), (_, dde) = jax.vmap(
+            lambda v: jax.jvp(slopes, (zero,), (v,)), out_axes=((None, None), (0, 0))
+        )(dirs)
+        return jnp.concatenate([e[None], -de, -jnp.stack([dde[a, b] for a, b in PAIRS])])
 
     values, pull = jax.vjp(outputs, graph.positions.astype(model.dtype))
     (grads,) = jax.vmap(pull)(jnp.broadcast_to(jnp.eye(10, dtype=values.dtype)[:, :, None],
