@@ -49,9 +49,9 @@ def raman_by_heads(model, graph) -> dict:
 
     ``E = U - eps . P - eps . alpha . eps / 2`` with a backbone that does not see the field,
     so ``P = -dE/deps`` and ``alpha = -d2E/deps2`` at zero field are head-level derivatives
-    (nested field jvps: the backbone's field tangents are symbolic zeros), and ``U``, ``P`` (3) and the 6
-    independent ``alpha_ab`` per graph are 10 outputs of one backbone pass: one ``vjp`` over
-    positions, pulled back along 10 one-hot cotangents (vmapped). Returns the names and
+    (nested field jvps: the backbone's field tangents are symbolic zeros), and ``U``, ``P``
+    (3) and the 6 independent ``alpha_ab`` per graph are 10 outputs of one backbone pass: one
+    ``vjp`` over positions, pulled back along 10 one-hot cotangents (vmapped). Returns the names and
     shapes of `FieldModel.__call__` (Raman tensors ``COULOMB * d alpha / dr``).
     """
     zero = jnp.zeros((graph.n_graphs, 3), model.dtype)
@@ -86,7 +86,9 @@ def raman_by_heads(model, graph) -> dict:
 
 
 def evaluation_costs(material: str, repeats: int) -> dict:
-    """Compile and run times of E+F, E+F+stress+P and E+F+stress+P+Z+alpha."""
+    """Compile and run times of E+F, E+F+stress+P, E+F+stress+P+Z+alpha and with Raman
+    tensors (third derivatives, and :func:`raman_by_heads`), and how far the two Raman
+    routes' results are apart."""
     model = load(f"{material}-field", source="embedded")
     structure = load_field(material)[0]["structure"]
     graph = build_graph([structure], float(model.config["backbone"]["r_max"]), dtype=model.dtype)
