@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
+import e3nn_jax as e3nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from zoo._sh_tensor_product import channelwise_tensor_product, paths
 from zoo.response import mixed_derivatives
 
 
@@ -73,3 +77,52 @@ def test_forward_over_reverse_equals_straightforward(double, order):
         assert fast[key].shape == value.shape, key
         np.testing.assert_allclose(fast[key], value, err_msg=key, **tol)
         np.testing.assert_allclose(other[key], value, err_msg=key, **tol)
+
+
+def _dense_product(x, irreps_x, y, keep, w):
+    """``channelwise_tensor_product`` spelled out with dense Clebsch-Gordan blocks."""
+    keep_set = {ir for _, ir in e3nn.Irreps(keep)}
+    blocks, start, path = [], 0, 0
+    for _, ir1 in irreps_x:
+        for sl, (_, ir2) in zip(y.irreps.slices(), y.irreps):
+            for ir3 in ir1 * ir2:
+                if ir3 in keep_set:
+                    cg = e3nn.clebsch_gordan(ir1.l, ir2.l, ir3.l) * np.sqrt(2 * ir3.l + 1)
+                    xi = x[:, start : start + ir1.dim]
+                    out = jnp.einsum(
+                        "ijk,bic,bj->bkc", jnp.asarray(cg, x.dtype), xi, y.array[:, sl]
+                    )
+                    blocks.append(out * w[:, path, None, :])
+                    path += 1
+        start += ir1.dim
+    return jnp.concatenate(blocks, axis=1)
+
+
+def test_channelwise_product_derivatives_equal_the_dense_product():
+    """The custom JVP of the slab product (used by the reverse pass, and by Born / Raman
+    derivatives through forward-over-reverse) equals autodiff of the dense product."""
+    irreps_x, keep = e3nn.Irreps("3x0e+3x1o+3x2e+3x1e"), e3nn.Irreps("0e+0o+1o+1e+2e+2o")
+    rng = np.random.default_rng(0)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.normal(size=(5, irreps_x.dim // 3, 3)))
+        vec = jnp.asarray(rng.normal(size=(5, 3)))
+        n_paths = paths(irreps_x, e3nn.Irreps("0e+1o+2e"), keep).num_irreps
+        w = jnp.asarray(rng.normal(size=(5, n_paths, 3)))
+        probe = jnp.asarray(rng.normal(size=(5, n_paths * 5 * 3)))  # d3 <= 5
+
+        def loss(product, x, vec, w):
+            y = e3nn.spherical_harmonics("0e+1o+2e", vec, True, "component")
+            out = product(x, irreps_x, y, keep, w)
+            return jnp.sum(jnp.tanh(out.reshape(5, -1) * probe[:, : out[0].size]))
+
+        fast = functools.partial(loss, channelwise_tensor_product)
+        dense = functools.partial(loss, _dense_product)
+        args = (x, vec, w)
+        np.testing.assert_allclose(fast(*args), dense(*args), rtol=1e-12)
+        for a, b in zip(jax.grad(fast, (0, 1, 2))(*args), jax.grad(dense, (0, 1, 2))(*args)):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+        # forward-over-reverse, as Born charges use it
+        tangent = jnp.asarray(rng.normal(size=vec.shape))
+        hv = [jax.jvp(lambda v: jax.grad(f, 1)(x, v, w), (vec,), (tangent,))[1]
+              for f in (fast, dense)]  # fmt: skip
+        np.testing.assert_allclose(hv[0], hv[1], rtol=1e-10, atol=1e-12)
