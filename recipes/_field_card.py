@@ -219,7 +219,7 @@ def card_text(name: str, material: str, model, metrics: dict, summary: dict, spl
         "Per-quantity training metrics and the loss history are in `metrics.json`.",
         "",
         "## Reproduce",
-        *reproduce_text(material, summary),
+        *reproduce_text(material, summary, bb),
         "",
     ]
     return "\n".join(lines)
@@ -249,13 +249,25 @@ def training_text(summary: dict) -> str:
     return parts[0] + "; then continued from those weights: " + "; then ".join(parts[1:])
 
 
-def reproduce_text(material: str, summary: dict) -> list[str]:
-    """The recipe commands that retrain the weights (a continued run names the folder of
-    the previous run's model)."""
+def backbone_options(backbone: dict) -> str:
+    """The recipe's ``--channels``, ``--lmax``, ``--r-max`` for the entries of `backbone`
+    (a model config's) that differ from its defaults."""
+    from recipes.field_potential import BACKBONE
+
+    flags = (("channels", "--channels"), ("lmax", "--lmax"), ("r_max", "--r-max"))
+    return "".join(f" {flag} {backbone[key]:g}" for key, flag in flags
+                   if backbone[key] != BACKBONE[key])  # fmt: skip
+
+
+def reproduce_text(material: str, summary: dict, backbone: dict) -> list[str]:
+    """The recipe commands that retrain the weights of `backbone` (the model config's; a
+    continued run names the folder of the previous run's model)."""
     lines, stages = [], _stages(summary)
     for k, stage in enumerate(stages):
         cmd = f"python -m recipes.field_potential --material {material} "
         cmd += f"--minutes {round(stage.get('budget_minutes', stage['minutes']))}"
+        if k == 0:
+            cmd += backbone_options(backbone)
         if stage["learning_rate"] != 1e-2:
             cmd += f" --lr {stage['learning_rate']}"
         if stage.get("frames_per_step", 1) > 1:

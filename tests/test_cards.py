@@ -137,3 +137,19 @@ def test_batio3_card_backbone_section_names_the_best_mean():
     assert "| MACE | 1 | 8 | 1,000 |" in text
     assert "(mean\nover seeds): MACE." in text  # NequIP's mean 0.07 > MACE's 0.06
     assert "Backbones at a fixed budget" not in card_text(metrics, split, {})
+
+
+def test_field_card_reproduce_names_a_non_default_backbone():
+    from recipes._field_card import reproduce_text
+    from recipes.field_potential import BACKBONE
+
+    stage = {"budget_minutes": 44, "minutes": 44.2, "learning_rate": 0.01, "steps": 900,
+             "epochs": 19.0}  # fmt: skip
+    default = reproduce_text("sio2", stage, BACKBONE)[0]
+    assert default == "- `python -m recipes.field_potential --material sio2 --minutes 44`"
+    wider = reproduce_text("sio2", stage, {**BACKBONE, "channels": 16, "r_max": 4.5})[0]
+    assert wider.endswith("--minutes 44 --channels 16 --r-max 4.5`")
+    continued = {**stage, "learning_rate": 0.003, "previous_training": stage}
+    first, second = reproduce_text("sio2", continued, {**BACKBONE, "channels": 16})[:2]
+    assert "--channels 16 --run runs/stage1 --no-ship" in first
+    assert "--channels" not in second and "--init runs/stage1/model" in second

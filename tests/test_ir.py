@@ -85,3 +85,15 @@ def test_dfpt_modes_merge_degenerate_pairs_and_keep_the_strongest():
     assert rows[0]["difference"] == pytest.approx(340.0 - 348.54)
     with pytest.raises(ValueError, match="no peak"):
         match(modes, np.zeros(0))
+
+
+def test_the_ir_page_names_the_backbone_size_of_the_weights():
+    from types import SimpleNamespace
+
+    from recipes.sio2_ir import model_size
+
+    old = SimpleNamespace(config={"backbone": {"channels": 8, "r_max": 4.0}})
+    new = SimpleNamespace(config={"backbone": {"architecture": "nequip", "channels": 16,
+                                               "r_max": 4.5}})  # fmt: skip
+    assert model_size(old) == "nequip, 8 channels, r_max 4 Å"
+    assert model_size(new) == "nequip, 16 channels, r_max 4.5 Å"
