@@ -197,7 +197,9 @@ def card_text(name: str, material: str, model, metrics: dict, summary: dict, spl
         f"and fixed integer ionic charges q ({charges}) so that wrapping an atom moves P by "
         "a whole quantum. Cost (one 135/72-atom frame, compiled, 2 shared CPU cores): "
         f"E+F+stress+P {timing['energy_forces'] * 1e3:.0f} ms, with Z and alpha "
-        f"{timing['with_response'] * 1e3:.0f} ms ({timing['ratio']:.2f}x). Feeding eps "
+        f"{timing['with_response'] * 1e3:.0f} ms ({timing['ratio']:.2f}x) at training time; "
+        "the current CPU-time ratios to energy + forces alone are in benchmarks/README.md "
+        "(`field.py`). Feeding eps "
         "as a 1x1o node input instead costs about 6x E+F for the same outputs (see "
         "docs/experiments.md), which is why the expansion is used.",
         "",
