@@ -197,11 +197,13 @@ def test_cathode_queue_order(plan_pseudos):
         and "Li0.5" not in i
     ]
     assert max(layered) < prio["c160-beta-MnO2-sym-e+0.000"] < prio["c170-LiMn2O4-sym-e+0.000"]
-    # the olivines' k checks and symmetric cells (iron, a third metal) right after the symmetric
-    # layered cells, before Li0.5NiO2 and the strained layered cells
-    olivine = [p for i, p in prio.items() if "FePO4" in i and "-rat-" not in i]
-    later_layered = [p for i, p in prio.items() if "Li0.5NiO2" in i or ("NiO2-sym-e-" in i)]
-    assert max(layered) < min(olivine) and max(olivine) < min(later_layered)
+    # FePO4's symmetric cell (Fe3+: iron, a third metal) right after the symmetric layered
+    # cells, before Li0.5NiO2 and the strained layered cells; LiFePO4 (its fixed-occupation SCF
+    # stalls) after those, before beta-MnO2
+    later_layered = [p for i, p in prio.items() if i.startswith(("c175-", "c181", "c182", "c183", "c184"))]  # fmt: skip
+    lifepo4 = [p for i, p in prio.items() if "LiFePO4" in i and "-rat-" not in i]
+    assert max(layered) < prio["c511-FePO4-sym-e+0.000"] < min(later_layered)
+    assert max(later_layered) <= min(lifepo4) and max(lifepo4) < prio["c160-beta-MnO2-sym-e+0.000"]
     # the rattled spinel and beta-MnO2 cells (fewest labels per core-hour) after every other
     # cathode cell, before the rattled olivines
     late = {i: p for i, p in prio.items() if "LiMn2O4-rat" in i or "beta-MnO2-rat" in i}
