@@ -11,7 +11,7 @@ import pytest
 
 from zoo.hubbard.dft import cycle, dataset, structures
 from zoo.hubbard.dft.plan import PSEUDOS
-from zoo.hubbard.dft.runner import read_json, write_json_atomic
+from zoo.hubbard.dft.runner import nice_session, read_json, write_json_atomic
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "qe"
 
@@ -272,3 +272,10 @@ def test_restore_ignores_a_job_whose_settings_changed(fake):
     assert restore_job(jobdir, record, []) == []
     with pytest.raises(ValueError, match="no TM rows"):
         parameters_out_text([])
+
+
+def test_a_step_session_yields_through_its_autogroup(tmp_path):
+    group = tmp_path / "autogroup"
+    group.write_text("/autogroup-1 nice 0\n")
+    assert nice_session(10, group) and group.read_text() == "10\n"
+    assert not nice_session(10, tmp_path / "no-such-dir" / "autogroup")  # other kernels

@@ -30,9 +30,10 @@ import time
 from pathlib import Path
 
 from .pieces import piece_names
-from .runner import StepBusy, die_with_parent, now, read_json, stop_group
+from .runner import StepBusy, die_with_parent, nice_session, now, read_json, stop_group
 
 EXIT_BUSY = 75  # the job's step lock is held by another process
+STEP_NICE = 10  # pw.x / hp.x yield to everything else on the machine
 
 # Runs this CLI with ``zoo`` and ``zoo.hubbard`` as bare namespace packages: a step process then
 # imports only the QE pipeline (numpy, ase), not the models (jax), i.e. ~1 s instead of ~15 s
@@ -229,8 +230,9 @@ def main(argv: list[str] | None = None) -> None:
 
         if args.parent_pid is not None:
             die_with_parent(args.parent_pid)
+        nice_session(STEP_NICE)  # the step leads its own session (see `nice_session`)
         try:
-            run_step(args.path, np=args.np)
+            run_step(args.path, np=args.np, nice=STEP_NICE)
         except StepBusy as err:
             print(err, file=sys.stderr)
             sys.exit(EXIT_BUSY)

@@ -135,6 +135,21 @@ def die_with_parent(parent_pid: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def nice_session(nice: int, autogroup: Path = Path("/proc/self/autogroup")) -> bool:
+    """Give this process's whole session the scheduling weight of ``nice``.
+
+    With Linux autogroups (``kernel.sched_autogroup_enabled``, the default of most distributions)
+    ``nice`` only ranks processes inside one session, and every session gets an equal share of
+    the CPU: a step leads a session of its own, so its niced pw.x / hp.x would still take half
+    of the machine from an interactive job. Writing the value to the session's autogroup makes
+    it yield. Returns False where there is no autogroup (other kernels) or it cannot be set."""
+    try:
+        autogroup.write_text(f"{int(nice)}\n")
+    except OSError:
+        return False
+    return True
+
+
 def _child_dies_with_step() -> None:  # preexec_fn of mpirun/pw.x/hp.x
     set_parent_death_signal(signal.SIGKILL)
 
