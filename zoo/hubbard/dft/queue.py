@@ -230,7 +230,8 @@ def main(argv: list[str] | None = None) -> None:
 
         if args.parent_pid is not None:
             die_with_parent(args.parent_pid)
-        nice_session(STEP_NICE)  # the step leads its own session (see `nice_session`)
+        if os.getsid(0) == os.getpid():  # spawned by `run` as a session leader: its own
+            nice_session(STEP_NICE)  # autogroup; never renice the session of a user's shell
         try:
             run_step(args.path, np=args.np, nice=STEP_NICE)
         except StepBusy as err:
