@@ -197,8 +197,8 @@ def test_a_second_step_of_the_same_job_is_refused_while_one_runs(queue):
         with pytest.raises(StepBusy, match=str(os.getpid())):
             cycle.run_step(jobdir, np=1, nice=0)
         cmd = queue_cli.pipeline_command("step", str(jobdir), "--np", "1")
-        group = Path("/proc/self/autogroup")  # a step run from a shell leaves its session's
-        before = group.read_text() if group.exists() else None  # scheduling weight alone
+        group = Path("/proc/self/autogroup")  # a step started from a shell leaves the
+        before = group.read_text() if group.exists() else None  # shell's autogroup alone
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 75 and "a step is running" in proc.stderr
     assert (group.read_text() if group.exists() else None) == before

@@ -11,7 +11,7 @@ import pytest
 
 from zoo.hubbard.dft import cycle, dataset, structures
 from zoo.hubbard.dft.plan import PSEUDOS
-from zoo.hubbard.dft.runner import nice_session, read_json, write_json_atomic
+from zoo.hubbard.dft.runner import nice_autogroup, read_json, write_json_atomic
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "qe"
 
@@ -274,8 +274,8 @@ def test_restore_ignores_a_job_whose_settings_changed(fake):
         parameters_out_text([])
 
 
-def test_a_step_session_yields_through_its_autogroup(tmp_path):
+def test_a_step_yields_through_its_autogroup(tmp_path):
     group = tmp_path / "autogroup"
     group.write_text("/autogroup-1 nice 0\n")
-    assert nice_session(10, group) and group.read_text() == "10\n"
-    assert not nice_session(10, tmp_path / "no-such-dir" / "autogroup")  # other kernels
+    assert nice_autogroup(10, group) and group.read_text() == "10\n"
+    assert not nice_autogroup(10, tmp_path / "no-such-dir" / "autogroup")  # other kernels

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from .pieces import piece_names
-from .runner import StepBusy, die_with_parent, nice_session, now, read_json, stop_group
+from .runner import StepBusy, die_with_parent, nice_autogroup, now, read_json, stop_group
 
 EXIT_BUSY = 75  # the job's step lock is held by another process
 STEP_NICE = 10  # pw.x / hp.x yield to everything else on the machine
@@ -230,8 +230,8 @@ def main(argv: list[str] | None = None) -> None:
 
         if args.parent_pid is not None:
             die_with_parent(args.parent_pid)
-        if os.getsid(0) == os.getpid():  # spawned by `run` as a session leader: its own
-            nice_session(STEP_NICE)  # autogroup; never renice the session of a user's shell
+        if os.getsid(0) == os.getpid():  # started by `run` under setsid: an autogroup of its
+            nice_autogroup(STEP_NICE)  # own; never renice the autogroup of a user's shell
         try:
             run_step(args.path, np=args.np, nice=STEP_NICE)
         except StepBusy as err:

@@ -135,14 +135,14 @@ def die_with_parent(parent_pid: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def nice_session(nice: int, autogroup: Path = Path("/proc/self/autogroup")) -> bool:
-    """Give this process's whole session the scheduling weight of ``nice``.
+def nice_autogroup(nice: int, autogroup: Path = Path("/proc/self/autogroup")) -> bool:
+    """Give this process's whole autogroup the scheduling weight of ``nice``.
 
     With Linux autogroups (``kernel.sched_autogroup_enabled``, the default of most distributions)
-    ``nice`` only ranks processes inside one session, and every session gets an equal share of
-    the CPU: a step leads a session of its own, so its niced pw.x / hp.x would still take half
-    of the machine from an interactive job. Writing the value to the session's autogroup makes
-    it yield. Returns False where there is no autogroup (other kernels) or it cannot be set."""
+    ``nice`` only ranks processes inside one autogroup (one per ``setsid``), and every autogroup
+    gets an equal share of the CPU: a step is started under ``setsid``, so its niced pw.x / hp.x
+    would still take half of the machine from an interactive job. Writing the value to the
+    autogroup makes it yield. Returns False where there is no autogroup (other kernels) or it cannot be set."""
     try:
         autogroup.write_text(f"{int(nice)}\n")
     except OSError:
