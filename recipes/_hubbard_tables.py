@@ -244,7 +244,10 @@ def _former_cut(part: dict, name: str, cut: float) -> list[str]:
         if not len(pairs):
             continue
         cells = []
-        for what, keep in (("all", pairs[:, 0] > -np.inf), (f"> {cut:g} eV", pairs[:, 0] > cut)):
+        for what, keep in (
+            ("all", np.ones(len(pairs), bool)),
+            (f"> {cut:g} eV", pairs[:, 0] > cut),
+        ):
             y, p = pairs[keep, 0], pairs[keep, 1]
             if len(y):
                 mare, mae = np.mean(np.abs(p - y) / np.abs(y)), np.mean(np.abs(p - y))
