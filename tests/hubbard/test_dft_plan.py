@@ -8,7 +8,8 @@ import pytest
 
 from zoo.hubbard.dft import cathodes, cycle, inputs, plan, structures
 from zoo.hubbard.dft.plan_cathodes import FAMILIES, estimated_cost
-from zoo.hubbard.dft.runner import read_json, write_json_atomic
+from zoo.hubbard.dft.queue import list_jobs
+from zoo.hubbard.dft.runner import StepBusy, job_lock, read_json, write_json_atomic
 
 REPO_DATA = Path(__file__).resolve().parents[2] / "data" / "hubbard"
 
@@ -65,7 +66,8 @@ def test_seed_refreshes_the_run_order_and_the_settings_of_unstarted_jobs(tmp_pat
     fe = queue / "p117-FeO-rat-s1-sm" / "job.json"
     write_json_atomic(fe, {**read_json(fe), "settings_hash": "old", "pw": {}})
     write_json_atomic(jp, {**job, "settings_hash": "old"})
-    write_json_atomic(queue / jid / "status.json", {"state": "running", "steps": {}})
+    done = {"state": "running", "steps": {"scf0": {"state": "done"}, "hp0": {"state": "pending"}}}
+    write_json_atomic(queue / jid / "status.json", done)
     plan.seed(queue, manifest=tmp_path / "none.json")
     assert read_json(fe)["pw"]["ecutwfc"] == 40 and read_json(fe)["settings_hash"] != "old"
     assert read_json(jp)["settings_hash"] == "old"
@@ -85,6 +87,42 @@ def test_seed_refreshes_the_run_order_and_the_settings_of_unstarted_jobs(tmp_pat
     fe_jobs = {j["id"]: j for j in plan.production_jobs() if "FeO-rat" in j["id"]}
     assert all(j["pw"]["smearing"] == "gaussian" for j in fe_jobs.values())
     assert prio["p171-LiFeO2-sym-e+0.000"] < prio["p115-NiO-rat-s1"] < prio["p107-FeO-rat-s0-sm"]
+
+
+def test_seed_starts_afresh_a_started_job_that_finished_no_step(tmp_path, plan_pseudos):
+    """New settings for a job whose first SCF failed: the old attempt moves to superseded/."""
+    queue = tmp_path / "queue"
+    plan.seed(queue, manifest=tmp_path / "none.json")
+    jid = "c500a-kcheck-LiFePO4-k1x1x2-q111"
+    jp = queue / jid / "job.json"
+    job = read_json(jp)
+    write_json_atomic(jp, {**job, "settings_hash": "old", "pw": {"occupations": "fixed"}})
+    failed = {
+        "state": "running",
+        "failures": [{"step": "scf0"}],
+        "steps": {"scf0": {"state": "running"}},
+    }
+    write_json_atomic(queue / jid / "status.json", failed)
+    (queue / jid / "scf0").mkdir()
+    (queue / jid / "scf0" / "pw.out").write_text("not converged")
+    with job_lock(queue / jid):
+        with pytest.raises(StepBusy):
+            plan.seed(queue, manifest=tmp_path / "none.json")  # a step of it runs: untouched
+    assert read_json(jp)["settings_hash"] == "old"
+    plan.seed(queue, manifest=tmp_path / "none.json")
+
+    def settings(j):
+        return {k: v for k, v in j.items() if k != "created"}
+
+    assert settings(read_json(jp)) == settings(job) and not (queue / jid / "status.json").exists()
+    old = queue / "superseded" / f"{jid}-old"
+    assert (old / "scf0" / "pw.out").read_text() == "not converged"
+    assert read_json(old / "status.json") == failed
+    assert [j["id"] for j, _ in list_jobs(queue)].count(jid) == 1  # the old one is not a job
+    # seeding again with the old attempt still in superseded/ changes nothing
+    again = read_json(jp)
+    plan.seed(queue, manifest=tmp_path / "none.json")
+    assert read_json(jp) == again
 
 
 def test_pseudo_dir_comes_from_the_argument_or_the_environment(tmp_path, monkeypatch, plan_pseudos):
@@ -198,12 +236,15 @@ def test_cathode_queue_order(plan_pseudos):
     ]
     assert max(layered) < prio["c160-beta-MnO2-sym-e+0.000"] < prio["c170-LiMn2O4-sym-e+0.000"]
     # FePO4's symmetric cell (Fe3+: iron, a third metal) right after the symmetric layered
-    # cells, before Li0.5NiO2 and the strained layered cells; LiFePO4 (its fixed-occupation SCF
-    # stalls) after those, before beta-MnO2
+    # cells, before Li0.5NiO2 and the strained layered cells; LiFePO4 after those, before
+    # beta-MnO2, smeared (its fixed-occupation SCF stalls); FePO4 (Fe3+ d5) fixed
     later_layered = [p for i, p in prio.items() if i.startswith(("c175-", "c181", "c182", "c183", "c184"))]  # fmt: skip
     lifepo4 = [p for i, p in prio.items() if "LiFePO4" in i and "-rat-" not in i]
     assert max(layered) < prio["c511-FePO4-sym-e+0.000"] < min(later_layered)
     assert max(later_layered) <= min(lifepo4) and max(lifepo4) < prio["c160-beta-MnO2-sym-e+0.000"]
+    olivine = {j["id"]: j["pw"] for j in jobs if "FePO4" in j["id"]}
+    assert all(pw["smearing"] == "mv" for i, pw in olivine.items() if "LiFePO4" in i)
+    assert all(pw["tot_magnetization"] == 0 for i, pw in olivine.items() if "LiFePO4" not in i)
     # the rattled spinel and beta-MnO2 cells (fewest labels per core-hour) after every other
     # cathode cell, before the rattled olivines
     late = {i: p for i, p in prio.items() if "LiMn2O4-rat" in i or "beta-MnO2-rat" in i}

@@ -13,12 +13,13 @@ md5s).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from . import structures as S
 from .cycle import add_job, make_job, resolve_pseudo_dir
 from .restore import restore_job
-from .runner import write_json_atomic
+from .runner import job_lock, write_json_atomic
 
 PSEUDOS = {
     "Mn": "Mn.pbe-spn-rrkjus_psl.0.3.1.UPF",
@@ -144,7 +145,10 @@ def seed(
 
     Jobs that ``manifest`` (default: the repo's ``data/hubbard/manifest.json``) records as
     ``done`` or ``failed`` are not re-added, so a wiped scratch never redoes finished work.
-    ``pseudo_dir`` defaults to ``$ZOO_PSEUDO_DIR``.
+    Jobs already in the queue take the plan's run order; its settings when they never started,
+    or when they started and finished no step (moved to ``<queue>/superseded/`` and added
+    afresh); a job with finished steps keeps its settings. ``pseudo_dir`` defaults to
+    ``$ZOO_PSEUDO_DIR``.
     """
     if manifest is None:
         manifest = Path(__file__).resolve().parents[3] / "data" / "hubbard" / "manifest.json"
@@ -162,6 +166,7 @@ def seed(
         return rec["state"] == "failed" or rec["kind"] != "sc" or n_hp >= n_iter.get(jid, 0)
 
     queue = Path(queue_dir)
+    renewed = set()
     for j in jobs:  # the run order may change; the settings only of a job that never started
         jp = queue / j["id"] / "job.json"
         if not jp.exists():
@@ -170,12 +175,15 @@ def seed(
         changed = any(cur.get(k) != j.get(k) for k in ("settings_hash", *RUN_MODE))
         if not (jp.parent / "status.json").exists() and changed:
             write_json_atomic(jp, j)  # never started: nothing was computed with the old settings
+        elif cur["settings_hash"] != j["settings_hash"] and not _finished_steps(jp.parent):
+            _supersede(jp.parent, cur["settings_hash"])  # started, nothing kept: start afresh
+            renewed.add(j["id"])
         elif cur["priority"] != j["priority"]:
             write_json_atomic(jp, {**cur, "priority": j["priority"]})
     added = [
         add_job(queue, j)
         for j in jobs
-        if not finished(j["id"]) or (queue / j["id"] / "job.json").exists()
+        if not finished(j["id"]) or j["id"] in renewed or (queue / j["id"] / "job.json").exists()
     ]
     # Jobs that were running when an earlier queue died resume after their committed steps.
     lab = Path(manifest).with_name("labels.jsonl")
@@ -183,9 +191,29 @@ def seed(
         [json.loads(x) for x in lab.read_text().splitlines() if x.strip()] if lab.exists() else []
     )
     for jobdir in added:
+        if jobdir.name in renewed:
+            continue
         if (rec := records.get(jobdir.name)) and not finished(jobdir.name):
             restore_job(jobdir, rec, rows)
     return added
+
+
+def _finished_steps(jobdir: Path) -> list[str]:
+    status = json.loads((jobdir / "status.json").read_text())
+    return [k for k, v in status.get("steps", {}).items() if v.get("state") == "done"]
+
+
+def _supersede(jobdir: Path, old_hash: str) -> Path:
+    """Move a started job that finished no step to ``<queue>/superseded/<id>-<old hash>`` (kept
+    for inspection, out of the run order) so ``seed`` adds it afresh with the plan's settings.
+    Raises ``StepBusy`` while a step of it runs."""
+    dest = jobdir.parent / "superseded" / f"{jobdir.name}-{old_hash}"
+    with job_lock(jobdir):
+        if dest.exists():
+            raise FileExistsError(f"{dest} exists: move it away before seeding again")
+        dest.parent.mkdir(exist_ok=True)
+        os.rename(jobdir, dest)  # atomic; the lock file moves with it
+    return dest
 
 
 # Production (decided from the convergence jobs, table in data/hubbard/README.md): q 2x2x2

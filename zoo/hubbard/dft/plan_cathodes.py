@@ -4,10 +4,13 @@ Per family (``FAMILIES``): k mesh at least the k-point density of the rock-salt 
 mesh (2x2x2 on the 4-atom AFM cell; ``cathodes.mesh_like_rocksalt``), raised to a multiple of
 the q mesh, and doubled for the smeared (metallic / Jahn-Teller) families; q mesh with about the
 rock-salt q-supercell size. Occupations: fixed with the total magnetisation of the magnetic
-order for the insulators (Mn4+ d3, olivine Fe2+/Fe3+), Marzari-Vanderbilt smearing
-(``DEGAUSS`` Ry) with free magnetisation where a fixed-occupation hp.x cycle is unstable or the
-cell is metallic: layered LiNiO2 with rock-salt settings gave U(Ni) 10.9 -> 8.0 -> 24.9 eV;
-Mn3+ in LiMnO2 and Mn3.5+ in the spinel are Jahn-Teller active.
+order for the insulators (Mn4+ d3, olivine Fe3+ d5), Marzari-Vanderbilt smearing
+(``DEGAUSS`` Ry) with free magnetisation where a fixed-occupation hp.x cycle is unstable, its
+SCF stalls or the cell is metallic: layered LiNiO2 with rock-salt settings gave U(Ni) 10.9 ->
+8.0 -> 24.9 eV; Mn3+ in LiMnO2 and Mn3.5+ in the spinel are Jahn-Teller active; olivine LiFePO4
+(Fe2+ d6, one minority-spin electron over near-degenerate orbitals, as in rattled FeO) stalled
+at an estimated SCF accuracy of ~5e-4 Ry with fixed occupations (100 steps at mixing_beta 0.3,
+then 0.15).
 
 Per family, first a k-mesh check (``kcheck``: iteration 0 with q 1x1x1, the planned k and
 twice it; the k effect on U/V shows without the q cost; a family whose planned k fails it is
@@ -68,7 +71,7 @@ FAMILIES: dict[str, tuple[Callable[[], dict], str, dict, list[int], list[int], i
         [1, 2, 2],
         3,
     ),  # fmt: skip
-    "olivine-LiFePO4": (C.olivine_lifepo4, "LiFePO4", _fixed(0), [1, 1, 2], [1, 1, 2], 2),
+    "olivine-LiFePO4": (C.olivine_lifepo4, "LiFePO4", SMEAR, [1, 1, 2], [1, 1, 2], 2),
     "olivine-FePO4": (
         lambda: C.olivine_lifepo4(False),
         "FePO4",
@@ -112,9 +115,6 @@ RATTLED_ID = {
 #: transition metal), then the intermediate Li0.5NiO2 and the strained layered cells (a few
 #: hours each), then LiFePO4 and its k checks, then beta-MnO2 and the spinel (~40 h and more
 #: per cell at their meshes) and last the spinel's second k check (~8x its first, 90-min run).
-#: LiFePO4 waits because its SCF with fixed occupations stalls at an estimated accuracy of
-#: ~5e-4 Ry (k check at mixing_beta 0.3 and 0.15, 100 steps each): the one minority-spin
-#: electron of Fe2+, as in rattled FeO
 RESCHEDULE = {"c511": 171, "c500a": 184, "c500b": 184, "c510": 184, "c160": 185, "c170": 186,
               "c180a": 187, "c180b": 187, "c190a": 188, "c190b": 188, "c153b": 189}  # fmt: skip
 #: families with one rattled seed (the most expensive cells); the others have ``RATTLES``
