@@ -289,9 +289,16 @@ def _kernel_training(part: dict) -> str:
         "Training: kernel ridge regression on the training rows (`zoo.hubbard.KernelModel`); "
         f"kernel width gamma = {k['gamma']:g} and ridge lambda = {k['lam']:g} chosen by "
         f"{k['cv_folds']}-fold cross-validation over the training rows' duplicate clusters "
-        "(lowest MARE); the validation and test rows take no part. No random initialisation: "
-        "the same rows give the same model."
+        f"({_CV_RULE[k.get('cv_rule', 'min')]}); the validation and test rows take no part. "
+        "No random initialisation: the same rows give the same model."
     )
+
+
+_CV_RULE = {
+    "min": "lowest MARE",
+    "one-se": "the largest ridge whose MARE is within one standard error over folds of the "
+    "lowest, then its lowest-MARE width: the smoothest fit the folds cannot tell from the best",
+}
 
 
 def _kernel_limitation(report: dict, parts: list[str]) -> str:

@@ -69,7 +69,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TEST_PATHS = ("p111-NiO-sym-e-0.030", "p113-FeO-sym-e-0.030")
 
 
-def train_kernel(ds: dict, labels: np.ndarray, seed: int):
+def train_kernel(ds: dict, labels: np.ndarray, seed: int, cv_rule: str = "min"):
     """:class:`KernelModel` on the training rows; its width and ridge by cross-validation
     over the training rows' duplicate clusters (the validation and test rows take no part)."""
     tr = np.flatnonzero(labels == TRAIN)
@@ -77,8 +77,9 @@ def train_kernel(ds: dict, labels: np.ndarray, seed: int):
     kind = "onsite" if ds["distance"] is None else "intersite"
     inputs = tuple(a[tr] for a in ds["inputs"])
     gamma, lam, table = cross_validate(
-        ds["species"], inputs, ds["y"][tr], clusters, kind=kind, folds=CV_FOLDS, seed=seed
-    )
+        ds["species"], inputs, ds["y"][tr], clusters, kind=kind, folds=CV_FOLDS, seed=seed,
+        rule=cv_rule,
+    )  # fmt: skip
     model = KernelModel.fit(ds["species"], inputs, ds["y"][tr], kind=kind, gamma=gamma, lam=lam)
     metrics = report_metrics(model, ds, labels)
     te, va = np.flatnonzero(labels == TEST), np.flatnonzero(labels == VALIDATE)
@@ -88,7 +89,7 @@ def train_kernel(ds: dict, labels: np.ndarray, seed: int):
         for i in (te, va)
     )  # fmt: skip
     metrics["kernel"] = {
-        "gamma": gamma, "lam": lam, "cv_folds": CV_FOLDS, "cv": table,
+        "gamma": gamma, "lam": lam, "cv_folds": CV_FOLDS, "cv_rule": cv_rule, "cv": table,
         "support_distance": model.config["support_distance"],
         "species_support": model.species_support(),
         "param_in_range": model.param_ranges(),
@@ -120,6 +121,11 @@ def main(argv=None) -> dict:
         "--model", choices=("kernel", "network"), default="kernel",
         help="kernel ridge regression on the occupation invariants (default), or HubbardML's "
         "tensor-square network (the options below that follow are the network's)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--cv-rule", choices=("min", "one-se"), default="min",
+        help="kernel: the width and ridge of lowest cross-validation error ('min', default), "
+        "or the largest ridge within one standard error of it ('one-se')",
     )  # fmt: skip
     ap.add_argument("--epochs", type=int, default=2000)
     ap.add_argument("--lr", type=float, default=0.01)
@@ -190,6 +196,8 @@ def main(argv=None) -> dict:
         if given:
             flags = ", ".join("--" + o.replace("_", "-") for o in given)
             ap.error(f"{flags}: options of --model network, not of the kernel model")
+    elif args.cv_rule != ap.get_default("cv_rule"):
+        ap.error("--cv-rule: an option of --model kernel, not of the network")
     rows = load_rows(args.data)
     if args.purpose != "all":
         rows = [r for r in rows if r.get("purpose") == args.purpose]
@@ -262,7 +270,7 @@ def main(argv=None) -> dict:
 
         def train(labels, out, seed):
             if args.model == "kernel":
-                return train_kernel(ds, labels, seed)
+                return train_kernel(ds, labels, seed, args.cv_rule)
             return train_restarts(build_model, ds, labels, args, out, bs, seed)  # noqa: B023
 
         models[name], report[name] = train(labels, args.out / f"train-{name}", args.seed)

@@ -162,17 +162,26 @@ def test_support_is_per_species_and_names_what_is_outside(rows, kind, build, nam
     assert with_fe.support_report(*q[HELD_OUT]) == [None] * len(q[HELD_OUT][0])
 
 
-def test_cross_validation_picks_the_grid_minimum_and_keeps_clusters_whole(rows):
+def test_cross_validation_rules_and_whole_clusters(rows):
     ds = _datasets(rows, TRAIN_PATHS)["intersite"]
     groups = np.arange(len(ds["y"])) // 6  # blocks of 6 rows stand for duplicate clusters
     fold = cluster_folds(groups, 5, seed=1)
     assert set(fold) == set(range(5))
     assert all(len(set(fold[groups == g])) == 1 for g in np.unique(groups))
-    gamma, lam, table = cross_validate(ds["species"], ds["inputs"], ds["y"], groups,
-                                       kind="intersite", gammas=(0.03, 0.3), lams=(1e-3, 1e-1))  # fmt: skip
-    assert len(table) == 4 and len({r["mare"] for r in table}) == 4
+    grid = {"gammas": (0.03, 0.3), "lams": (1e-4, 1e-3, 1e-2, 1e-1, 1.0)}
+    args = (ds["species"], ds["inputs"], ds["y"], groups)
+    gamma, lam, table = cross_validate(*args, kind="intersite", **grid)  # rule "min"
+    assert len(table) == 10 and len({r["mare"] for r in table}) == 10
     best = min(table, key=lambda r: r["mare"])
-    assert (gamma, lam) == (best["gamma"], best["lam"])
+    assert (gamma, lam) == (best["gamma"], best["lam"]) and all(r["se"] > 0 for r in table)
+    # one standard error: the largest ridge within best + se, its best width
+    g1, l1, same = cross_validate(*args, kind="intersite", rule="one-se", **grid)
+    assert same == table
+    near = [r for r in table if r["mare"] <= best["mare"] + best["se"]]
+    assert l1 == max(r["lam"] for r in near) >= lam
+    assert g1 == min((r for r in near if r["lam"] == l1), key=lambda r: r["mare"])["gamma"]
+    with pytest.raises(ValueError, match="rule must be"):
+        cross_validate(*args, kind="intersite", rule="median", **grid)
     with pytest.raises(ValueError, match="3 clusters for 5 folds"):
         cluster_folds([0, 1, 2, 2], 5)
 

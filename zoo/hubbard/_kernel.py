@@ -367,10 +367,17 @@ def cross_validate(
     lams=(1e-4, 1e-3, 1e-2, 1e-1),
     folds: int = 5,
     seed: int = 0,
+    rule: str = "min",
 ) -> tuple[float, float, list[dict]]:
-    """``(gamma, lam, table)`` of lowest mean relative error by `folds`-fold cross-validation
-    on training rows, whole `groups` (duplicate clusters) per fold so that no near-duplicate
-    of a held-out row is fit. `table`: every grid point's ``{"gamma", "lam", "mare"}``."""
+    """``(gamma, lam, table)`` by `folds`-fold cross-validation on training rows, whole
+    `groups` (duplicate clusters) per fold so that no near-duplicate of a held-out row is fit.
+
+    `rule` ``"min"``: the grid point of lowest mean relative error; ``"one-se"``: the largest
+    ridge whose error is within one standard error (over folds) of that lowest, then its
+    lowest-error width (the smoothest fit the folds cannot tell apart from the best; compared
+    in docs/experiments.md). `table`: every grid point's ``{"gamma", "lam", "mare", "se"}``."""
+    if rule not in ("min", "one-se"):
+        raise ValueError(f"rule must be 'min' or 'one-se', not {rule!r}")
     fold = cluster_folds(groups, folds, seed)
     arrays = tuple(np.asarray(getattr(a, "array", a), np.float64) for a in inputs)
     y = np.asarray(targets, np.float64)
@@ -386,8 +393,16 @@ def cross_validate(
                                     gamma=gamma, lam=lam, dtype=jnp.float32)  # fmt: skip
                 p = m.predict_numpy(*(a[te] for a in arrays))
                 err.append(np.abs(p - y[te]) / np.abs(y[te]))
-            table.append({"gamma": gamma, "lam": lam, "mare": float(np.concatenate(err).mean())})
+            per_fold = [e.mean() for e in err]
+            se = float(np.std(per_fold, ddof=1) / np.sqrt(len(err))) if len(err) > 1 else 0.0
+            table.append(
+                {"gamma": gamma, "lam": lam, "mare": float(np.concatenate(err).mean()), "se": se}
+            )
     best = min(table, key=lambda r: r["mare"])
+    if rule == "one-se":
+        near = [r for r in table if r["mare"] <= best["mare"] + best["se"]]
+        lam = max(r["lam"] for r in near)
+        best = min((r for r in near if r["lam"] == lam), key=lambda r: r["mare"])
     return best["gamma"], best["lam"], table
 
 
