@@ -113,3 +113,34 @@ def test_mixed_pbc_slab():
     assert np.abs(vec[:, 2]).max() < 3.6
     full = build_graph(bulk("Cu", "fcc", 3.6, cubic=True), 3.0)
     assert int(full.edge_mask.sum()) > int(g.edge_mask.sum())
+
+
+@pytest.mark.parametrize(
+    ("positions", "cell", "pbc", "match"),
+    [
+        (
+            [[0, 0, 0.02], [0, 0, 4.98]],
+            np.eye(3) * 5,
+            True,
+            "0.04 Å from atom 1",
+        ),  # across the boundary
+        ([[0, 0, 0.02], [0, 0, 4.98]], np.eye(3) * 5, [True, True, False], None),  # not along z
+        (
+            [[0, 0, 0], [0, 3, 0]],
+            np.diag([0.05, 5, 5]),
+            [True, False, False],
+            "its own periodic image",
+        ),
+        ([[0, 0, 0], [0.74, 0, 0]], np.eye(3) * 60, True, None),  # a molecule in a large box
+        ([[0, 0, 0], [0, 0.09, 0]], np.zeros((3, 3)), False, "0.09 Å from atom 1"),
+    ],
+)
+def test_atoms_closer_than_the_minimum_distance_are_found_anywhere(positions, cell, pbc, match):
+    def build():
+        return Structure(numbers=[1, 1], positions=positions, cell=cell, pbc=pbc)
+
+    if match is None:
+        assert len(build()) == 2
+    else:
+        with pytest.raises(ValueError, match=match):
+            build()
