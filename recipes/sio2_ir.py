@@ -132,10 +132,18 @@ def model_size(model) -> str:
     return f"{arch}, {bb['channels']} channels, r_max {bb['r_max']:g} Å"
 
 
-def report(
-    rows: list[dict], halves: list, strongest: float, n_peaks: int, md: dict, args, command: str
+def report(  # noqa: PLR0913
+    rows: list[dict],
+    halves: list,
+    strongest: float,
+    n_peaks: int,
+    md: dict,
+    args,
+    size: str,
+    command: str,
 ) -> str:
-    """The markdown page: command, model, MD settings, mode table and the gap to the target."""
+    """The markdown page: command, model (`size`: :func:`model_size`), MD settings, mode table
+    and the gap to the target."""
     worst = max(abs(r["difference"]) for r in rows)
     within = sum(abs(r["difference"]) <= TARGET for r in rows)
     drift = md["energies"][-1] - md["energies"][0]
@@ -144,7 +152,7 @@ def report(
         "",
         f"`{command}`",
         "",
-        f"Model `{args.model}` ({args.model_size}): 72-atom alpha-quartz cell (first frame "
+        f"Model `{args.model}` ({size}): 72-atom alpha-quartz cell (first frame "
         "of `data/field` SiO2), "
         f"{args.equilibrate} Langevin steps at {args.temperature:.0f} K then {args.steps} NVE "
         f"steps of {args.timestep} fs ({args.steps * args.timestep / 1000:.1f} ps, mean "
@@ -201,7 +209,7 @@ def main(argv=None) -> None:
 
     modes = dfpt_modes()
     model = zoo.load(args.model)
-    args.model_size = model_size(model)
+    size = model_size(model)
     md = run_md(model, args.temperature, args.timestep, args.equilibrate, args.steps, args.seed)
     wavenumber, intensity = ir_spectrum(md["dipoles"], args.timestep, cell=md["cell"],
                                         max_lag=args.max_lag)  # fmt: skip
@@ -222,11 +230,11 @@ def main(argv=None) -> None:
     plot(args.out / "sio2_ir.png", wavenumber, intensity, modes, peaks, title)
     command = "python -m recipes.sio2_ir " + " ".join(argv if argv is not None else _argv())
     (args.out / "sio2_ir.md").write_text(
-        report(rows, halves, strongest, len(peaks), md, args, command.strip())
+        report(rows, halves, strongest, len(peaks), md, args, size, command.strip())
     )
     keep = wavenumber < 1400
     (args.out / "sio2_ir.json").write_text(json.dumps({
-        "model": args.model, "model_size": args.model_size, "modes": rows, "md_peaks": peaks.tolist(), "halves": halves,
+        "model": args.model, "model_size": size, "modes": rows, "md_peaks": peaks.tolist(), "halves": halves,
         "seconds_per_step": md["seconds_per_step"], "mean_temperature": md["mean_temperature"],
         "energy_drift": float(md["energies"][-1] - md["energies"][0]),
         "spectrum": {"wavenumber": wavenumber[keep][::2].round(2).tolist(),
