@@ -218,7 +218,8 @@ def card_text(name: str, material: str, model, metrics: dict, summary: dict, spl
         f"r_max {bb['r_max']} Å, {cfg['dtype']}. Loss: per quantity MSE / reference^2 "
         f"(reference errors {summary['loss_reference_errors']}), weights "
         f"{summary['loss_weights']}. {training_text(summary)} on 2 shared CPU cores. "
-        "Per-quantity training metrics and the loss history are in `metrics.json`.",
+        f"Per-quantity training metrics and the loss history (at most {HISTORY_ROWS} evenly "
+        "spaced logged steps) are in `metrics.json`.",
         "",
         "## Reproduce",
         *reproduce_text(material, summary, bb),
@@ -282,6 +283,17 @@ def reproduce_text(material: str, summary: dict, backbone: dict) -> list[str]:
     return lines + ["", "from a clone of the repository (CPU; budgets are wall-clock minutes)."]
 
 
+#: loss-history rows a shipped metrics.json keeps (the run folder keeps all)
+HISTORY_ROWS = 200
+
+
+def thinned(rows: list, n: int) -> list:
+    """At most `n` of `rows`, evenly spaced, the first and the last included."""
+    if len(rows) <= n:
+        return list(rows)
+    return [rows[i] for i in np.unique(np.linspace(0, len(rows) - 1, n).round().astype(int))]
+
+
 def ship(run: Path, out: Path, material: str) -> Path:
     """Write the model folder `out` from the run folder `run`; re-hash the registry."""
     run = Path(run)
@@ -291,6 +303,7 @@ def ship(run: Path, out: Path, material: str) -> Path:
     pairs = dict(np.load(run / "pairs.npz"))
     metrics = stored["validation"]
     summary = {k: v for k, v in stored.items() if k != "validation"}
+    summary["history"] = thinned(summary.get("history", []), HISTORY_ROWS)
     frame = next(r for r in load_field(material) if r["index"] == split["validation"][0])
     timing_file = run / "timing.json"  # timed once per run: two compilations are not free
     if timing_file.is_file():

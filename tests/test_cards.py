@@ -153,3 +153,15 @@ def test_field_card_reproduce_names_a_non_default_backbone():
     first, second = reproduce_text("sio2", continued, {**BACKBONE, "channels": 16})[:2]
     assert "--channels 16 --run runs/stage1 --no-ship" in first
     assert "--channels" not in second and "--init runs/stage1/model" in second
+
+
+def test_field_card_thins_the_shipped_loss_history():
+    from recipes._field_card import thinned
+
+    rows = [{"step": 10 * k} for k in range(1, 850)]
+    kept = thinned(rows, 200)
+    assert len(kept) == 200 and kept[0] == rows[0] and kept[-1] == rows[-1]
+    assert all(a["step"] < b["step"] for a, b in zip(kept, kept[1:]))
+    assert thinned(rows[:50], 200) == rows[:50]
+    shipped = json.loads((WEIGHTS / "sio2-field" / "metrics.json").read_text())
+    assert 0 < len(shipped["history"]) <= 200

@@ -79,12 +79,12 @@ SHIPPED: dict[str, Pretrained] = {
         _shipped(
             "batio3-field",
             "BaTiO3 potential under an electric field: E, F, P, Z, alpha (preview)",
-            _SHORT_TRAINING.format("11-30x", 460),
+            _SHORT_TRAINING.format("7-17x", 260),
         ),
         _shipped(
             "sio2-field",
             "alpha-SiO2 potential under an electric field: E, F, P, Z, alpha (preview)",
-            _SHORT_TRAINING.format("4-15x", 370),
+            _SHORT_TRAINING.format("3-9x", 220),
         ),
     )
 }
