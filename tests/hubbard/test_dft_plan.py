@@ -51,12 +51,17 @@ def test_seed_extends_finished_jobs_from_the_committed_data(tmp_path, plan_pseud
     assert not (tmp_path / "queue" / "p10-pptest-FeO-rattled").exists()
 
 
-def test_seed_refreshes_the_run_order_and_the_settings_of_unstarted_jobs(tmp_path, plan_pseudos):
+def _seeded(tmp_path: Path, jid: str) -> tuple[Path, Path, dict]:
+    """A queue seeded from the plan alone (no manifest): its folder, `jid`'s job.json and job."""
     queue = tmp_path / "queue"
     plan.seed(queue, manifest=tmp_path / "none.json")
-    jid = "p105-NiO-rat-s0"
     jp = queue / jid / "job.json"
-    job = read_json(jp)
+    return queue, jp, read_json(jp)
+
+
+def test_seed_refreshes_the_run_order_and_the_settings_of_unstarted_jobs(tmp_path, plan_pseudos):
+    jid = "p105-NiO-rat-s0"
+    queue, jp, job = _seeded(tmp_path, jid)
     write_json_atomic(jp, {**job, "priority": 999})
     plan.seed(queue, manifest=tmp_path / "none.json")
     again = read_json(jp)
@@ -91,11 +96,8 @@ def test_seed_refreshes_the_run_order_and_the_settings_of_unstarted_jobs(tmp_pat
 
 def test_seed_starts_afresh_a_started_job_that_finished_no_step(tmp_path, plan_pseudos):
     """New settings for a job whose first SCF failed: the old attempt moves to superseded/."""
-    queue = tmp_path / "queue"
-    plan.seed(queue, manifest=tmp_path / "none.json")
     jid = "c500a-kcheck-LiFePO4-k1x1x2-q111"
-    jp = queue / jid / "job.json"
-    job = read_json(jp)
+    queue, jp, job = _seeded(tmp_path, jid)
     write_json_atomic(jp, {**job, "settings_hash": "old", "pw": {"occupations": "fixed"}})
     failed = {
         "state": "running",
