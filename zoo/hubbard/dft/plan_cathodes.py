@@ -2,8 +2,8 @@
 
 Per family (``FAMILIES``): k mesh at least the k-point density of the rock-salt production
 mesh (2x2x2 on the 4-atom AFM cell; ``cathodes.mesh_like_rocksalt``), raised to a multiple of
-the q mesh, and doubled for the smeared (metallic / Jahn-Teller) families; q mesh with about the
-rock-salt q-supercell size. Occupations: fixed with the total magnetisation of the magnetic
+the q mesh, and doubled for the metallic / Jahn-Teller families (not for LiFePO4, an insulator
+smeared only for its SCF; its k check decides); q mesh with about the rock-salt q-supercell size. Occupations: fixed with the total magnetisation of the magnetic
 order for the insulators (Mn4+ d3, olivine Fe3+ d5), Marzari-Vanderbilt smearing
 (``DEGAUSS`` Ry) with free magnetisation where a fixed-occupation hp.x cycle is unstable, its
 SCF stalls or the cell is metallic: layered LiNiO2 with rock-salt settings gave U(Ni) 10.9 ->
