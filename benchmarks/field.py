@@ -107,6 +107,10 @@ def evaluation_costs(material: str, repeats: int) -> dict:
     for name, fn in cases.items():
         out[name] = timed(eqx.filter_jit(fn), (model, graph), repeats)
         print(name, out[name], flush=True)
+    # the first case timed in a process runs up to 1.5x slow (allocator and caches warming
+    # up): time the baseline again and keep the faster
+    again = timed(eqx.filter_jit(energy_forces), (model, graph), repeats)
+    out["energy_forces"] = min(out["energy_forces"], again, key=lambda t: t["run_cpu_s"])
     base = out["energy_forces"]["run_cpu_s"]
     for name in ("with_born_polarizability", "with_raman", "raman_by_heads"):
         out[f"ratio_{name}"] = out[name]["run_cpu_s"] / base
