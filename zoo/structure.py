@@ -229,7 +229,7 @@ def _search_cutoff(s: Structure) -> float:
     """A cutoff of about the mean atomic spacing (at least MIN_DISTANCE, at most 4 Å): a cell
     list at a 0.1 Å cutoff has ~1e5 cells per 100 Å^3 and costs ~20 ms per structure."""
     extent = np.where(s.pbc, np.linalg.norm(s.cell, axis=1), np.ptp(s.positions, axis=0) + 1)
-    volume = abs(np.linalg.det(s.cell)) if s.pbc.all() else float(np.prod(extent))
+    volume = s.volume if s.pbc.all() else float(np.prod(extent))
     return float(np.clip((volume / len(s)) ** (1 / 3), MIN_DISTANCE, 4.0))
 
 
@@ -238,13 +238,14 @@ def _check_min_distance(s: Structure) -> None:
 
     i, j, shifts = neighbor_pairs(s, _search_cutoff(s))
     d = s.positions[j] - s.positions[i] + shifts @ s.cell
-    close = np.linalg.norm(d, axis=1) < MIN_DISTANCE
-    i, j, d = i[close], j[close], d[close]
+    dist = np.linalg.norm(d, axis=1)
+    close = dist < MIN_DISTANCE
+    i, j, dist = i[close], j[close], dist[close]
     if len(i):
-        k = int(np.argmin(np.linalg.norm(d, axis=1)))
+        k = int(np.argmin(dist))
         a, b = int(i[k]), int(j[k])
         what = "its own periodic image" if a == b else f"atom {b} ({_symbol(s.numbers[b])})"
         raise ValueError(
-            f"atom {a} ({_symbol(s.numbers[a])}) is {np.linalg.norm(d[k]):.3g} Å from {what}: "
+            f"atom {a} ({_symbol(s.numbers[a])}) is {dist[k]:.3g} Å from {what}: "
             f"closer than {MIN_DISTANCE} Å (duplicated atom or wrong units?)"
         )
